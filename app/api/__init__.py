@@ -1,0 +1,1 @@
+"""The HTTP surface: thin routers that validate input and hand work to the bus."""

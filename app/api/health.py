@@ -1,0 +1,49 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
+
+router = APIRouter(tags=["health"])
+
+
+class Readiness:
+    """Named checks; the instance is ready only while every one of them answers "ok"."""
+
+    def __init__(self) -> None:
+        self._checks: list[ReadinessCheck] = []
+        self.draining = False
+
+    def add(self, check: ReadinessCheck) -> None:
+        self._checks.append(check)
+
+    async def evaluate(self) -> dict[str, str]:
+        results: dict[str, str] = {}
+        for check in self._checks:
+            results.update(await check())
+        if self.draining:
+            results["lifecycle"] = "draining"
+        return results
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "a check failed"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: every broker, and every component, is usable right now."""
+    readiness: Readiness | None = getattr(request.app.state, "readiness", None)
+    checks = await readiness.evaluate() if readiness else {"startup": "pending"}
+    ready = bool(checks) and all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

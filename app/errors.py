@@ -1,0 +1,45 @@
+"""The exceptions qosmesh raises, in one hierarchy callers can catch by what they can act on.
+
+QosMeshError
+├── ConfigurationError      settings that cannot work (bad value, conflicting broker config)
+├── BrokerUnavailableError  a broker could not be reached or refused us at start
+├── PublishError            the broker did not confirm a publish within the retry budget
+├── DecodeError             bytes on the wire that are not a message we can read
+│   └── UnknownVersionError the envelope's schema version is not one we speak
+├── DeadLetterNotFoundError no dead letter with that id
+└── DiscoveryError          membership could not be read or written
+"""
+
+from __future__ import annotations
+
+
+class QosMeshError(Exception):
+    """Base class of every error qosmesh raises on purpose."""
+
+
+class ConfigurationError(QosMeshError):
+    """Settings that cannot work together or cannot be applied."""
+
+
+class BrokerUnavailableError(QosMeshError):
+    """A broker could not be reached, or refused the connection, at start."""
+
+
+class PublishError(QosMeshError):
+    """The broker did not confirm a publish within the retry budget; the message may not exist."""
+
+
+class DecodeError(QosMeshError):
+    """Bytes received from a broker that do not decode into a message."""
+
+
+class UnknownVersionError(DecodeError):
+    """An envelope whose schema version this code does not speak."""
+
+
+class DeadLetterNotFoundError(QosMeshError):
+    """No dead letter is stored under the given id."""
+
+
+class DiscoveryError(QosMeshError):
+    """Membership could not be read from or written to the discovery bucket."""

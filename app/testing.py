@@ -1,0 +1,208 @@
+"""A pytest plugin with real servers for tests: nats-server, Valkey, and the service itself.
+
+Every fixture starts a real process on a free loopback port with its own temporary store, and
+exposes stop/start/restart/kill so fault tests can break it. Services generated from this
+template reuse it: `pytest_plugins = ["app.testing"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from app.embedded import NatsServer, ValkeyServer, free_port
+from app.settings import Settings
+
+__all__ = [
+    "NatsServer",
+    "ServiceProcess",
+    "ValkeyServer",
+    "eventually",
+    "running_app",
+]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> float:
+    """Wait until `check()` is true; return the seconds it took, or fail the test."""
+    start = time.monotonic()
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{message} not reached within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+class ServiceProcess:
+    """`python -m app` as a real subprocess on a free port, with its own data dir.
+
+    It runs in its own process group; `kill()` sends SIGKILL to the service alone, and the
+    embedded servers it started follow it (they die with their parent).
+    """
+
+    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "APP_HOST": "127.0.0.1",
+            "APP_PORT": str(self.port),
+            "APP_DATA_DIR": str(workdir / "data"),
+            "APP_LOG_FORMAT": "json",
+            **env,
+        }
+        self.log_path = workdir / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: str | None = "/healthz", timeout: float = 30.0) -> ServiceProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app"],
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_for(wait, timeout)
+        return self
+
+    def wait_for(self, path: str, timeout: float = 30.0) -> None:
+        """Block until GET `path` answers 200, or fail with the service's log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"service exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"{self.url}{path} not 200 within {timeout}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Stop gracefully with `sig` and return the exit code."""
+        if self.proc is None:
+            return None
+        self.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"service ignored {sig.name} for {timeout}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL, the crash a fault test wants."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings, app: FastAPI | None = None
+) -> AsyncIterator[tuple[FastAPI, str]]:
+    """Serve the app with a real uvicorn server in this event loop; yield it and its base URL."""
+    from app.main import create_app
+
+    app = app or create_app(settings)
+    port = settings.port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during startup")
+        await asyncio.sleep(0.01)
+    try:
+        yield app, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream on its own file store; the store survives restarts."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    """A real Valkey server with AOF (fsync always), so a restart loses nothing acknowledged."""
+    server = ValkeyServer(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """A factory: `service_process({"APP_NATS_URL": url})` starts one more service subprocess."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        env: Mapping[str, str] | None = None, wait: str | None = "/healthz"
+    ) -> ServiceProcess:
+        service = ServiceProcess(tmp_path_factory.mktemp("service"), env or {})
+        started.append(service)
+        return service.start(wait=wait)
+
+    yield start
+    for service in started:
+        service.stop(signal.SIGTERM, timeout=30)
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for an in-process instance: its own data dir and port, and the given overrides."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {"data_dir": tmp_path / "data", "port": free_port()}
+        values.update(overrides)
+        return Settings.model_validate(values)
+
+    return make

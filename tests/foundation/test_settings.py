@@ -1,0 +1,66 @@
+"""Settings: the README table is the contract, and bad values stop the start clearly."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings, describe_validation_error
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_table() -> dict[str, str]:
+    rows = re.findall(r"^\| (APP_[A-Z0-9_]+) \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M)
+    return {name: default.strip().strip("`") for name, default in rows}
+
+
+def test_readme_lists_every_setting_with_its_default():
+    table = readme_table()
+    fields = Settings.model_fields
+    assert set(table) == {f"APP_{name.upper()}" for name in fields}
+    for name, field in fields.items():
+        cell = table[f"APP_{name.upper()}"]
+        default = field.get_default(call_default_factory=True)
+        if default is None:
+            assert cell.startswith("unset"), name
+        elif isinstance(default, dict):
+            assert json.loads(cell) == default, name
+        else:
+            assert type(default)(cell) == default, name
+
+
+def test_bad_value_prints_one_line_naming_the_variable(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        env={"APP_PORT": "abc", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("configuration error: APP_PORT:")
+
+
+def test_secret_values_are_not_echoed_in_errors():
+    with pytest.raises(ValidationError) as info:
+        Settings.model_validate({"admin_token": 12345678.5})
+    text = describe_validation_error(info.value)
+    assert "APP_ADMIN_TOKEN" in text
+    assert "12345678" not in text
+
+
+def test_nats_url_list_is_split():
+    settings = Settings.model_validate({"nats_url": "nats://a:4222, nats://b:4222"})
+    assert settings.nats_servers == ["nats://a:4222", "nats://b:4222"]
+
+
+def test_heartbeat_defaults_to_a_third_of_the_ttl():
+    assert Settings.model_validate({"node_ttl": 9}).heartbeat_seconds == 3
