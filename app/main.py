@@ -11,9 +11,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health
+from app.api import health, nodes
 from app.api.health import Readiness
 from app.brokers import open_brokers
+from app.discovery import open_discovery
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             brokers = await stack.enter_async_context(open_brokers(settings))
             readiness.add(brokers.readiness)
             app.state.brokers = brokers
+            # Entered after the brokers, so it leaves the bucket before they close.
+            discovery = await stack.enter_async_context(open_discovery(brokers, settings))
+            readiness.add(discovery.readiness)
+            app.state.discovery = discovery
             app.state.readiness = readiness
             log.info("service started", extra={"service": settings.service_name})
             yield
@@ -39,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.include_router(health.router)
+    app.include_router(nodes.router)
     return app
 
 

@@ -1,0 +1,76 @@
+"""Membership over HTTP: the live nodes, one node, and a Server-Sent Events stream of changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.discovery import Discovery, NodeInfo
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+
+KEEP_ALIVE_SECONDS = 15
+
+
+class NodeList(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_id: str = Field(alias="self", description="node_id of the instance that answered")
+    nodes: list[NodeInfo]
+
+
+def get_discovery(request: Request) -> Discovery:
+    discovery: Discovery | None = getattr(request.app.state, "discovery", None)
+    if discovery is None:
+        raise HTTPException(status_code=503, detail="discovery is not running")
+    return discovery
+
+
+DiscoveryDep = Annotated[Discovery, Depends(get_discovery)]
+
+
+@router.get("", response_model=NodeList)
+async def list_nodes(
+    discovery: DiscoveryDep,
+    service: Annotated[str | None, Query(description="only nodes of this service")] = None,
+) -> NodeList:
+    """Every live node of every service, this instance included."""
+    return NodeList.model_validate(
+        {"self": discovery.self_info.node_id, "nodes": discovery.nodes(service)}
+    )
+
+
+@router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def node_events(discovery: DiscoveryDep) -> EventSourceResponse:
+    """`joined` for every current node, then `joined`, `updated` and `left` as they happen."""
+    subscription = discovery.subscribe()
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        try:
+            async for event in subscription:
+                data = {
+                    "node": event.node.model_dump(mode="json", by_alias=True),
+                    "reason": event.reason,
+                }
+                yield ServerSentEvent(data=json.dumps(data), event=event.kind)
+        finally:
+            subscription.close()
+
+    return EventSourceResponse(stream(), ping=KEEP_ALIVE_SECONDS)
+
+
+@router.get("/{node_id}", response_model=NodeInfo, responses={404: {"description": "unknown"}})
+async def get_node(node_id: str, discovery: DiscoveryDep) -> NodeInfo:
+    node = discovery.get(node_id)
+    if node is None:
+        raise HTTPException(status_code=404, detail=f"no live node {node_id}")
+    return node

@@ -1,0 +1,100 @@
+"""In-process discovery nodes on a real nats-server, and a recorder of the events they see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.brokers import Brokers, open_brokers
+from app.discovery import KvDiscovery, NodeEvent, open_discovery
+from app.embedded import NatsServer, free_port
+from app.settings import Settings
+
+TTL = 2.0
+
+
+@dataclass
+class Node:
+    brokers: Brokers
+    discovery: KvDiscovery
+    settings: Settings
+
+    @property
+    def node_id(self) -> str:
+        return self.discovery.self_info.node_id
+
+    def sees(self, node_id: str) -> bool:
+        return self.discovery.get(node_id) is not None
+
+    async def crash(self) -> None:
+        """Gone without a goodbye: the connection drops and nothing deletes the key."""
+        await self.brokers.nc.close()
+
+
+@dataclass
+class Recorder:
+    """Every event one node's subscription delivers, in order."""
+
+    events: list[NodeEvent] = field(default_factory=list)
+
+    def kinds(self, node_id: str) -> list[str]:
+        return [event.kind for event in self.events if event.node.node_id == node_id]
+
+    def left(self, node_id: str) -> list[str | None]:
+        return [e.reason for e in self.events if e.node.node_id == node_id and e.kind == "left"]
+
+
+StartNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def start_node(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[StartNode]:
+    """`await start_node(**settings_overrides, limit_markers=True)`: one more live node."""
+    async with AsyncExitStack() as stack:
+
+        async def start(limit_markers: bool = True, **overrides: Any) -> Node:
+            values: dict[str, Any] = {
+                "nats_url": nats_server.url,
+                "node_ttl": TTL,
+                "data_dir": tmp_path / "data",
+                "port": free_port(),
+                **overrides,
+            }
+            settings = Settings.model_validate(values)
+            brokers = await stack.enter_async_context(open_brokers(settings))
+            discovery = await stack.enter_async_context(
+                open_discovery(brokers, settings, limit_markers=limit_markers)
+            )
+            return Node(brokers, discovery, settings)
+
+        yield start
+
+
+@pytest.fixture
+async def record() -> AsyncIterator[Callable[[Node], Recorder]]:
+    """`record(node)` collects the events `node` sees from now on."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(node: Node) -> Recorder:
+        recorder = Recorder()
+        subscription = node.discovery.subscribe()
+
+        async def collect() -> None:
+            async for event in subscription:
+                recorder.events.append(event)
+
+        tasks.append(asyncio.create_task(collect()))
+        return recorder
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*tasks)

@@ -1,0 +1,147 @@
+"""KV discovery against a real nats-server: joins, updates, leaves, crashes, bad data, TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import nats
+import pytest
+from nats.js.api import KeyValueConfig, StorageType
+
+from app.discovery.models import now
+from app.testing import NatsServer, eventually
+from tests.discovery.conftest import TTL
+
+
+async def test_nodes_see_each_other_and_themselves(start_node):
+    a = await start_node()
+    b = await start_node(service_name="billing")
+    await eventually(lambda: a.sees(b.node_id) and b.sees(a.node_id), timeout=1)
+    assert {n.node_id for n in a.discovery.nodes()} == {a.node_id, b.node_id}
+    assert [n.node_id for n in a.discovery.nodes("billing")] == [b.node_id]
+    assert await a.discovery.readiness() == {"discovery": "ok"}
+
+
+async def test_heartbeats_refresh_last_seen_without_update_events(start_node, record):
+    a = await start_node()
+    b = await start_node()
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    events = record(a)
+    first_seen = a.discovery.get(b.node_id).last_seen
+    await eventually(
+        lambda: a.discovery.get(b.node_id).last_seen > first_seen, timeout=b.discovery.ttl
+    )
+    assert events.kinds(b.node_id) == ["joined"]
+
+    await b.discovery.set_metadata({"draining": "true"})
+    await eventually(lambda: events.kinds(b.node_id) == ["joined", "updated"], timeout=1)
+    assert a.discovery.get(b.node_id).metadata == {"draining": "true"}
+
+
+async def test_deregister_is_seen_at_once_as_a_graceful_leave(start_node, record):
+    a = await start_node()
+    b = await start_node()
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    events = record(a)
+    await b.discovery.deregister()
+    await eventually(lambda: not a.sees(b.node_id), timeout=1)
+    assert events.left(b.node_id) == ["graceful"]
+    assert await b.discovery.readiness() == {"discovery": "not_registered"}
+
+
+async def test_crashed_node_expires_through_limit_markers(start_node, record):
+    a = await start_node()
+    b = await start_node()
+    assert a.discovery.limit_markers
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    events = record(a)
+    await b.crash()
+    took = await eventually(lambda: not a.sees(b.node_id), timeout=TTL + 1)
+    assert events.left(b.node_id) == ["expired"]
+    print(f"\ncrash leave via limit markers: {took:.2f}s after the crash (TTL {TTL}s)")
+
+
+async def test_sweep_drops_a_crashed_node_from_a_bucket_without_markers(
+    nats_server: NatsServer, start_node, record, caplog
+):
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
+    )
+    await nc.close()
+    caplog.set_level(logging.INFO, logger="app.discovery")
+    a = await start_node()
+    b = await start_node()
+    assert not a.discovery.limit_markers
+    assert "crash detection by local sweep" in caplog.text
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    events = record(a)
+    await b.crash()
+    await eventually(lambda: not a.sees(b.node_id), timeout=TTL + 1)
+    assert events.left(b.node_id) == ["expired"]
+    assert a.sees(a.node_id)
+
+
+async def test_bad_values_in_the_bucket_are_skipped_with_a_warning(start_node, caplog):
+    a = await start_node()
+    kv = await a.brokers.js.key_value("qosmesh_nodes")
+    good = a.discovery.self_info.model_copy(update={"node_id": "other-1", "last_seen": now()})
+    future = json.loads(good.to_json()) | {"node_id": "other-2", "schema": 2}
+    await kv.put("qosmesh.junk", b"{not json")
+    await kv.put("qosmesh.other-2", json.dumps(future).encode())
+    await kv.put("qosmesh.elsewhere", good.to_json())
+    await kv.put("qosmesh.other-1", good.to_json())
+
+    await eventually(lambda: a.sees("other-1"), timeout=1)
+    assert {n.node_id for n in a.discovery.nodes()} == {a.node_id, "other-1"}
+    assert "skipping bad value under 'qosmesh.junk': not JSON" in caplog.text
+    assert "unknown schema version 2" in caplog.text
+    assert "stored under 'qosmesh.elsewhere'" in caplog.text
+
+    late = await start_node()
+    assert {n.node_id for n in late.discovery.nodes()} == {a.node_id, late.node_id, "other-1"}
+
+
+async def test_existing_bucket_ttl_wins_over_a_different_setting(start_node, caplog):
+    a = await start_node()
+    b = await start_node(node_ttl=30)
+    assert "has TTL 2.0s but APP_NODE_TTL is 30.0s" in caplog.text
+    assert b.discovery.ttl == TTL
+    assert b.discovery.heartbeat_seconds == pytest.approx(TTL / 3)
+    status = await (await a.brokers.js.key_value("qosmesh_nodes")).status()
+    assert status.ttl == TTL
+    assert status.history == 1
+    assert status.stream_info.config.storage == StorageType.FILE
+
+
+async def test_after_a_nats_restart_views_are_whole_and_survivors_never_left(
+    nats_server: NatsServer, start_node, record, caplog
+):
+    caplog.set_level(logging.INFO, logger="app.discovery")
+    a = await start_node()
+    b = await start_node()
+    c = await start_node()
+    await eventually(lambda: len(a.discovery.nodes()) == 3, timeout=1)
+    events = record(a)
+    await c.crash()
+    nats_server.stop()
+    await eventually(lambda: not a.brokers.nc.is_connected, timeout=2)
+    await asyncio.sleep(TTL + 0.5)
+    nats_server.start()
+
+    def whole() -> bool:
+        return all(
+            {n.node_id for n in x.discovery.nodes()} == {a.node_id, b.node_id} for x in (a, b)
+        )
+
+    took = await eventually(whole, timeout=5)
+    print(f"\nviews whole again {took:.2f}s after nats-server came back")
+    assert "discovery resynced" in caplog.text
+    assert events.left(c.node_id) == ["expired"]
+    assert events.kinds(b.node_id) == ["joined"]
+    assert events.kinds(a.node_id) == ["joined"]
+    kv = await a.brokers.js.key_value("qosmesh_nodes")
+    assert set(await kv.keys()) >= {a.discovery.self_info.key, b.discovery.self_info.key}
+    assert await a.discovery.readiness() == {"discovery": "ok"}
