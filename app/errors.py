@@ -4,10 +4,13 @@ QosMeshError
 ├── ConfigurationError      settings that cannot work (bad value, conflicting broker config)
 ├── BrokerUnavailableError  a broker could not be reached or refused us at start
 ├── PublishError            the broker did not confirm a publish within the retry budget
-├── DecodeError             bytes on the wire that are not a message we can read
-│   └── UnknownVersionError the envelope's schema version is not one we speak
 ├── DeadLetterNotFoundError no dead letter with that id
 └── DiscoveryError          membership could not be read or written
+
+ValueError
+└── DecodeError             bytes on the wire that are not a message we can read
+    └── UnknownVersionError an envelope or schema version we do not speak
+(these two live with the contracts in app.messages, which import nothing of the app)
 """
 
 from __future__ import annotations
@@ -29,17 +32,23 @@ class PublishError(QosMeshError):
     """The broker did not confirm a publish within the retry budget; the message may not exist."""
 
 
-class DecodeError(QosMeshError):
-    """Bytes received from a broker that do not decode into a message."""
-
-
-class UnknownVersionError(DecodeError):
-    """An envelope whose schema version this code does not speak."""
-
-
 class DeadLetterNotFoundError(QosMeshError):
     """No dead letter is stored under the given id."""
 
 
 class DiscoveryError(QosMeshError):
     """Membership could not be read from or written to the discovery bucket."""
+
+
+from app.messages import DecodeError, UnknownVersionError  # noqa: E402
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "DeadLetterNotFoundError",
+    "DecodeError",
+    "DiscoveryError",
+    "PublishError",
+    "QosMeshError",
+    "UnknownVersionError",
+]

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     ack_wait: Annotated[float, Field(gt=0)] = 10.0
     consumer_concurrency: Annotated[int, Field(ge=1)] = 64
     duplicate_window: Annotated[float, Field(ge=1)] = 120.0
+    idempotency_ttl: Annotated[float, Field(ge=1)] = 86400.0
 
     admin_token: SecretStr | None = None
     max_body_bytes: Annotated[int, Field(ge=1)] = 65536

@@ -1,0 +1,61 @@
+"""`/admin`: dead letters, behind `Authorization: Bearer <APP_ADMIN_TOKEN>`.
+
+With no token configured every /admin endpoint answers 404: never open.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+
+from app.dead_letters import DeadLetters
+from app.transports.base import DeadLetterDetail, DeadLetterPage
+
+
+def require_admin(request: Request) -> None:
+    token = request.app.state.settings.admin_token
+    if token is None:
+        raise HTTPException(404, "Not Found")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), expected):
+        raise HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+def dead_letters(request: Request) -> DeadLetters:
+    store: DeadLetters = request.app.state.dead_letters
+    return store
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+Store = Annotated[DeadLetters, Depends(dead_letters)]
+
+
+@router.get("/dlq")
+async def list_dead_letters(
+    store: Store,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DeadLetterPage:
+    """Dead letters, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    return await store.list(limit, cursor)
+
+
+@router.get("/dlq/{dlq_id}")
+async def show_dead_letter(dlq_id: str, store: Store) -> DeadLetterDetail:
+    return await store.get(dlq_id)
+
+
+@router.delete("/dlq/{dlq_id}", status_code=204)
+async def delete_dead_letter(dlq_id: str, store: Store) -> Response:
+    await store.delete(dlq_id)
+    return Response(status_code=204)
+
+
+@router.post("/dlq/{dlq_id}/replay", status_code=202)
+async def replay_dead_letter(dlq_id: str, store: Store) -> dict[str, str]:
+    """Send the message back through its normal path, with its original message id."""
+    message_id = await store.replay(dlq_id)
+    return {"dlq_id": dlq_id, "message_id": message_id, "status": "replayed"}

@@ -1,0 +1,151 @@
+"""The QoS router: one publish API and one subscribe API over every transport.
+
+A message's QoS comes from its type (or APP_QOS_OVERRIDES); the QoS picks the transport
+configured for that level. Handlers are registered per message type; by default the instances
+of a service compete for each message, `broadcast=True` gives every instance every message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from app.errors import ConfigurationError
+from app.idempotency import IdempotencyStore
+from app.messages import Envelope, Message, QoS, decode_message, encode, snake_case
+from app.settings import Settings
+from app.telemetry import dedupe_hits
+from app.transports.base import DeadLetterStore, Delivery, Subscription, Transport
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+MessageHandler = Callable[[M], Awaitable[None]]
+
+# Transports that persist, ack and retry: the only ones that may carry QoS 1 and 2.
+RELIABLE = frozenset({"jetstream", "redis", "memory"})
+
+
+class Bus:
+    def __init__(
+        self,
+        settings: Settings,
+        transports: Mapping[str, Transport],
+        idempotency: Mapping[str, IdempotencyStore],
+        instance_id: str,
+    ) -> None:
+        self._settings = settings
+        self._transports = dict(transports)
+        self._idempotency = idempotency
+        self._instance_id = instance_id
+        self._subscriptions: list[tuple[Transport, Subscription]] = []
+        self._started = False
+
+    def route(self, message_type: type[Message]) -> tuple[QoS, Transport]:
+        """The QoS and transport for `message_type`, overrides applied."""
+        override = self._settings.qos_overrides.get(message_type.type_name())
+        qos = QoS(override.qos) if override and override.qos is not None else message_type.qos
+        levels = {
+            QoS.AT_MOST_ONCE: self._settings.qos0_transport,
+            QoS.AT_LEAST_ONCE: self._settings.qos1_transport,
+            QoS.EXACTLY_ONCE: self._settings.qos2_transport,
+        }
+        name = override.transport if override and override.transport else levels[qos]
+        if qos > QoS.AT_MOST_ONCE and name not in RELIABLE:
+            raise ConfigurationError(
+                f"{message_type.type_name()} is QoS {int(qos)} but transport {name!r} has no "
+                "persistence, ack or retry: use jetstream or redis"
+            )
+        transport = self._transports.get(name)
+        if transport is None:
+            raise ConfigurationError(f"transport {name!r} is not available")
+        return qos, transport
+
+    def subject(self, message_type: type[Message]) -> str:
+        return message_type.subject_for(self._settings.service_name)
+
+    async def publish(self, message: Message) -> None:
+        """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed."""
+        qos, transport = self.route(type(message))
+        await transport.publish(encode(message, qos, self.subject(type(message))), qos)
+
+    def handler(
+        self, message_type: type[M], *, broadcast: bool = False
+    ) -> Callable[[MessageHandler[M]], MessageHandler[M]]:
+        """Decorator form of `subscribe`."""
+
+        def register(func: MessageHandler[M]) -> MessageHandler[M]:
+            self.subscribe(message_type, func, broadcast=broadcast)
+            return func
+
+        return register
+
+    def subscribe(
+        self, message_type: type[M], handler: MessageHandler[M], *, broadcast: bool = False
+    ) -> None:
+        if self._started:
+            raise ConfigurationError("subscribe before the bus starts")
+        qos, transport = self.route(message_type)
+        service = self._settings.service_name
+        name = f"{service}__{snake_case(message_type.type_name())}"
+        if broadcast:
+            name = f"{name}__{self._instance_id}"
+        types: dict[str, type[Message]] = {message_type.type_name(): message_type}
+        on_delivery = self._dispatcher(types, handler, qos, name, transport.name)
+        self._subscriptions.append(
+            (
+                transport,
+                Subscription(
+                    subject=self.subject(message_type),
+                    group=None if broadcast else service,
+                    handler=on_delivery,
+                    qos=qos,
+                    name=name,
+                ),
+            )
+        )
+
+    def _dispatcher(
+        self,
+        types: dict[str, type[Message]],
+        handler: MessageHandler[Any],
+        qos: QoS,
+        consumer: str,
+        transport: str,
+    ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
+        idempotency = self._idempotency.get(transport)
+        if qos == QoS.EXACTLY_ONCE and idempotency is None:
+            raise ConfigurationError(f"transport {transport!r} has no idempotency store for QoS 2")
+
+        async def on_delivery(envelope: Envelope, delivery: Delivery) -> bool:
+            message = decode_message(envelope, types)
+            if idempotency is None or qos < QoS.EXACTLY_ONCE:
+                await handler(message)
+                return True
+            key = f"{consumer}.{message.message_id}"
+            if await idempotency.seen(key):
+                dedupe_hits.add(1, {"side": "receiver"})
+                return False
+            await handler(message)
+            await idempotency.mark(key)
+            return True
+
+        return on_delivery
+
+    async def start(self) -> None:
+        for transport, subscription in self._subscriptions:
+            await transport.subscribe(subscription)
+        for transport in self._transports.values():
+            await transport.start()
+        self._started = True
+
+    async def stop(self, timeout: float) -> None:
+        """Stop consuming; in-flight handlers get `timeout` seconds, the rest are redelivered."""
+        for transport in self._transports.values():
+            await transport.stop(timeout)
+
+    @property
+    def dead_letters(self) -> list[DeadLetterStore]:
+        stores = (transport.dead_letters for transport in self._transports.values())
+        return [store for store in stores if store is not None]

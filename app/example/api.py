@@ -1,0 +1,141 @@
+"""The example's HTTP commands and queries: orders and their payments."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.idempotency import IdempotencyKeys, fingerprint
+from app.bus import Bus
+from app.errors import PublishError
+from app.example.messages import OrderPlaced, PaymentCaptured
+from app.example.orders import Order, OrderStore
+from app.messages import new_message_id
+
+router = APIRouter(tags=["orders"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
+RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", max_length=256)]
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the broker did not confirm; retry (same Idempotency-Key)"}
+}
+
+
+class PlaceOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1, le=10000)
+
+
+class OrderAccepted(BaseModel):
+    order_id: str
+    message_id: str
+    status: Literal["pending"] = "pending"
+
+
+class CapturePayment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int = Field(gt=0, le=10**12)
+
+
+class PaymentAccepted(BaseModel):
+    order_id: str
+    payment_id: str
+    message_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class OrderView(BaseModel):
+    order_id: str
+    sku: str
+    quantity: int
+    status: Literal["pending", "confirmed"]
+    paid: int
+    created_at: datetime
+    updated_at: datetime
+
+
+def _deps(request: Request) -> tuple[Bus, OrderStore, IdempotencyKeys]:
+    state = request.app.state
+    return state.bus, state.domain.orders, state.domain.keys
+
+
+@router.post("/orders", status_code=202, response_model=OrderAccepted, responses=_UNAVAILABLE)
+async def place_order(
+    body: PlaceOrder, request: Request, idempotency_key: IdempotencyKey = None
+) -> Any:
+    """Record the order as pending, then publish `OrderPlaced` (QoS 1) for a handler to confirm."""
+    bus, orders, keys = _deps(request)
+    scope = "POST /orders"
+    plan = {"order_id": new_message_id(), "message_id": new_message_id()}
+    record = None
+    if idempotency_key is not None:
+        record = await keys.begin(scope, idempotency_key, fingerprint(body.model_dump()), plan)
+        if record.answered:
+            return JSONResponse(record.response, status_code=record.status or 202)
+        plan = record.plan
+    order_id, message_id = plan["order_id"], plan["message_id"]
+    await orders.create(Order(order_id=order_id, sku=body.sku, quantity=body.quantity))
+    event = OrderPlaced(
+        message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
+    )
+    try:
+        await bus.publish(event)
+    except PublishError:
+        if record is None:
+            await orders.delete(order_id)  # nobody can retry this one: leave no stray pending
+        raise
+    answer = OrderAccepted(order_id=order_id, message_id=message_id)
+    if record is not None and idempotency_key is not None:
+        await keys.finish(scope, idempotency_key, record, 202, answer.model_dump())
+    return answer
+
+
+@router.get("/orders/{order_id}", response_model=OrderView, responses={404: {}})
+async def get_order(order_id: str, request: Request) -> Any:
+    _, orders, _ = _deps(request)
+    order = await orders.get(order_id)
+    if order is None:
+        raise HTTPException(404, "Order not found")
+    return order
+
+
+@router.post(
+    "/orders/{order_id}/payments",
+    status_code=202,
+    response_model=PaymentAccepted,
+    responses={404: {}, 409: {}, **_UNAVAILABLE},
+)
+async def capture_payment(
+    order_id: str,
+    body: CapturePayment,
+    request: Request,
+    idempotency_key: RequiredIdempotencyKey,
+) -> Any:
+    """Publish `PaymentCaptured` (QoS 2); the key is the payment id, applied once."""
+    bus, orders, keys = _deps(request)
+    if await orders.get(order_id) is None:
+        raise HTTPException(404, "Order not found")
+    scope = "POST /orders/{order_id}/payments"
+    fp = fingerprint(order_id, body.model_dump())
+    record = await keys.begin(scope, idempotency_key, fp, {"message_id": new_message_id()})
+    if record.answered:
+        return JSONResponse(record.response, status_code=record.status or 202)
+    message_id = record.plan["message_id"]
+    await bus.publish(
+        PaymentCaptured(
+            message_id=message_id,
+            order_id=order_id,
+            payment_id=idempotency_key,
+            amount=body.amount,
+        )
+    )
+    answer = PaymentAccepted(order_id=order_id, payment_id=idempotency_key, message_id=message_id)
+    await keys.finish(scope, idempotency_key, record, 202, answer.model_dump())
+    return answer

@@ -1,0 +1,87 @@
+"""The orders read model: one JSON record per order in a JetStream KV bucket, changed only by
+compare-and-set so concurrent handlers on different instances never overwrite each other."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field
+
+from app.kv import open_bucket
+from app.settings import Settings
+
+ORDER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_CAS_TRIES = 20
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Order(BaseModel):
+    order_id: str
+    sku: str
+    quantity: int
+    status: Literal["pending", "confirmed"] = "pending"
+    paid: int = 0
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+    payments: list[str] = Field(default_factory=list)
+
+
+class OrderStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, settings: Settings) -> OrderStore:
+        bucket = f"{settings.service_name.replace('-', '_')}_orders"
+        return cls(await open_bucket(js, bucket, ttl=None, replicas=settings.replicas))
+
+    async def get(self, order_id: str) -> Order | None:
+        if not ORDER_ID.match(order_id):
+            return None
+        try:
+            entry = await self._kv.get(order_id)
+        except KeyNotFoundError:
+            return None
+        return Order.model_validate_json(entry.value or b"{}")
+
+    async def create(self, order: Order) -> None:
+        """Record a new order; a repeat of the same order id keeps the first record."""
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._kv.create(order.order_id, order.model_dump_json().encode())
+
+    async def delete(self, order_id: str) -> None:
+        await self._kv.delete(order_id)
+
+    async def change(self, seed: Order, change: Callable[[Order], Order | None]) -> Order:
+        """Apply `change` by compare-and-set, retrying on conflicts. `change` returns None
+        when there is nothing to do; `seed` is used when the order is not recorded yet."""
+        for _ in range(_CAS_TRIES):
+            try:
+                entry = await self._kv.get(seed.order_id)
+                current, revision = Order.model_validate_json(entry.value or b"{}"), entry.revision
+            except KeyNotFoundError:
+                current, revision = seed, None
+            changed = change(current)
+            if changed is None:
+                return current
+            changed.updated_at = _now()
+            data = changed.model_dump_json().encode()
+            try:
+                if revision is None:
+                    await self._kv.create(seed.order_id, data)
+                else:
+                    await self._kv.update(seed.order_id, data, last=revision)
+                return changed
+            except KeyWrongLastSequenceError:
+                continue
+        raise RuntimeError(f"order {seed.order_id} kept changing under us")

@@ -1,0 +1,168 @@
+"""Message contracts and their wire envelope. Imports nothing else of the app.
+
+A message type declares its quality of service:
+
+    class OrderPlaced(Message): ...                      # QoS 1, at least once (the default)
+    class CacheWarmed(Event): ...                        # QoS 0, at most once
+    class OrderShipped(ReliableEvent): ...               # an event with QoS 1
+    class PaymentCaptured(Message):                      # QoS 2, effectively once
+        qos = QoS.EXACTLY_ONCE
+
+Subject rule: `<service>.<type name in snake_case>` (`OrderPlaced` of service `shop` is
+`shop.order_placed`), where service is the publishing service's APP_SERVICE_NAME. A type that
+another service consumes, or that needs a fixed name, sets `subject = "billing.invoice_due"`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENVELOPE_VERSION = "1"
+
+H_VERSION = "qm-version"
+H_ID = "qm-id"
+H_TYPE = "qm-type"
+H_SCHEMA = "qm-schema"
+H_QOS = "qm-qos"
+H_ATTEMPT = "qm-attempt"
+H_CORRELATION = "qm-correlation-id"
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+class QoS(IntEnum):
+    AT_MOST_ONCE = 0
+    AT_LEAST_ONCE = 1
+    EXACTLY_ONCE = 2
+
+
+def new_message_id() -> str:
+    """A ULID: 26 Crockford base32 characters, sortable by creation time, valid as a KV key."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+def snake_case(name: str) -> str:
+    return _SNAKE.sub("_", name).lower()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """A command or fact sent to other instances; QoS 1 (at least once) unless the type says."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    qos: ClassVar[QoS] = QoS.AT_LEAST_ONCE
+    subject: ClassVar[str | None] = None
+    schema_version: ClassVar[int] = 1
+
+    message_id: str = Field(default_factory=new_message_id)
+    correlation_id: str = ""
+    timestamp: datetime = Field(default_factory=_utcnow)
+
+    @model_validator(mode="after")
+    def _default_correlation(self) -> Message:
+        if not self.correlation_id:
+            object.__setattr__(self, "correlation_id", self.message_id)
+        return self
+
+    @classmethod
+    def type_name(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def subject_for(cls, service: str) -> str:
+        return cls.subject or f"{service}.{snake_case(cls.__name__)}"
+
+
+class Event(Message):
+    """A notification whose loss is acceptable (CQRS read-side updates): QoS 0."""
+
+    qos: ClassVar[QoS] = QoS.AT_MOST_ONCE
+
+
+class ReliableEvent(Event):
+    """An event that must arrive: QoS 1."""
+
+    qos: ClassVar[QoS] = QoS.AT_LEAST_ONCE
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What travels: string headers and a JSON body."""
+
+    headers: dict[str, str]
+    body: bytes
+    subject: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def message_id(self) -> str:
+        return self.headers.get(H_ID, "")
+
+    @property
+    def type_name(self) -> str:
+        return self.headers.get(H_TYPE, "")
+
+
+def encode(message: Message, qos: QoS, subject: str) -> Envelope:
+    headers = {
+        H_VERSION: ENVELOPE_VERSION,
+        H_ID: message.message_id,
+        H_TYPE: message.type_name(),
+        H_SCHEMA: str(message.schema_version),
+        H_QOS: str(int(qos)),
+        H_ATTEMPT: "1",
+        H_CORRELATION: message.correlation_id,
+    }
+    return Envelope(headers=headers, body=message.model_dump_json().encode(), subject=subject)
+
+
+class DecodeError(ValueError):
+    """Bytes that can never become a message; `reason` is `undecodable` or `unknown_type`."""
+
+    reason = "undecodable"
+
+    def __init__(self, detail: str, reason: str | None = None) -> None:
+        super().__init__(detail)
+        if reason:
+            self.reason = reason
+
+
+class UnknownVersionError(DecodeError):
+    """An envelope or message schema version this code does not speak."""
+
+    reason = "unknown_version"
+
+
+def decode_message(envelope: Envelope, types: dict[str, type[Message]]) -> Message:
+    """The message in `envelope`, or a DecodeError saying why it can never be read."""
+    version = envelope.headers.get(H_VERSION)
+    if version != ENVELOPE_VERSION:
+        raise UnknownVersionError(f"envelope version {version!r}")
+    message_type = types.get(envelope.type_name)
+    if message_type is None:
+        raise DecodeError(f"no handler for type {envelope.type_name!r}", "unknown_type")
+    schema = envelope.headers.get(H_SCHEMA, "1")
+    if not schema.isdigit() or int(schema) > message_type.schema_version:
+        raise UnknownVersionError(f"{message_type.type_name()} schema {schema!r}")
+    try:
+        return message_type.model_validate_json(envelope.body)
+    except (ValidationError, UnicodeDecodeError) as exc:
+        raise DecodeError(str(exc).splitlines()[0]) from exc

@@ -1,0 +1,1 @@
+"""Brokers behind one small Protocol (base.py), one module per broker."""

@@ -1,0 +1,124 @@
+"""The contract every broker module implements, and the values that cross it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from app.messages import Envelope, QoS
+
+Handler = Callable[[Envelope, "Delivery"], Awaitable[bool]]
+"""Handles one delivery: True when it took effect, False when it was a known duplicate."""
+
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """What the broker says about one delivery of a message."""
+
+    transport: str
+    subject: str
+    attempt: int
+    max_attempts: int
+    message_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Subscription:
+    """Messages on `subject` go to `handler`.
+
+    With `group` set, the instances sharing it compete (each message reaches one of them); with
+    `group=None` every instance gets every message (broadcast).
+    """
+
+    subject: str
+    group: str | None
+    handler: Handler
+    qos: QoS
+    name: str
+
+
+class Transport(Protocol):
+    """A broker seen from the router.
+
+    `publish` returns once the message is as safe as its QoS allows: for QoS 0 handed to the
+    client (loss is counted, never raised); for QoS 1 and 2 acknowledged by the broker's
+    persistent store, retried with backoff within the budget, else `PublishError` is raised.
+
+    For consumers, the handler's outcome decides the message's fate: it returns -> ack; it raises
+    `DecodeError` -> the message can never succeed and is dead-lettered at once; it raises
+    anything else -> redelivered after a growing delay, and dead-lettered after the last try.
+    QoS 0 transports cannot redeliver: a failed handler is counted and logged.
+    """
+
+    name: str
+
+    @property
+    def dead_letters(self) -> DeadLetterStore | None:
+        """Where this transport keeps messages it could not deliver (None for QoS 0 ones)."""
+        ...
+
+    async def start(self) -> None:
+        """Create what the broker needs (streams, groups) and start consuming."""
+
+    async def publish(self, envelope: Envelope, qos: QoS) -> None: ...
+
+    async def subscribe(self, subscription: Subscription) -> None: ...
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking new messages, let in-flight handlers finish within `timeout`."""
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be handled, kept for inspection and replay."""
+
+    dlq_id: str
+    message_id: str
+    type: str
+    subject: str
+    transport: str
+    error: str
+    deliveries: int
+    dead_at: datetime
+
+
+class DeadLetterDetail(DeadLetter):
+    headers: dict[str, str]
+    body: str
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetter]
+    total: int
+    next_cursor: str | None = None
+
+
+class DeadLetterStore(Protocol):
+    """Where a transport keeps its dead letters; ids are opaque and carry the transport's prefix."""
+
+    prefix: str
+
+    async def list(self, limit: int, cursor: str | None) -> DeadLetterPage:
+        """Newest first; `cursor` is the `next_cursor` of the previous page."""
+        ...
+
+    async def get(self, dlq_id: str) -> DeadLetterDetail:
+        """Raises DeadLetterNotFoundError."""
+        ...
+
+    async def delete(self, dlq_id: str) -> None: ...
+
+    async def replay(self, dlq_id: str) -> str:
+        """Send the message back through its normal path (same message id); returns that id."""
+        ...
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
+    """Exponential backoff with jitter for the `attempt`-th retry (1-based): half of the
+    exponential step is fixed, half random, so retries spread without collapsing to zero."""
+    step = min(cap, base * 2 ** (attempt - 1))
+    return float(step / 2 + random.uniform(0, step / 2))  # noqa: S311

@@ -1,0 +1,305 @@
+"""QoS 1 and 2 on NATS JetStream: persisted, acknowledged, retried, dead-lettered.
+
+Publishing waits for the stream's PubAck and retries within the budget; every publish carries
+`Nats-Msg-Id` = message id, so a retry after a lost ack is dropped by the broker's dedupe window.
+Consumers are durable pull consumers with explicit ack: ack after the handler returns, nak with
+a growing delay when it raises, term (after a dead-letter copy) when it can never succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from app.messages import DecodeError, Envelope, QoS
+from app.settings import Settings
+from app.telemetry import (
+    consumed_messages,
+    dedupe_hits,
+    process_duration,
+    redeliveries,
+    sent_messages,
+)
+from app.transports.base import Delivery, Subscription, backoff
+from app.transports.jetstream_dlq import JetStreamDeadLetters
+from app.transports.jetstream_streams import ensure_stream, stream_name
+from app.transports.retry import RetryBudget, with_retries
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "nats"
+MSG_ID = "Nats-Msg-Id"
+STREAM_MAX_AGE = 7 * 24 * 3600.0
+RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
+
+
+class JetStreamTransport:
+    name = "jetstream"
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext, settings: Settings) -> None:
+        self._nc = nc
+        self._js = js
+        self._settings = settings
+        self._budget = RetryBudget.from_settings(settings)
+        self._dlq = JetStreamDeadLetters(js, settings, self.publish)
+        self._streams: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: list[Subscription] = []
+        self._consumers: list[_Consumer] = []
+
+    def stream_config(self, subject: str) -> StreamConfig:
+        return StreamConfig(
+            name=stream_name(subject),
+            subjects=[subject],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=self._settings.replicas,
+            duplicate_window=self._settings.duplicate_window,
+            max_age=STREAM_MAX_AGE,
+            allow_direct=True,
+        )
+
+    async def ensure(self, subject: str) -> str:
+        """Make sure the stream for `subject` exists (once per process); return its name."""
+        task = self._streams.get(subject)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(ensure_stream(self._js, self.stream_config(subject)))
+            self._streams[subject] = task
+        await asyncio.shield(task)
+        return stream_name(subject)
+
+    @property
+    def dead_letters(self) -> JetStreamDeadLetters:
+        return self._dlq
+
+    async def start(self) -> None:
+        await self._dlq.start()
+        for subscription in self._subscriptions:
+            stream = await self.ensure(subscription.subject)
+            consumer = _Consumer(self._js, stream, subscription, self._settings, self._dlq)
+            await consumer.start()
+            self._consumers.append(consumer)
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
+
+    async def publish(self, envelope: Envelope, qos: QoS) -> None:
+        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
+        try:
+            await with_retries(
+                lambda attempt, timeout: self._send(envelope, attempt, timeout),
+                self._budget,
+                RETRYABLE,
+                SYSTEM,
+                f"message {envelope.message_id}",
+            )
+        except Exception:
+            sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
+            raise
+        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+
+    async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
+        await self.ensure(envelope.subject)
+        headers = {**envelope.headers, "qm-attempt": str(attempt)}
+        headers.setdefault(MSG_ID, envelope.message_id)
+        ack = await self._js.publish(envelope.subject, envelope.body, timeout, headers=headers)
+        if ack.duplicate:
+            dedupe_hits.add(1, {"side": "publisher"})
+
+    async def stop(self, timeout: float) -> None:
+        await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
+        self._consumers.clear()
+        await self._dlq.stop()
+
+
+class _Consumer:
+    """One durable pull consumer feeding a handler with bounded concurrency."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subscription: Subscription,
+        settings: Settings,
+        dlq: JetStreamDeadLetters,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._sub = subscription
+        self._settings = settings
+        self._dlq = dlq
+        self._limit = settings.consumer_concurrency
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slot = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._attrs: dict[str, str | int] = {
+            "messaging.system": SYSTEM,
+            "messaging.destination.name": subscription.subject,
+            "qos": int(subscription.qos),
+        }
+
+    def config(self) -> ConsumerConfig:
+        broadcast = self._sub.group is None
+        return ConsumerConfig(
+            durable_name=self._sub.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._settings.ack_wait,
+            max_deliver=self._settings.max_deliver,
+            filter_subject=self._sub.subject,
+            max_ack_pending=max(1000, self._limit * 4),
+            deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
+            inactive_threshold=max(60.0, self._settings.ack_wait * 6) if broadcast else None,
+            num_replicas=self._settings.replicas,
+        )
+
+    async def start(self) -> None:
+        await self._js.add_consumer(self._stream, self.config())
+        self._psub = await self._js.pull_subscribe_bind(durable=self._sub.name, stream=self._stream)
+        self._loop_task = asyncio.create_task(self._run(), name=f"consume {self._sub.name}")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free = self._limit - len(self._inflight)
+            if free <= 0:
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            try:
+                msgs = await self._psub.fetch(batch=min(free, 256), timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:
+                if self._stopping:
+                    return
+                log.warning("fetch on %s failed: %s", self._sub.name, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slot.set()
+
+    async def _handle(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered
+        envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
+        delivery = Delivery(
+            "jetstream", msg.subject, attempt, self._settings.max_deliver, envelope.message_id
+        )
+        if attempt > 1:
+            redeliveries.add(1, {"messaging.system": SYSTEM, "destination": msg.subject})
+        keepalive = _KeepAlive(msg, self._settings.ack_wait / 3)
+        started = time.perf_counter()
+        try:
+            applied = await self._sub.handler(envelope, delivery)
+        except DecodeError as exc:
+            outcome = "term"
+            await self._dead_letter(msg, envelope, exc.reason, str(exc), attempt)
+        except asyncio.CancelledError:
+            outcome = "nak"
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as exc:
+            if attempt >= self._settings.max_deliver:
+                outcome = "term"
+                await self._dead_letter(msg, envelope, "max_deliveries", _describe(exc), attempt)
+            else:
+                outcome = "nak"
+                log.info("handler failed for %s (try %d): %s", envelope.message_id, attempt, exc)
+                await _settle(msg.nak(delay=backoff(attempt, base=0.2, cap=10.0)))
+        else:
+            outcome = "ack" if applied else "duplicate"
+            await _settle(msg.ack())
+        finally:
+            keepalive.cancel()
+            process_duration.record(time.perf_counter() - started, self._attrs)
+        consumed_messages.add(1, {**self._attrs, "outcome": outcome})
+
+    async def _dead_letter(
+        self, msg: Msg, envelope: Envelope, reason: str, error: str, attempt: int
+    ) -> None:
+        """Copy to the dead-letter stream, then term; if the copy fails, the server's
+        MAX_DELIVERIES advisory brings the message to the dead-letter stream later."""
+        try:
+            await self._dlq.add(
+                envelope,
+                stream=self._stream,
+                seq=msg.metadata.sequence.stream,
+                consumer=self._sub.name,
+                reason=reason,
+                error=error,
+                deliveries=attempt,
+            )
+        except Exception:
+            log.exception("dead-letter copy of %s failed", envelope.message_id)
+            await _settle(msg.nak())
+            return
+        await _settle(msg.term())
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching, give in-flight handlers `timeout` seconds, nak the rest."""
+        self._stopping = True
+        self._slot.set()
+        if self._loop_task is not None:
+            await asyncio.wait({self._loop_task}, timeout=2)
+            self._loop_task.cancel()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        with contextlib.suppress(Exception):
+            await self._psub.unsubscribe()
+
+
+class _KeepAlive:
+    """Tells the server a long handler is still working, so the delivery is not redelivered."""
+
+    def __init__(self, msg: Msg, every: float) -> None:
+        self._msg = msg
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(every, self._tick)
+        self._task: asyncio.Task[None] | None = None
+
+    def _tick(self) -> None:
+        self._task = self._loop.create_task(self._msg.in_progress())
+        self._handle = self._loop.call_later(self._every, self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+async def _settle(reply: Awaitable[None]) -> None:
+    """Send an ack, nak or term; when the connection is gone the server redelivers anyway."""
+    try:
+        await reply
+    except Exception as exc:
+        log.warning("could not settle a delivery: %s", exc)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]

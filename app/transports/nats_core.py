@@ -1,0 +1,88 @@
+"""QoS 0 on NATS core: fire and forget, loss allowed and counted.
+
+While the client is disconnected a publish is dropped and counted as lost, rather than left in
+nats-py's reconnect buffer where its fate could never be known.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+
+from app.messages import Envelope, QoS
+from app.telemetry import consumed_messages, process_duration, qos0_lost, sent_messages
+from app.transports.base import Delivery, Subscription
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "nats"
+
+
+class NatsCoreTransport:
+    name = "nats"
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._subscriptions: list[Subscription] = []
+        self._active: list[NatsSubscription] = []
+
+    @property
+    def dead_letters(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        for subscription in self._subscriptions:
+            await self._listen(subscription)
+
+    async def publish(self, envelope: Envelope, qos: QoS) -> None:
+        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
+        if not self._nc.is_connected:
+            self._lost(envelope, attrs, "disconnected")
+            return
+        try:
+            await self._nc.publish(envelope.subject, envelope.body, headers=envelope.headers)
+        except Exception as exc:
+            self._lost(envelope, attrs, type(exc).__name__)
+            return
+        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+
+    def _lost(self, envelope: Envelope, attrs: dict[str, str], why: str) -> None:
+        qos0_lost.add(1, {"messaging.destination.name": envelope.subject})
+        sent_messages.add(1, {**attrs, "qos": 0, "outcome": "lost"})
+        log.debug("qos0 message %s dropped: %s", envelope.message_id, why)
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
+
+    async def _listen(self, subscription: Subscription) -> None:
+        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": subscription.subject}
+
+        async def on_message(msg: Msg) -> None:
+            envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
+            delivery = Delivery(SYSTEM, msg.subject, 1, 1, envelope.message_id)
+            started = time.perf_counter()
+            outcome = "ack"
+            try:
+                await subscription.handler(envelope, delivery)
+            except Exception:
+                outcome = "term"
+                log.warning("qos0 handler failed for %s", envelope.message_id, exc_info=True)
+            process_duration.record(time.perf_counter() - started, {**attrs, "qos": 0})
+            consumed_messages.add(1, {**attrs, "qos": 0, "outcome": outcome})
+
+        sub = await self._nc.subscribe(
+            subscription.subject, queue=subscription.group or "", cb=on_message
+        )
+        self._active.append(sub)
+
+    async def stop(self, timeout: float) -> None:
+        for sub in self._active:
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except Exception:
+                log.debug("drain of %s failed", sub.subject, exc_info=True)
+        self._active.clear()

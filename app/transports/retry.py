@@ -1,0 +1,63 @@
+"""The publish retry budget shared by every transport with broker acks (QoS 1 and 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from app.errors import PublishError
+from app.settings import Settings
+from app.telemetry import publish_retries
+from app.transports.base import backoff
+
+
+@dataclass(slots=True, frozen=True)
+class RetryBudget:
+    attempts: int
+    attempt_timeout: float
+    deadline: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryBudget:
+        return cls(
+            settings.publish_attempts, settings.publish_attempt_timeout, settings.publish_deadline
+        )
+
+
+async def with_retries(
+    send: Callable[[int, float], Awaitable[None]],
+    budget: RetryBudget,
+    retry_on: tuple[type[BaseException], ...],
+    system: str,
+    what: str,
+) -> None:
+    """Call `send(attempt, timeout)` until it returns, backing off between attempts.
+
+    Raises PublishError when the attempts or the deadline are spent; errors outside `retry_on`
+    propagate at once.
+    """
+    started = time.monotonic()
+    last: BaseException | None = None
+    for attempt in range(1, budget.attempts + 1):
+        remaining = budget.deadline - (time.monotonic() - started)
+        if remaining <= 0:
+            break
+        try:
+            await send(attempt, min(budget.attempt_timeout, remaining))
+            return
+        except retry_on as exc:
+            last = exc
+        if attempt == budget.attempts:
+            break
+        pause = backoff(attempt)
+        if time.monotonic() - started + pause >= budget.deadline:
+            break
+        publish_retries.add(1, {"messaging.system": system})
+        await asyncio.sleep(pause)
+    elapsed = time.monotonic() - started
+    raise PublishError(
+        f"{what} not confirmed after {attempt} attempt(s) in {elapsed:.1f}s: "
+        f"{type(last).__name__ if last else 'deadline'} {last or ''}".strip()
+    ) from last
