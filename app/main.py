@@ -3,19 +3,25 @@ of it stopped in reverse order on shutdown."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import ModuleType
 from typing import Any
 
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health, nodes
+from app.api import admin, health, nodes, problems
 from app.api.health import Readiness
-from app.brokers import open_brokers
-from app.discovery import open_discovery
+from app.brokers import Brokers, open_brokers
+from app.bus import Bus
+from app.dead_letters import DeadLetters
+from app.discovery import Discovery, open_discovery
 from app.settings import Settings
+from app.transports.registry import build_transports
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             discovery = await stack.enter_async_context(open_discovery(brokers, settings))
             readiness.add(discovery.readiness)
             app.state.discovery = discovery
+            await stack.enter_async_context(_messaging(app, settings, brokers, discovery))
             app.state.readiness = readiness
             log.info("service started", extra={"service": settings.service_name})
             yield
@@ -43,9 +50,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    problems.install(app, settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(nodes.router)
+    app.include_router(admin.router)
+    if DOMAIN is not None:
+        app.include_router(DOMAIN.router)
     return app
+
+
+@asynccontextmanager
+async def _messaging(
+    app: FastAPI, settings: Settings, brokers: Brokers, discovery: Discovery
+) -> AsyncIterator[Bus]:
+    """The bus with its transports and the domain's handlers; consumers stop on exit."""
+    transports = await build_transports(settings, brokers)
+    bus = Bus(settings, transports.by_name, transports.idempotency, discovery.self_info.node_id)
+    app.state.bus = bus
+    app.state.dead_letters = DeadLetters(bus.dead_letters)
+    if DOMAIN is not None:
+        app.state.domain = await DOMAIN.setup(bus, brokers, settings)
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.stop(settings.drain_timeout)
+
+
+def _optional_domain(name: str) -> ModuleType | None:
+    """The example domain when it is part of this service (a generated one may drop it)."""
+    return importlib.import_module(name) if importlib.util.find_spec(name) else None
+
+
+DOMAIN = _optional_domain("app.example")
 
 
 def __getattr__(name: str) -> Any:
