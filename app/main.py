@@ -20,6 +20,7 @@ from app.brokers import Brokers, open_brokers
 from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.discovery import Discovery, open_discovery
+from app.errors import DiscoveryError
 from app.settings import Settings
 from app.transports.registry import build_transports
 
@@ -47,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
             readiness.draining = True
             log.info("service stopping", extra={"service": settings.service_name})
+            # Leave the membership first, so peers stop counting on this instance while its
+            # in-flight work drains.
+            await _leave(discovery)
 
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -75,6 +79,13 @@ async def _messaging(
         yield bus
     finally:
         await bus.stop(settings.drain_timeout)
+
+
+async def _leave(discovery: Discovery) -> None:
+    try:
+        await discovery.deregister()
+    except DiscoveryError as exc:
+        log.warning("%s", exc)
 
 
 def _optional_domain(name: str) -> ModuleType | None:

@@ -1,0 +1,122 @@
+"""Several `python -m app` processes on one real nats-server: joins, stops, crashes, restarts."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import nats
+import pytest
+
+from app.testing import NatsServer, ServiceProcess, eventually
+from tests.discovery.conftest import TTL
+
+pytestmark = pytest.mark.slow
+
+
+async def status(client: httpx.AsyncClient, url: str) -> int:
+    try:
+        return (await client.get(url, timeout=1)).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+async def view(client: httpx.AsyncClient, service: ServiceProcess) -> set[str]:
+    body = (await client.get(service.url + "/nodes", timeout=1)).json()
+    return {node["node_id"] for node in body["nodes"]}
+
+
+async def node_id(client: httpx.AsyncClient, service: ServiceProcess) -> str:
+    return str((await client.get(service.url + "/nodes", timeout=1)).json()["self"])
+
+
+async def start_ready(service_process, nats_server: NatsServer, count: int, client):
+    """Start `count` instances at once; return them and when the last one turned ready."""
+    env = {"APP_NATS_URL": nats_server.url, "APP_NODE_TTL": str(TTL)}
+    services = [service_process(env, wait=None) for _ in range(count)]
+    ready_at: dict[int, float] = {}
+
+    async def all_ready() -> bool:
+        for index, service in enumerate(services):
+            if index not in ready_at and await status(client, service.url + "/readyz") == 200:
+                ready_at[index] = time.monotonic()
+        return len(ready_at) == count
+
+    await eventually(all_ready, timeout=30, interval=0.02, message="every instance ready")
+    return services, max(ready_at.values())
+
+
+def stop_all(services: list[ServiceProcess]) -> None:
+    """SIGTERM every instance at once, so their shutdowns overlap before the fixture waits."""
+    for service in services:
+        service.send_signal(signal.SIGTERM)
+
+
+async def all_ready(client: httpx.AsyncClient, services: list[ServiceProcess]) -> bool:
+    return all([await status(client, service.url + "/readyz") == 200 for service in services])
+
+
+async def views_are(client, services: list[ServiceProcess], expected: set[str]) -> bool:
+    return all([await view(client, service) == expected for service in services])
+
+
+async def test_three_instances_see_each_other_within_a_second_of_ready(
+    service_process, nats_server
+):
+    async with httpx.AsyncClient() as client:
+        services, last_ready = await start_ready(service_process, nats_server, 3, client)
+        ids = {await node_id(client, service) for service in services}
+        await eventually(lambda: views_are(client, services, ids), timeout=1, interval=0.02)
+        print(f"\nall views complete {time.monotonic() - last_ready:.3f}s after the last ready")
+        stop_all(services)
+
+
+async def test_graceful_stop_is_seen_by_the_others_within_a_second(service_process, nats_server):
+    async with httpx.AsyncClient() as client:
+        services, _ = await start_ready(service_process, nats_server, 3, client)
+        ids = {await node_id(client, service) for service in services}
+        await eventually(lambda: views_are(client, services, ids), timeout=1)
+        leaving, staying = services[0], services[1:]
+        gone = ids - {await node_id(client, leaving)}
+        leaving.send_signal(signal.SIGTERM)
+        took = await eventually(lambda: views_are(client, staying, gone), timeout=1, interval=0.01)
+        print(f"\ngraceful leave seen by the others after {took:.3f}s")
+        assert "deregistered" in leaving.log()
+        stop_all(staying)
+
+
+async def test_killed_instance_is_dropped_within_ttl_plus_one_second(service_process, nats_server):
+    async with httpx.AsyncClient() as client:
+        services, _ = await start_ready(service_process, nats_server, 3, client)
+        ids = {await node_id(client, service) for service in services}
+        await eventually(lambda: views_are(client, services, ids), timeout=1)
+        victim, staying = services[0], services[1:]
+        gone = ids - {await node_id(client, victim)}
+        victim.kill()
+        took = await eventually(
+            lambda: views_are(client, staying, gone), timeout=TTL + 1, interval=0.02
+        )
+        print(f"\ncrash leave seen by the others after {took:.3f}s (TTL {TTL}s)")
+        stop_all(staying)
+
+
+async def test_nats_restart_leaves_every_view_whole_and_the_bucket_full(
+    service_process, nats_server
+):
+    async with httpx.AsyncClient() as client:
+        services, _ = await start_ready(service_process, nats_server, 3, client)
+        ids = {await node_id(client, service) for service in services}
+        await eventually(lambda: views_are(client, services, ids), timeout=1)
+        nats_server.restart()
+        took = await eventually(lambda: views_are(client, services, ids), timeout=5)
+        await eventually(lambda: all_ready(client, services), timeout=5)
+        print(f"\nviews whole {took:.3f}s after the restart")
+
+        nc = await nats.connect(nats_server.url)
+        try:
+            keys = await (await nc.jetstream().key_value("qosmesh_nodes")).keys()
+        finally:
+            await nc.close()
+        assert {key.split(".", 1)[1] for key in keys} == ids
+        stop_all(services)
