@@ -28,7 +28,7 @@ def test_stop_signal_leaves_no_nats_server_behind(service_process, sig):
     assert httpx.get(service.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(service.url + "/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"nats": "ok"}}
+    assert ready.json() == {"status": "ready", "checks": {"nats": "ok", "discovery": "ok"}}
     children = nats_children(service.pid)
     assert len(children) == 1
 
@@ -85,7 +85,8 @@ def test_readyz_follows_the_broker_without_a_restart(service_process, nats_serve
     nats_server.kill()
     wait_status(service.url + "/readyz", 503, timeout=5)
     body = httpx.get(service.url + "/readyz").json()
-    assert body == {"status": "not_ready", "checks": {"nats": "disconnected"}}
+    assert body["status"] == "not_ready"
+    assert body["checks"]["nats"] == "disconnected"
     assert httpx.get(service.url + "/healthz").status_code == 200
 
     nats_server.start()
