@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -43,9 +44,18 @@ class Recorder:
     """Every event one node's subscription delivers, in order."""
 
     events: list[NodeEvent] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    """When each event arrived (time.monotonic())."""
 
     def kinds(self, node_id: str) -> list[str]:
         return [event.kind for event in self.events if event.node.node_id == node_id]
+
+    def first(self, node_id: str, kind: str) -> float | None:
+        """When the first `kind` event for `node_id` arrived."""
+        for event, at in zip(self.events, self.times, strict=True):
+            if event.node.node_id == node_id and event.kind == kind:
+                return at
+        return None
 
     def left(self, node_id: str) -> list[str | None]:
         return [e.reason for e in self.events if e.node.node_id == node_id and e.kind == "left"]
@@ -88,6 +98,7 @@ async def record() -> AsyncIterator[Callable[[Node], Recorder]]:
 
         async def collect() -> None:
             async for event in subscription:
+                recorder.times.append(time.monotonic())
                 recorder.events.append(event)
 
         tasks.append(asyncio.create_task(collect()))
