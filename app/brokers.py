@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ReconnectListener = Callable[[], Awaitable[None]]
 PUBLISH_WINDOW = 4096
+RUNNING_URL = "running.url"
 
 
 @dataclass(slots=True, eq=False)
@@ -168,10 +169,17 @@ async def connect_redis(url: str) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def open_brokers(settings: Settings) -> AsyncIterator[Brokers]:
-    """Start embedded servers where no URL is given, connect, and close everything on exit."""
+async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIterator[Brokers]:
+    """Start embedded servers where no URL is given, connect, and close everything on exit.
+
+    With `attach`, a tool (the `dlq` command) joins the embedded server of a running instance
+    that uses the same APP_DATA_DIR instead of failing on its lock.
+    """
     async with AsyncExitStack() as stack:
         servers = settings.nats_servers
+        running = settings.data_path / "nats" / RUNNING_URL
+        if not servers and attach and running.exists() and StoreLock.held(running.parent):
+            servers = [running.read_text().strip()]
         if not servers:
             server = _embedded(stack, NatsServer(settings.data_path / "nats"))
             servers = [server.url]
@@ -207,11 +215,15 @@ def _embedded(stack: AsyncExitStack, server: _Server) -> _Server:
     stack.callback(lock.release)
     server.start()
     stack.callback(server.stop)
+    running = server.store_dir / RUNNING_URL
+    running.write_text(server.url)
+    stack.callback(running.unlink, missing_ok=True)
     return server
 
 
 async def _close_nats(nc: NatsClient) -> None:
+    # Components have stopped their own subscriptions by now; flush sends the last acks.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), timeout=5)
+        await nc.flush(timeout=2)
     with contextlib.suppress(Exception):
         await nc.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 
 from pydantic import ValidationError
 
+from app import dlq_cli
 from app.settings import Settings, describe_validation_error
 
 
@@ -40,6 +43,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Run a qosmesh service.")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP service (the default)")
+    dlq_cli.add_parser(commands)
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -47,5 +51,8 @@ def main(argv: list[str]) -> int:
         return 2
     if args.command in (None, "serve"):
         return serve(settings)
+    if args.command == "dlq":
+        logging.basicConfig(level=logging.ERROR)
+        return asyncio.run(dlq_cli.run(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

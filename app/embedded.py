@@ -255,6 +255,17 @@ class StoreLock:
             ) from None
         self._fd = fd
 
+    @staticmethod
+    def held(store_dir: Path) -> bool:
+        """Whether a running instance holds the lock on `store_dir`."""
+        probe = StoreLock(store_dir)
+        try:
+            probe.acquire()
+        except ConfigurationError:
+            return True
+        probe.release()
+        return False
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

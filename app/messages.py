@@ -164,5 +164,11 @@ def decode_message(envelope: Envelope, types: dict[str, type[Message]]) -> Messa
         raise UnknownVersionError(f"{message_type.type_name()} schema {schema!r}")
     try:
         return message_type.model_validate_json(envelope.body)
-    except (ValidationError, UnicodeDecodeError) as exc:
-        raise DecodeError(str(exc).splitlines()[0]) from exc
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors()[:3])
+        raise DecodeError(f"invalid {message_type.type_name()} body: {problems}") from exc
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error['msg']}" if where else str(error["msg"])

@@ -21,6 +21,9 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from app.embedded import NatsServer, ValkeyServer, free_port
 from app.settings import Settings
@@ -206,3 +209,38 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
         return Settings.model_validate(values)
 
     return make
+
+
+class Metrics:
+    """Reads what the process recorded through the OpenTelemetry metrics API."""
+
+    def __init__(self, reader: InMemoryMetricReader) -> None:
+        self._reader = reader
+
+    def value(self, name: str, **attributes: object) -> float:
+        """The sum of `name`'s points whose attributes include `attributes`."""
+        data = self._reader.get_metrics_data()
+        total = 0.0
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != name:
+                        continue
+                    for point in metric.data.data_points:
+                        attrs = dict(point.attributes or {})
+                        if all(attrs.get(k) == v for k, v in attributes.items()):
+                            total += getattr(point, "value", getattr(point, "count", 0))
+        return total
+
+
+_READER: InMemoryMetricReader | None = None
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    """Every metric recorded in this process (one SDK provider per process, set once)."""
+    global _READER
+    if _READER is None:
+        _READER = InMemoryMetricReader()
+        otel_metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+    return Metrics(_READER)

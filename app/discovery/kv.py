@@ -182,6 +182,7 @@ class KvDiscovery:
         self._view.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks = [task for task in self._tasks if not task.done()]
         self._tasks.append(asyncio.create_task(coro))
 
     def _require_bucket(self) -> Bucket:
@@ -228,9 +229,15 @@ class KvDiscovery:
 
     # -- following the bucket -----------------------------------------------------------------
 
-    async def _register_and_watch(self) -> None:
+    async def _register_and_watch(self, grace: bool = False) -> None:
         """Put this node, then replace the view with a fresh snapshot of the bucket and keep
-        its watcher: the snapshot and the live updates that follow it leave no gap."""
+        its watcher: the snapshot and the live updates that follow it leave no gap.
+
+        With `grace` (after a reconnect) a known node missing from the snapshot gets one
+        heartbeat and its retries to put itself again before it counts as expired: after a
+        long outage every peer re-registers at about the same time as this one, and one that
+        lost that race has not left.
+        """
         if not self._leaving and not await self._put(deadline=self.ttl):
             raise DiscoveryError("registration not confirmed by the broker")
         kv = self._require_bucket().kv
@@ -252,7 +259,16 @@ class KvDiscovery:
             else:
                 raise DiscoveryError("watch stopped while loading the snapshot")
         self._last_heard = heard
-        self._view.replace(snapshot)
+        missing = [key for key in self._view.known_keys() if key not in snapshot] if grace else []
+        self._view.replace(snapshot, keep=missing)
+        if missing:
+            self._spawn(self._expire_unless_heard(missing))
+
+    async def _expire_unless_heard(self, keys: list[str]) -> None:
+        await asyncio.sleep(self.heartbeat_seconds + RETRY_DELAYS[-1])
+        for key in keys:
+            if key not in self._last_heard:
+                self._view.remove(key, "expired")
 
     async def _follow(self) -> None:
         """Apply every live update; when the watcher ends (a reconnect stops it), resync."""
@@ -271,7 +287,7 @@ class KvDiscovery:
             self._resync_needed = False
             self._reconnects_seen = self._brokers.nc.stats["reconnects"]
             try:
-                await self._register_and_watch()
+                await self._register_and_watch(grace=True)
             except Exception as exc:
                 log.warning("discovery resync failed, retrying: %r", exc)
                 await asyncio.sleep(_retry_delay(attempt))

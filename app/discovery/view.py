@@ -10,7 +10,7 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -70,8 +70,8 @@ class NodeView:
     def get(self, node_id: str) -> NodeInfo | None:
         return next((node for node in self._nodes.values() if node.node_id == node_id), None)
 
-    def keys(self) -> Iterable[str]:
-        return self._nodes.keys()
+    def known_keys(self) -> list[str]:
+        return list(self._nodes)
 
     def put(self, node: NodeInfo) -> None:
         old = self._nodes.get(node.key)
@@ -86,9 +86,10 @@ class NodeView:
         if node is not None:
             self._emit(NodeLeft(node, reason))
 
-    def replace(self, snapshot: Mapping[str, NodeInfo]) -> None:
-        """Become `snapshot`: what is missing from it expired meanwhile; the rest is a put."""
-        for key in [key for key in self._nodes if key not in snapshot]:
+    def replace(self, snapshot: Mapping[str, NodeInfo], keep: Collection[str] = ()) -> None:
+        """Become `snapshot`: what is missing from it expired meanwhile, except the keys in
+        `keep`; the rest is a put."""
+        for key in [key for key in self._nodes if key not in snapshot and key not in keep]:
             self.remove(key, "expired")
         for node in snapshot.values():
             self.put(node)

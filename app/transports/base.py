@@ -81,6 +81,7 @@ class DeadLetter(BaseModel):
     type: str
     subject: str
     transport: str
+    reason: str
     error: str
     deliveries: int
     dead_at: datetime

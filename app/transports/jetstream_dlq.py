@@ -211,6 +211,7 @@ class JetStreamDeadLetters:
             type=headers.get(H_TYPE, ""),
             subject=headers.get(D_SUBJECT, ""),
             transport="jetstream",
+            reason=headers.get(D_REASON, ""),
             error=headers.get(D_ERROR, ""),
             deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
             dead_at=_parse_time(headers.get(D_AT)) or stored_at or datetime.now(UTC),

@@ -102,6 +102,7 @@ class MemoryDeadLetters:
             type=envelope.headers.get(H_TYPE, ""),
             subject=envelope.subject,
             transport="memory",
+            reason=reason,
             error=error,
             deliveries=deliveries,
             dead_at=datetime.now(UTC),

@@ -1,0 +1,68 @@
+"""Buses on real brokers, and the test-only message types the framework tests use."""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import ClassVar
+
+import pytest
+
+from app.brokers import Brokers, open_brokers
+from app.bus import Bus
+from app.messages import Event, Message, QoS
+from app.settings import Settings
+from app.transports.registry import Transports, build_transports
+
+
+class Ping(Message):
+    n: int
+
+
+class Notice(Event):
+    n: int
+
+
+class Charge(Message):
+    qos: ClassVar[QoS] = QoS.EXACTLY_ONCE
+    n: int
+
+
+class Running:
+    def __init__(self, bus: Bus, brokers: Brokers, transports: Transports) -> None:
+        self.bus = bus
+        self.brokers = brokers
+        self.transports = transports
+
+
+@asynccontextmanager
+async def running_bus(
+    settings: Settings, setup: Callable[[Bus], None] = lambda bus: None, instance: str = "i1"
+) -> AsyncIterator[Running]:
+    async with AsyncExitStack() as stack:
+        brokers = await stack.enter_async_context(open_brokers(settings))
+        transports = await build_transports(settings, brokers)
+        bus = Bus(settings, transports.by_name, transports.idempotency, instance)
+        setup(bus)
+        await bus.start()
+        try:
+            yield Running(bus, brokers, transports)
+        finally:
+            await bus.stop(5)
+
+
+@pytest.fixture
+def bus_settings(settings_for, nats_server) -> Callable[..., Settings]:
+    """Settings for a bus on the test nats-server, fast retries and redeliveries."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "nats_url": nats_server.url,
+            "service_name": "svc",
+            "ack_wait": 2,
+            "max_deliver": 3,
+            "publish_attempt_timeout": 0.5,
+            "publish_deadline": 3,
+        }
+        values.update(overrides)
+        return settings_for(**values)  # type: ignore[no-any-return]
+
+    return make

@@ -1,0 +1,246 @@
+"""QoS 1 and 2 on JetStream against a real nats-server, with faults injected."""
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.bus import Bus
+from app.errors import PublishError
+from app.messages import encode
+from app.testing import eventually
+from tests.transports.conftest import Charge, Ping, running_bus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_consumer(url: str, out: Path, data_dir: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.transports.consumer_proc", url, str(out), str(data_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def handled(out: Path) -> list[int]:
+    if not out.exists():
+        return []
+    return [int(line) for line in out.read_text().split()]
+
+
+@pytest.mark.slow
+async def test_every_message_is_handled_after_the_consumer_is_killed(
+    bus_settings, nats_server, tmp_path
+):
+    """1,000 messages; the consumer is SIGKILLed mid-stream and started again."""
+    out = tmp_path / "handled.txt"
+    async with running_bus(bus_settings()) as publisher:
+        await asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(1000)))
+
+    consumer = start_consumer(nats_server.url, out, tmp_path)
+    await eventually(lambda: len(handled(out)) >= 200, timeout=30)
+    consumer.kill()
+    consumer.wait()
+    at_kill = len(handled(out))
+    assert at_kill < 1000, "the consumer finished before it could be killed"
+
+    consumer = start_consumer(nats_server.url, out, tmp_path)
+    try:
+        await eventually(lambda: set(handled(out)) == set(range(1000)), timeout=60)
+    finally:
+        consumer.kill()
+        consumer.wait()
+    seen = handled(out)
+    duplicates = len(seen) - len(set(seen))
+    print(f"\nkilled after {at_kill} handled; {len(seen)} deliveries, {duplicates} duplicates")
+
+
+@pytest.mark.slow
+async def test_publishes_during_a_broker_restart_are_acked_or_raise(bus_settings, nats_server):
+    """No publish is acked and then lost: every acked id is in the stream afterwards."""
+    settings = bus_settings(publish_attempts=8, publish_deadline=8)
+    acked: list[int] = []
+    refused: list[int] = []
+    async with running_bus(settings) as running:
+
+        async def publish(n: int) -> None:
+            try:
+                await running.bus.publish(Ping(n=n))
+                acked.append(n)
+            except PublishError:
+                refused.append(n)
+
+        async def restart_soon() -> None:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(nats_server.restart)
+
+        restart = asyncio.create_task(restart_soon())
+        for batch in range(30):
+            await asyncio.gather(*(publish(batch * 10 + i) for i in range(10)))
+            await asyncio.sleep(0.03)
+        await restart
+
+        js = running.brokers.js
+        info = await js.stream_info("SVC_PING")
+        stored = set()
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg("SVC_PING", seq)
+            stored.add(Ping.model_validate_json(msg.data or b"").n)
+    print(f"\n{len(acked)} acked, {len(refused)} refused")
+    assert len(acked) + len(refused) == 300
+    assert set(acked) <= stored
+
+
+async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(bus_settings):
+    attempts: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        attempts.append(message.n)
+        raise ValueError("cannot handle")
+
+    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        await running.bus.publish(Ping(n=1))
+        store = running.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        await eventually(lambda: _total(store), timeout=15)
+        page = await store.list(10, None)
+    assert attempts == [1, 1, 1]
+    item = page.items[0]
+    assert item.deliveries == 3
+    assert item.error == "ValueError: cannot handle"
+    assert item.type == "Ping"
+    assert item.subject == "svc.ping"
+
+
+async def _total(store) -> bool:
+    return bool((await store.list(1, None)).total)
+
+
+async def test_replay_brings_a_dead_letter_back_once_the_handler_is_fixed(bus_settings):
+    fixed = asyncio.Event()
+    done: list[str] = []
+
+    async def handle(message: Ping) -> None:
+        if not fixed.is_set():
+            raise RuntimeError("not yet")
+        done.append(message.message_id)
+
+    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        ping = Ping(n=3)
+        await running.bus.publish(ping)
+        store = running.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        await eventually(lambda: _total(store), timeout=15)
+        dlq_id = (await store.list(1, None)).items[0].dlq_id
+
+        fixed.set()
+        assert await store.replay(dlq_id) == ping.message_id
+        await eventually(lambda: done == [ping.message_id], timeout=10)
+        assert (await store.list(10, None)).total == 0
+
+
+async def test_undecodable_message_is_dead_lettered_at_once_and_consuming_goes_on(bus_settings):
+    done: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        done.append(message.n)
+
+    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        js = running.brokers.js
+        await js.publish("svc.ping", b"\x00garbage", headers={"qm-version": "1", "qm-type": "Ping"})
+        await js.publish("svc.ping", b"no headers at all")
+        await running.bus.publish(Ping(n=42))
+        store = running.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        await eventually(lambda: done == [42], timeout=10)
+        await eventually(lambda: _count(store, 2), timeout=10)
+        items = (await store.list(10, None)).items
+    assert all(item.deliveries == 1 for item in items)
+    assert {item.reason for item in items} == {"undecodable", "unknown_version"}
+    errors = sorted(item.error for item in items)
+    assert errors[0] == "envelope version None"
+    assert errors[1].startswith("invalid Ping body: Invalid JSON")
+
+
+async def _count(store, n: int) -> bool:
+    return bool((await store.list(10, None)).total == n)
+
+
+async def test_a_consumer_that_dies_on_the_last_delivery_still_dead_letters(bus_settings):
+    """The MAX_DELIVERIES advisory covers a delivery that got no handler result at all."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async with running_bus(bus_settings()) as running:
+        js = running.brokers.js
+        await running.bus.publish(Ping(n=9))
+        await js.add_consumer(
+            "SVC_PING",
+            ConsumerConfig(
+                durable_name="svc__silent",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=0.5,
+                max_deliver=2,
+            ),
+        )
+        silent = await js.pull_subscribe_bind(durable="svc__silent", stream="SVC_PING")
+        for _ in range(2):  # take each delivery and never answer, as a crashed consumer would
+            await silent.fetch(1, timeout=3)
+        # A surviving instance keeps pulling; the server then finds the limit reached.
+        with pytest.raises(TimeoutError):
+            await silent.fetch(1, timeout=2)
+        store = running.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        await eventually(lambda: _total(store), timeout=15)
+        item = (await store.list(1, None)).items[0]
+    assert item.deliveries == 2
+    assert "delivery limit reached" in item.error
+
+
+async def test_qos2_effects_apply_once_despite_duplicates(bus_settings, metrics):
+    """Each message published twice, one delivery forced to repeat after its effect, and one
+    republished under a fresh Nats-Msg-Id: every effect happens exactly once."""
+    effects: list[int] = []
+    forced: set[str] = set()
+    charges = [Charge(n=n) for n in range(20)]
+    repeat = charges[3].message_id
+
+    async def handle(message: Charge) -> None:
+        effects.append(message.n)
+
+    def setup(bus: Bus) -> None:
+        bus.subscribe(Charge, handle)
+        _, subscription = bus._subscriptions[0]
+        inner = subscription.handler
+
+        async def ack_lost_once(envelope, delivery):
+            applied = await inner(envelope, delivery)
+            if envelope.message_id == repeat and repeat not in forced:
+                forced.add(repeat)
+                raise ConnectionError("ack lost after the effect")
+            return applied
+
+        object.__setattr__(subscription, "handler", ack_lost_once)
+
+    before = metrics.value("qosmesh.dedupe.hits", side="receiver")
+    async with running_bus(bus_settings(), setup) as running:
+        for charge in charges:
+            await running.bus.publish(charge)
+            await running.bus.publish(charge)
+        # charge 7 again, as a publisher would send it after the broker's dedupe window
+        again = encode(charges[7], charges[7].qos, "svc.charge")
+        await running.brokers.js.publish(
+            "svc.charge", again.body, headers={**again.headers, "Nats-Msg-Id": "fresh-id"}
+        )
+        await eventually(lambda: sorted(set(effects)) == list(range(20)), timeout=15)
+        await eventually(
+            lambda: metrics.value("qosmesh.dedupe.hits", side="receiver") - before >= 2
+        )
+        await asyncio.sleep(0.5)
+    assert sorted(effects) == list(range(20))
+    assert forced == {repeat}
