@@ -116,13 +116,16 @@ async def test_existing_bucket_ttl_wins_over_a_different_setting(start_node, cap
     assert status.stream_info.config.storage == StorageType.FILE
 
 
+@pytest.mark.parametrize("limit_markers", [True, False], ids=["markers", "sweep"])
 async def test_after_a_nats_restart_views_are_whole_and_survivors_never_left(
-    nats_server: NatsServer, start_node, record, caplog
+    nats_server: NatsServer, start_node, record, caplog, limit_markers
 ):
+    """The server is down longer than the TTL: survivors re-register, the crashed one is gone."""
     caplog.set_level(logging.INFO, logger="app.discovery")
-    a = await start_node()
-    b = await start_node()
-    c = await start_node()
+    a = await start_node(limit_markers=limit_markers)
+    b = await start_node(limit_markers=limit_markers)
+    c = await start_node(limit_markers=limit_markers)
+    assert a.discovery.limit_markers == limit_markers
     await eventually(lambda: len(a.discovery.nodes()) == 3, timeout=1)
     events = record(a)
     await c.crash()
