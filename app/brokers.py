@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import nats.errors
 import redis.asyncio as aioredis
+import redis.exceptions
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from redis.asyncio.retry import Retry
@@ -56,6 +58,15 @@ class Brokers:
             except Exception:
                 checks["redis"] = "disconnected"
         return checks
+
+
+BROKER_ERRORS: tuple[type[Exception], ...] = (
+    nats.errors.Error,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""What a broker call raises when the broker is away or too slow: the caller may retry later."""
 
 
 def redact_url(url: str) -> str:

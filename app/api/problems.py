@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.brokers import BROKER_ERRORS
 from app.errors import BrokerUnavailableError, DeadLetterNotFoundError, PublishError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("broker did not confirm: %s", exc)
+    log.warning("broker unavailable: %s: %s", type(exc).__name__, exc)
     return problem(503, "Broker unavailable", "the message was not confirmed; retry later")
 
 
@@ -65,6 +66,8 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(PublishError, _unavailable)
     app.add_exception_handler(BrokerUnavailableError, _unavailable)
+    for error in BROKER_ERRORS:
+        app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(DeadLetterNotFoundError, _not_found)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 

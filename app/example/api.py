@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.deps import broker_available
 from app.api.idempotency import IdempotencyKeys, fingerprint
 from app.bus import Bus
 from app.errors import PublishError
@@ -17,6 +18,7 @@ from app.example.orders import Order, OrderStore
 from app.messages import new_message_id
 
 router = APIRouter(tags=["orders"])
+Commands = [Depends(broker_available)]
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
 RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", max_length=256)]
@@ -66,7 +68,13 @@ def _deps(request: Request) -> tuple[Bus, OrderStore, IdempotencyKeys]:
     return state.bus, state.domain.orders, state.domain.keys
 
 
-@router.post("/orders", status_code=202, response_model=OrderAccepted, responses=_UNAVAILABLE)
+@router.post(
+    "/orders",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses=_UNAVAILABLE,
+    dependencies=Commands,
+)
 async def place_order(
     body: PlaceOrder, request: Request, idempotency_key: IdempotencyKey = None
 ) -> Any:
@@ -111,6 +119,7 @@ async def get_order(order_id: str, request: Request) -> Any:
     status_code=202,
     response_model=PaymentAccepted,
     responses={404: {}, 409: {}, **_UNAVAILABLE},
+    dependencies=Commands,
 )
 async def capture_payment(
     order_id: str,

@@ -119,7 +119,11 @@ class JetStreamTransport:
         await self.ensure(envelope.subject)
         headers = {**envelope.headers, "qm-attempt": str(attempt)}
         headers.setdefault(MSG_ID, envelope.message_id)
-        ack = await self._js.publish(envelope.subject, envelope.body, timeout, headers=headers)
+        try:
+            ack = await self._js.publish(envelope.subject, envelope.body, timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
+            raise
         if ack.duplicate:
             dedupe_hits.add(1, {"side": "publisher"})
 
@@ -263,8 +267,9 @@ class _Consumer:
         self._stopping = True
         self._slot.set()
         if self._loop_task is not None:
-            await asyncio.wait({self._loop_task}, timeout=2)
+            # A fetch cut short may leave messages unhandled: they are redelivered after ack_wait.
             self._loop_task.cancel()
+            await asyncio.wait({self._loop_task}, timeout=2)
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
             for task in pending:

@@ -99,8 +99,8 @@ class JetStreamDeadLetters:
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
-            await asyncio.wait({self._task}, timeout=2)
             self._task.cancel()
+            await asyncio.wait({self._task}, timeout=2)
 
     async def add(
         self,
@@ -239,6 +239,7 @@ class JetStreamDeadLetters:
 
     async def delete(self, dlq_id: str) -> None:
         seq = self._seq(dlq_id)
+        await self._raw(seq)  # the server answers a missing sequence with a generic error
         try:
             await self._js.delete_msg(self.stream, seq)
         except NotFoundError:
