@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from app.discovery import MemoryDiscovery, MemoryRegistry, NodeInfo
+from app.discovery import Discovery, MemoryDiscovery, MemoryRegistry, NodeInfo
 from app.discovery.models import BadNodeValue, decode_node, new_node_id, now
 
 
@@ -35,6 +35,8 @@ async def test_peers_in_one_registry_see_joins_updates_and_leaves():
     registry = MemoryRegistry()
     a = MemoryDiscovery(node_info(), registry)
     b = MemoryDiscovery(node_info("billing"), registry)
+    as_protocol: Discovery = a
+    assert as_protocol.self_info == a.self_info
     await a.register()
     subscription = a.subscribe()
     await b.register()
