@@ -244,3 +244,33 @@ async def test_qos2_effects_apply_once_despite_duplicates(bus_settings, metrics)
         await asyncio.sleep(0.5)
     assert sorted(effects) == list(range(20))
     assert forced == {repeat}
+
+
+async def test_qos1_broadcast_reaches_every_instance_and_competing_reaches_one(bus_settings):
+    got: dict[str, list[int]] = {"b1": [], "b2": [], "c1": [], "c2": []}
+
+    def setup(instance: str):
+        def register(bus: Bus) -> None:
+            async def broadcast(message: Ping) -> None:
+                got[f"b{instance}"].append(message.n)
+
+            async def compete(message: Ping) -> None:
+                got[f"c{instance}"].append(message.n)
+
+            bus.subscribe(Ping, broadcast, broadcast=True)
+            bus.subscribe(Ping, compete)
+
+        return register
+
+    settings = bus_settings()
+    async with (
+        running_bus(settings, setup("1"), "node1") as first,
+        running_bus(settings, setup("2"), "node2"),
+    ):
+        for n in range(40):
+            await first.bus.publish(Ping(n=n))
+        await eventually(
+            lambda: len(got["b1"]) == len(got["b2"]) == 40 and len(got["c1"]) + len(got["c2"]) == 40
+        )
+    assert sorted(got["b1"]) == sorted(got["b2"]) == list(range(40))
+    assert sorted(got["c1"] + got["c2"]) == list(range(40))

@@ -1,0 +1,20 @@
+"""The framework runs without the example domain (a generated service may leave it out)."""
+
+import httpx
+
+import app.main
+from app.testing import running_app
+
+
+async def test_service_starts_and_is_ready_without_the_example(
+    settings_for, nats_server, monkeypatch
+):
+    monkeypatch.setattr(app.main, "DOMAIN", None)
+    settings = settings_for(nats_url=nats_server.url)
+    async with running_app(settings, app.main.create_app(settings)) as (_, url):
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            assert (
+                await client.post("/orders", json={"sku": "a", "quantity": 1})
+            ).status_code == 404
+            assert "/orders" not in (await client.get("/openapi.json")).json()["paths"]
