@@ -11,10 +11,12 @@ async def test_service_starts_and_is_ready_without_the_example(
 ):
     monkeypatch.setattr(app.main, "DOMAIN", None)
     settings = settings_for(nats_url=nats_server.url)
-    async with running_app(settings, app.main.create_app(settings)) as (_, url):
-        async with httpx.AsyncClient(base_url=url) as client:
-            assert (await client.get("/readyz")).status_code == 200
-            assert (
-                await client.post("/orders", json={"sku": "a", "quantity": 1})
-            ).status_code == 404
-            assert "/orders" not in (await client.get("/openapi.json")).json()["paths"]
+    service = app.main.create_app(settings)
+    async with (
+        running_app(settings, service) as (_, url),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert (await client.get("/readyz")).status_code == 200
+        order = await client.post("/orders", json={"sku": "a", "quantity": 1})
+        assert order.status_code == 404
+        assert "/orders" not in (await client.get("/openapi.json")).json()["paths"]
