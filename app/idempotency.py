@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -64,3 +65,19 @@ class KvIdempotencyStore:
 
     async def mark(self, key: str) -> None:
         await self._kv.put(safe_key(key), b"1")
+
+
+class RedisIdempotencyStore:
+    """Keys `qm:processed:<service>:<key>` in Redis, each expiring after the idempotency TTL, so
+    a message path on Redis alone keeps its QoS 2 guarantee without NATS."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._prefix = f"qm:processed:{settings.service_name}:"
+        self._ttl_ms = int(max(settings.idempotency_ttl, settings.duplicate_window) * 1000)
+
+    async def seen(self, key: str) -> bool:
+        return bool(await self._redis.exists(self._prefix + key))
+
+    async def mark(self, key: str) -> None:
+        await self._redis.set(self._prefix + key, b"1", px=self._ttl_ms)

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     nats_reconnect_wait: Annotated[float, Field(gt=0)] = 0.25
 
     redis_url: SecretStr | None = None
+    redis_maxlen: Annotated[int, Field(ge=1)] = 100000
+    redis_claim_idle: Annotated[float, Field(gt=0)] = 10.0
+    redis_block_ms: Annotated[int, Field(ge=1, le=4000)] = 1000
 
     replicas: Annotated[int, Field(ge=1, le=5)] = 1
     discovery_bucket: str = "qosmesh_nodes"

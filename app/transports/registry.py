@@ -6,12 +6,18 @@ from dataclasses import dataclass, field
 
 from app.brokers import Brokers
 from app.errors import ConfigurationError
-from app.idempotency import IdempotencyStore, KvIdempotencyStore, MemoryIdempotencyStore
+from app.idempotency import (
+    IdempotencyStore,
+    KvIdempotencyStore,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+)
 from app.settings import Settings
 from app.transports.base import Transport
 from app.transports.jetstream import JetStreamTransport
 from app.transports.memory import MemoryTransport
 from app.transports.nats_core import NatsCoreTransport
+from app.transports.redis_streams import RedisStreamsTransport
 
 
 @dataclass(slots=True)
@@ -37,6 +43,11 @@ async def build_transports(settings: Settings, brokers: Brokers) -> Transports:
         elif name == "jetstream":
             built.by_name[name] = JetStreamTransport(brokers.nc, brokers.js, settings)
             built.idempotency[name] = await KvIdempotencyStore.open(brokers.js, settings)
+        elif name == "redis":
+            if brokers.redis is None:
+                raise ConfigurationError("transport 'redis' needs a Redis connection")
+            built.by_name[name] = RedisStreamsTransport(brokers.redis, settings)
+            built.idempotency[name] = RedisIdempotencyStore(brokers.redis, settings)
         else:
             raise ConfigurationError(f"transport {name!r} is not available yet")
     return built

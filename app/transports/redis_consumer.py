@@ -1,0 +1,348 @@
+"""One Redis Streams consumer: a group member feeding a handler with bounded concurrency.
+
+What Redis does not do for us is done here: failed entries are claimed back after a backoff,
+a crashed member's entries are taken over with XAUTOCLAIM, entries trimmed away while pending
+are acked and counted, a group deleted under us is created again, and a Redis restart is
+ridden through by retrying with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from app.messages import DecodeError
+from app.settings import Settings
+from app.telemetry import consumed_messages, process_duration, redeliveries
+from app.transports.base import Delivery, Subscription, backoff
+from app.transports.batching import Batcher
+from app.transports.redis_dlq import Fields, RedisDeadLetters, envelope_from
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "redis"
+BROKER_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+NO_RESULT = "delivery limit reached with no handler result (consumer died or timed out)"
+
+
+def parse_autoclaim(reply: Any) -> tuple[bytes, list[tuple[bytes, Fields]], list[bytes]]:
+    """XAUTOCLAIM's reply as (next cursor, live entries, deleted ids) on every server version.
+
+    Redis 7+ answers [cursor, entries, deleted ids] and drops deleted ids from the pending
+    list itself; Redis 6.2 answers [cursor, entries] where a trimmed entry has no fields (nil),
+    and it stays pending until acked.
+    """
+    cursor, entries = reply[0], reply[1] or []
+    deleted = list(reply[2]) if len(reply) > 2 and reply[2] else []
+    live: list[tuple[bytes, Fields]] = []
+    for entry_id, fields in entries:
+        if entry_id is None:
+            continue
+        if fields:
+            live.append((entry_id, fields))
+        else:
+            deleted.append(entry_id)
+    return cursor, live, deleted
+
+
+class RedisConsumer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        subscription: Subscription,
+        settings: Settings,
+        dlq: RedisDeadLetters,
+        instance: str,
+    ) -> None:
+        self._redis = redis
+        self._sub = subscription
+        self._settings = settings
+        self._dlq = dlq
+        self.key = subscription.subject
+        self.broadcast = subscription.group is None
+        self.group = subscription.group or subscription.name
+        self.name = subscription.name if self.broadcast else f"{subscription.name}@{instance}"
+        self._limit = settings.consumer_concurrency
+        self._claim_idle = settings.redis_claim_idle
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slot = asyncio.Event()
+        self._retries: list[tuple[float, bytes, int]] = []  # (due, entry id, min idle ms)
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_id = b"0-0"
+        self._cursor = b"0-0"
+        self._next_sweep = 0.0
+        self._recreated_at = 0.0
+        self._acks: Batcher[bytes, None] = Batcher(self._flush_acks, size=256, parallel=2)
+        self.groups_recreated = 0
+        self.trimmed = 0
+        self._attrs: dict[str, str | int] = {
+            "messaging.system": SYSTEM,
+            "messaging.destination.name": subscription.subject,
+            "qos": int(subscription.qos),
+        }
+
+    async def start(self) -> None:
+        # A service group starts at the stream's beginning (messages sent before the first
+        # instance ran are not lost); a broadcast group only wants what comes from now on.
+        await self._create_group("$" if self.broadcast else "0")
+        self._loop_task = asyncio.create_task(self._run(), name=f"consume {self.name}")
+
+    async def _create_group(self, start: bytes | str) -> None:
+        try:
+            await self._redis.xgroup_create(self.key, self.group, id=start, mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _recreate_group(self) -> None:
+        """The group (or the stream) vanished: create it again from the last entry we saw.
+        Entries other members held are lost with the group's pending list."""
+        since = time.monotonic() - self._recreated_at
+        if since < 1.0:
+            await asyncio.sleep(1.0 - since)  # never a hot loop, whatever deletes it
+        self._recreated_at = time.monotonic()
+        start = self._last_id if self._last_id != b"0-0" else ("$" if self.broadcast else "0")
+        await self._create_group(start)
+        self.groups_recreated += 1
+        log.warning("consumer group %s on %s was missing: created again", self.group, self.key)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._cycle()
+                failures = 0
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await self._guard(self._recreate_group())
+                    continue
+                failures += 1
+                log.warning("reading %s failed: %s", self.key, exc)
+                await asyncio.sleep(backoff(failures, base=0.2, cap=2.0))
+            except BROKER_DOWN as exc:
+                failures += 1
+                log.warning("reading %s failed (try %d): %s", self.key, failures, exc)
+                await asyncio.sleep(backoff(failures, base=0.1, cap=2.0))
+
+    async def _guard(self, step: Any) -> None:
+        try:
+            await step
+        except (*BROKER_DOWN, redis.exceptions.ResponseError) as exc:
+            log.warning("recreating group %s failed: %s", self.group, exc)
+            await asyncio.sleep(0.5)
+
+    async def _cycle(self) -> None:
+        if self._free() <= 0:
+            self._slot.clear()
+            await self._slot.wait()
+            return
+        await self._claim_due_retries()
+        now = time.monotonic()
+        if now >= self._next_sweep and self._free() > 0:
+            more = await self._reclaim(self._free())
+            self._next_sweep = now if more else now + self._claim_idle / 2
+        free = self._free()
+        if free <= 0 or self._stopping:
+            return
+        block = self._settings.redis_block_ms
+        if self._retries:
+            block = min(block, max(1, int((self._retries[0][0] - now) * 1000)))
+        block = min(block, max(1, int((self._next_sweep - now) * 1000)))
+        reply: Any = await self._redis.xreadgroup(
+            self.group, self.name, {self.key: ">"}, count=min(free, 256), block=block
+        )
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                self._spawn(entry_id, fields, 1)
+
+    def _free(self) -> int:
+        return self._limit - len(self._inflight)
+
+    def _spawn(self, entry_id: bytes, fields: Fields, attempt: int) -> None:
+        task = asyncio.create_task(self._handle(entry_id, fields, attempt))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slot.set()
+
+    async def _reclaim(self, count: int) -> bool:
+        """Take over entries idle for longer than the claim time; True when more may wait."""
+        reply = await self._redis.xautoclaim(
+            self.key,
+            self.group,
+            self.name,
+            min_idle_time=int(self._claim_idle * 1000),
+            start_id=self._cursor,
+            count=count,
+        )
+        self._cursor, live, deleted = parse_autoclaim(reply)
+        if deleted:
+            await self._redis.xack(self.key, self.group, *deleted)
+            self.trimmed += len(deleted)
+            consumed_messages.add(len(deleted), {**self._attrs, "outcome": "trimmed"})
+            log.warning(
+                "%d pending entries of %s were trimmed before delivery", len(deleted), self.key
+            )
+        if live:
+            counts = await self._delivery_counts([entry_id for entry_id, _ in live])
+            for entry_id, fields in live:
+                self._spawn(entry_id, fields, counts.get(entry_id, 2))
+        return self._cursor != b"0-0" and bool(live or deleted)
+
+    async def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(self.key, self.group, entry_id, entry_id, 1)
+            replies = await pipe.execute()
+        return {r[0]["message_id"]: int(r[0]["times_delivered"]) for r in replies if r}
+
+    async def _claim_due_retries(self) -> None:
+        """Claim back, for another try, the failed entries whose backoff has passed."""
+        now = time.monotonic()
+        due: list[tuple[bytes, int]] = []
+        while self._retries and self._retries[0][0] <= now and len(due) < self._free():
+            _, entry_id, min_idle = heapq.heappop(self._retries)
+            due.append((entry_id, min_idle))
+        if not due:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, min_idle in due:
+                pipe.xclaim(self.key, self.group, self.name, min_idle, [entry_id])
+                pipe.xpending_range(self.key, self.group, entry_id, entry_id, 1)
+            replies = await pipe.execute()
+        for (entry_id, _), claimed, pending in zip(due, replies[::2], replies[1::2], strict=True):
+            live = [(i, f) for i, f in claimed if i is not None and f]
+            if live and pending and pending[0]["consumer"].decode() == self.name:
+                self._spawn(entry_id, live[0][1], int(pending[0]["times_delivered"]))
+            elif not pending or (claimed and not live):
+                # Trimmed while it waited for its retry: nobody can deliver it any more.
+                await self._redis.xack(self.key, self.group, entry_id)
+                self.trimmed += 1
+                consumed_messages.add(1, {**self._attrs, "outcome": "trimmed"})
+            # else: another member reclaimed it; it is theirs now.
+
+    # -- one delivery --------------------------------------------------------------------------
+
+    async def _handle(self, entry_id: bytes, fields: Fields, attempt: int) -> None:
+        max_deliver = self._settings.max_deliver
+        envelope = envelope_from(fields, self.key)
+        if attempt > max_deliver:
+            await self._dead_letter(entry_id, fields, "max_deliveries", NO_RESULT, attempt - 1)
+            consumed_messages.add(1, {**self._attrs, "outcome": "term"})
+            return
+        delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
+        if attempt > 1:
+            redeliveries.add(1, {"messaging.system": SYSTEM, "destination": self.key})
+        keepalive = asyncio.create_task(self._keep_alive(entry_id))
+        started = time.perf_counter()
+        try:
+            applied = await self._sub.handler(envelope, delivery)
+        except DecodeError as exc:
+            outcome = "term"
+            await self._dead_letter(entry_id, fields, exc.reason, str(exc), attempt)
+        except asyncio.CancelledError:
+            raise  # left pending: another member reclaims it after the claim time
+        except Exception as exc:
+            if attempt >= max_deliver:
+                outcome = "term"
+                await self._dead_letter(entry_id, fields, "max_deliveries", _describe(exc), attempt)
+            else:
+                outcome = "nak"
+                log.info("handler failed for %s (try %d): %s", envelope.message_id, attempt, exc)
+                self._retry_later(entry_id, attempt)
+        else:
+            outcome = "ack" if applied else "duplicate"
+            await self._ack(entry_id)
+        finally:
+            keepalive.cancel()
+            process_duration.record(time.perf_counter() - started, self._attrs)
+        consumed_messages.add(1, {**self._attrs, "outcome": outcome})
+
+    def _retry_later(self, entry_id: bytes, attempt: int) -> None:
+        # Sooner than the claim time, so this member retries before another one reclaims it.
+        pause = backoff(attempt, base=0.2, cap=min(10.0, self._claim_idle / 2))
+        min_idle = int(pause * 500)  # an entry claimed by another member meanwhile is younger
+        heapq.heappush(self._retries, (time.monotonic() + pause, entry_id, min_idle))
+        self._slot.set()
+
+    async def _keep_alive(self, entry_id: bytes) -> None:
+        """Reset a long handler's idle time so no other member reclaims the entry meanwhile."""
+        while True:
+            await asyncio.sleep(self._claim_idle / 3)
+            try:
+                await self._redis.xclaim(
+                    self.key, self.group, self.name, 0, [entry_id], justid=True
+                )
+            except Exception as exc:
+                log.debug("keep-alive for %s failed: %s", entry_id, exc)
+
+    async def _flush_acks(self, ids: list[bytes]) -> list[None]:
+        await self._redis.xack(self.key, self.group, *ids)
+        return [None] * len(ids)
+
+    async def _ack(self, entry_id: bytes) -> None:
+        """XACK, sent together with the acks of handlers that finish meanwhile."""
+        try:
+            await self._acks.submit(entry_id)
+        except Exception as exc:
+            # Still pending: it is reclaimed and handled again, as QoS 1 allows.
+            log.warning("could not ack %s on %s: %s", entry_id, self.key, exc)
+
+    async def _dead_letter(
+        self, entry_id: bytes, fields: Fields, reason: str, error: str, deliveries: int
+    ) -> None:
+        try:
+            await self._dlq.add(
+                fields,
+                subject=self.key,
+                entry=entry_id,
+                group=self.group,
+                consumer=self.name,
+                reason=reason,
+                error=error,
+                deliveries=deliveries,
+            )
+        except Exception:
+            # Still pending: reclaimed after the claim time and dead-lettered then.
+            log.exception("dead-letter copy of %s failed", entry_id)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop reading, give in-flight handlers `timeout` seconds; the rest stay pending."""
+        self._stopping = True
+        self._slot.set()
+        if self._loop_task is not None:
+            _, pending = await asyncio.wait(
+                {self._loop_task}, timeout=self._settings.redis_block_ms / 1000 + 0.5
+            )
+            for task in pending:
+                task.cancel()
+                await asyncio.wait({task}, timeout=2)
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        await self._acks.close()
+        if self.broadcast:
+            # This instance's own group: nobody else will read it.
+            try:
+                await self._redis.xgroup_destroy(self.key, self.group)
+            except Exception as exc:
+                log.debug("could not remove group %s: %s", self.group, exc)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]

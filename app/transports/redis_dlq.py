@@ -1,0 +1,187 @@
+"""Redis dead letters: one stream per service (`dlq.<service>`) holding every entry that could
+not be handled, with the original fields plus why, how often and from where.
+
+An entry is copied here and acked on its stream in one MULTI transaction, so it is dead-lettered
+exactly once even when two consumers race for it. Ids are `rd-<stream entry id>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.errors import DeadLetterNotFoundError
+from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
+from app.settings import Settings
+from app.telemetry import dead_letters
+from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage
+
+log = logging.getLogger(__name__)
+
+BODY = "$body"
+"""The stream field holding the message body; every other field is an envelope header."""
+DEDUPE_ID = "dedupe_id"
+"""Envelope.extra key: the id the publisher dedupes on, when it is not the message id."""
+
+D_REASON = "qm-dlq-reason"
+D_ERROR = "qm-dlq-error"
+D_DELIVERIES = "qm-dlq-deliveries"
+D_SUBJECT = "qm-dlq-subject"
+D_ENTRY = "qm-dlq-entry"
+D_GROUP = "qm-dlq-group"
+D_CONSUMER = "qm-dlq-consumer"
+D_AT = "qm-dlq-at"
+_DLQ_FIELDS = (D_REASON, D_ERROR, D_DELIVERIES, D_SUBJECT, D_ENTRY, D_GROUP, D_CONSUMER, D_AT)
+
+Publish = Callable[[Envelope, QoS], Awaitable[None]]
+Fields = Mapping[bytes, bytes]
+
+
+def envelope_from(fields: Fields, subject: str) -> Envelope:
+    """The envelope kept in a stream entry's fields (headers as fields, body as `$body`)."""
+    headers = {
+        key.decode(errors="replace"): value.decode(errors="replace")
+        for key, value in fields.items()
+        if key != BODY.encode()
+    }
+    return Envelope(headers=headers, body=fields.get(BODY.encode(), b""), subject=subject)
+
+
+class RedisDeadLetters:
+    """The dead-letter stream of one service; ids look like `rd-1718000000000-0`."""
+
+    prefix = "rd"
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings, publish: Publish) -> None:
+        self._redis = redis
+        self._publish = publish
+        self.stream = f"dlq.{settings.service_name}"
+
+    async def add(
+        self,
+        fields: Fields,
+        *,
+        subject: str,
+        entry: bytes,
+        group: str,
+        consumer: str,
+        reason: str,
+        error: str,
+        deliveries: int,
+    ) -> None:
+        """Copy the entry here and ack it on its stream, atomically."""
+        record: dict[Any, Any] = {
+            **{
+                k: v
+                for k, v in fields.items()
+                if not k.decode(errors="replace").startswith("qm-dlq-")
+            },
+            D_REASON: reason,
+            D_ERROR: error[:1000],
+            D_DELIVERIES: str(deliveries),
+            D_SUBJECT: subject,
+            D_ENTRY: entry,
+            D_GROUP: group,
+            D_CONSUMER: consumer,
+            D_AT: datetime.now(UTC).isoformat(),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.stream, record)
+            pipe.xack(subject, group, entry)
+            added, acked = await pipe.execute()
+        if not acked:
+            # Another consumer settled it first: keep a single copy.
+            await self._redis.xdel(self.stream, added)
+            return
+        dead_letters.add(1, {"messaging.system": "redis", "destination": subject, "reason": reason})
+        message_id = fields.get(H_ID.encode(), b"").decode(errors="replace")
+        log.warning(
+            "message %s dead-lettered as rd-%s: %s: %s",
+            message_id,
+            added.decode(),
+            reason,
+            error,
+        )
+
+    # -- the DeadLetterStore contract ------------------------------------------------------
+
+    def _entry(self, dlq_id: str) -> str:
+        kind, _, entry = dlq_id.partition("-")
+        ms, _, seq = entry.partition("-")
+        if kind != self.prefix or not (ms.isdigit() and seq.isdigit()):
+            raise DeadLetterNotFoundError(dlq_id)
+        return entry
+
+    async def _raw(self, dlq_id: str) -> dict[bytes, bytes]:
+        entry = self._entry(dlq_id)
+        found: Any = await self._redis.xrange(self.stream, entry, entry, count=1)
+        if not found:
+            raise DeadLetterNotFoundError(dlq_id)
+        return dict(found[0][1])
+
+    def _detail(self, entry: bytes, fields: Fields) -> DeadLetterDetail:
+        envelope = envelope_from(fields, "")
+        headers = envelope.headers
+        stored_at = datetime.fromtimestamp(int(entry.split(b"-")[0]) / 1000, UTC)
+        return DeadLetterDetail(
+            dlq_id=f"{self.prefix}-{entry.decode()}",
+            message_id=headers.get(H_ID, ""),
+            type=headers.get(H_TYPE, ""),
+            subject=headers.get(D_SUBJECT, ""),
+            transport="redis",
+            reason=headers.get(D_REASON, ""),
+            error=headers.get(D_ERROR, ""),
+            deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
+            dead_at=_parse_time(headers.get(D_AT)) or stored_at,
+            headers=headers,
+            body=envelope.body.decode("utf-8", errors="replace"),
+        )
+
+    async def list(self, limit: int, cursor: str | None) -> DeadLetterPage:
+        total = int(await self._redis.xlen(self.stream))
+        if limit <= 0:
+            return DeadLetterPage(items=[], total=total)
+        top = self._entry(cursor) if cursor else "+"
+        found: Any = await self._redis.xrevrange(self.stream, top, "-", count=limit + 1)
+        items = [
+            DeadLetter.model_validate(self._detail(entry, fields).model_dump())
+            for entry, fields in found[:limit]
+        ]
+        more = len(found) > limit
+        next_cursor = f"{self.prefix}-{found[limit][0].decode()}" if more else None
+        return DeadLetterPage(items=items, total=total, next_cursor=next_cursor)
+
+    async def get(self, dlq_id: str) -> DeadLetterDetail:
+        fields = await self._raw(dlq_id)
+        return self._detail(self._entry(dlq_id).encode(), fields)
+
+    async def delete(self, dlq_id: str) -> None:
+        if not await self._redis.xdel(self.stream, self._entry(dlq_id)):
+            raise DeadLetterNotFoundError(dlq_id)
+
+    async def replay(self, dlq_id: str) -> str:
+        """Publish the original message again (same message id), then drop the dead letter."""
+        fields = await self._raw(dlq_id)
+        original = {k: v for k, v in fields.items() if k.decode() not in _DLQ_FIELDS}
+        subject = fields[D_SUBJECT.encode()].decode()
+        envelope = envelope_from(original, subject)
+        message_id = envelope.message_id
+        # A fresh publisher dedupe id: the original one may still be inside the window.
+        envelope.extra[DEDUPE_ID] = f"{message_id}-replay-{dlq_id}"
+        qos = QoS(int(envelope.headers.get(H_QOS, "1")))
+        await self._publish(envelope, qos)
+        await self.delete(dlq_id)
+        return message_id
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(value)
+    return None

@@ -1,0 +1,144 @@
+"""QoS 1 and 2 on Redis Streams: persisted, acknowledged, reclaimed, retried, dead-lettered.
+
+A message on subject `shop.order_placed` is an entry of the stream with that key: the envelope
+headers are its fields and the body is the field `$body`. Publishing is XADD with `MAXLEN ~`
+(concurrent publishes share one pipeline); QoS 2 publishes also set a dedupe key on the message
+id in the same Lua script, so a retry after a lost reply never adds the message twice.
+
+Each service reads a stream through one consumer group (the subscription's group; a broadcast
+subscription gets a group per instance). Success is XACK; a failure leaves the entry pending
+and this consumer claims it again after a backoff; entries idle longer than
+APP_REDIS_CLAIM_IDLE (a crashed consumer's) are taken over with XAUTOCLAIM. Redis counts the
+deliveries; after APP_MAX_DELIVER the entry goes to the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from app.messages import H_ATTEMPT, Envelope, QoS
+from app.settings import Settings
+from app.telemetry import dedupe_hits, sent_messages
+from app.transports.base import Subscription
+from app.transports.batching import Batcher
+from app.transports.redis_consumer import RedisConsumer
+from app.transports.redis_dlq import BODY, DEDUPE_ID, RedisDeadLetters
+from app.transports.retry import RetryBudget, with_retries
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "redis"
+RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError, OSError)
+
+# Adds the entry only if the dedupe key is new; the key keeps the entry id for the window.
+DEDUPED_XADD = """
+local previous = redis.call('GET', KEYS[2])
+if previous then return {0, previous} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
+return {1, id}
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class _Add:
+    key: str
+    fields: dict[str, str | bytes]
+    dedupe_key: str | None
+
+
+class RedisStreamsTransport:
+    name = "redis"
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._budget = RetryBudget.from_settings(settings)
+        self._dlq = RedisDeadLetters(redis, settings, self.publish)
+        self._publisher: Batcher[_Add, bool] = Batcher(self._flush)
+        self._subscriptions: list[Subscription] = []
+        self._consumers: list[RedisConsumer] = []
+        # Competing consumers of one service need distinct names: host, process and a nonce.
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    @property
+    def dead_letters(self) -> RedisDeadLetters:
+        return self._dlq
+
+    @property
+    def consumers(self) -> list[RedisConsumer]:
+        return list(self._consumers)
+
+    async def start(self) -> None:
+        for subscription in self._subscriptions:
+            consumer = RedisConsumer(
+                self._redis, subscription, self._settings, self._dlq, self.instance
+            )
+            await consumer.start()
+            self._consumers.append(consumer)
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
+
+    async def publish(self, envelope: Envelope, qos: QoS) -> None:
+        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
+        try:
+            await with_retries(
+                lambda attempt, timeout: self._send(envelope, qos, attempt, timeout),
+                self._budget,
+                RETRYABLE,
+                SYSTEM,
+                f"message {envelope.message_id}",
+            )
+        except Exception:
+            sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
+            raise
+        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+
+    async def _send(self, envelope: Envelope, qos: QoS, attempt: int, timeout: float) -> None:
+        fields: dict[str, str | bytes] = {**envelope.headers, H_ATTEMPT: str(attempt)}
+        fields[BODY] = envelope.body
+        dedupe_key = None
+        if qos == QoS.EXACTLY_ONCE:
+            dedupe_id = str(envelope.extra.get(DEDUPE_ID) or envelope.message_id)
+            dedupe_key = f"qm:dedupe:{envelope.subject}:{dedupe_id}"
+        added = await asyncio.wait_for(
+            self._publisher.submit(_Add(envelope.subject, fields, dedupe_key)), timeout
+        )
+        if not added:
+            dedupe_hits.add(1, {"side": "publisher"})
+
+    async def _flush(self, batch: list[_Add]) -> list[bool | BaseException]:
+        window_ms = int(self._settings.duplicate_window * 1000)
+        maxlen = self._settings.redis_maxlen
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for add in batch:
+                if add.dedupe_key is None:
+                    pipe.xadd(add.key, add.fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                else:
+                    flat = [part for pair in add.fields.items() for part in pair]
+                    pipe.eval(DEDUPED_XADD, 2, add.key, add.dedupe_key, window_ms, maxlen, *flat)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        results: list[bool | BaseException] = []
+        for add, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, BaseException):
+                results.append(reply)
+            elif add.dedupe_key is None:
+                results.append(True)
+            else:
+                results.append(bool(int(reply[0])))
+        return results
+
+    async def stop(self, timeout: float) -> None:
+        await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
+        self._consumers.clear()
+        await self._publisher.close()
