@@ -1,0 +1,411 @@
+"""QoS 1 and 2 on Redis Streams on a real Valkey server (AOF, fsync always), faults injected."""
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from app.bus import Bus
+from app.dead_letters import DeadLetters
+from app.errors import PublishError
+from app.messages import encode
+from app.settings import Settings
+from app.testing import eventually
+from app.transports.redis_consumer import parse_autoclaim
+from app.transports.redis_streams import RedisStreamsTransport
+from tests.transports.conftest import Charge, Ping, running_bus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def redis_settings(settings_for, nats_server, redis_server) -> Callable[..., Settings]:
+    """Both QoS levels on the test Valkey; quick reclaims, retries and redeliveries."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "nats_url": nats_server.url,
+            "redis_url": redis_server.url,
+            "qos1_transport": "redis",
+            "qos2_transport": "redis",
+            "service_name": "svc",
+            "max_deliver": 3,
+            "redis_claim_idle": 1.0,
+            "redis_block_ms": 200,
+            "publish_attempt_timeout": 0.5,
+            "publish_deadline": 3,
+        }
+        values.update(overrides)
+        return settings_for(**values)  # type: ignore[no-any-return]
+
+    return make
+
+
+def transport(running) -> RedisStreamsTransport:
+    found = running.transports.by_name["redis"]
+    assert isinstance(found, RedisStreamsTransport)
+    return found
+
+
+def raw_fields(message, qos=None) -> dict[Any, Any]:
+    envelope = encode(message, qos if qos is not None else message.qos, "svc.ping")
+    return {**envelope.headers, "$body": envelope.body}
+
+
+async def pending_count(client: aioredis.Redis, key: str = "svc.ping", group: str = "svc") -> int:
+    return int((await client.xpending(key, group))["pending"])
+
+
+async def _total(store) -> bool:
+    return bool((await store.list(1, None)).total)
+
+
+def start_consumer(nats_url: str, redis_url: str, out: Path, data: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.transports.redis_consumer_proc",
+            nats_url,
+            redis_url,
+            str(out),
+            str(data),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def handled(out: Path) -> list[int]:
+    return [int(line) for line in out.read_text().split()] if out.exists() else []
+
+
+@pytest.mark.slow
+async def test_a_killed_consumers_pending_entries_are_reclaimed_by_another(
+    redis_settings, nats_server, redis_server, tmp_path
+):
+    """2,000 messages, two consumer processes; one is SIGKILLed mid-stream holding entries."""
+    out = tmp_path / "handled.txt"
+    doomed = start_consumer(nats_server.url, redis_server.url, out, tmp_path / "a")
+    survivor = start_consumer(nats_server.url, redis_server.url, out, tmp_path / "b")
+    async with running_bus(redis_settings()) as publisher:
+        client = publisher.brokers.redis
+        assert client is not None
+        await asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(2000)))
+        try:
+            await eventually(lambda: len(handled(out)) >= 300, timeout=30)
+            doomed.kill()
+            doomed.wait()
+            at_kill = len(set(handled(out)))
+            held = {
+                c["name"].decode(): int(c["pending"])
+                for c in await client.xinfo_consumers("svc.ping", "svc")
+            }
+            held_by_doomed = sum(n for name, n in held.items() if f"-{doomed.pid}-" in name)
+            assert at_kill < 2000, "the consumers finished before one could be killed"
+            assert held_by_doomed > 0, held
+
+            await eventually(lambda: set(handled(out)) == set(range(2000)), timeout=30)
+            await eventually(lambda: _settled(client), timeout=10)
+        finally:
+            for proc in (doomed, survivor):
+                proc.kill()
+                proc.wait()
+    seen = handled(out)
+    duplicates = len(seen) - len(set(seen))
+    print(
+        f"\nkilled holding {held_by_doomed} entries after {at_kill} handled; "
+        f"{len(seen)} deliveries, {duplicates} duplicates"
+    )
+    assert duplicates <= held_by_doomed
+
+
+async def _settled(client) -> bool:
+    return await pending_count(client) == 0
+
+
+@pytest.mark.slow
+async def test_publishes_during_a_redis_crash_are_acked_or_raise(redis_settings, redis_server):
+    """Valkey is SIGKILLed and started again mid-stream: every acked id is in the stream after."""
+    settings = redis_settings(publish_attempts=8, publish_deadline=8)
+    acked: list[int] = []
+    refused: list[int] = []
+    async with running_bus(settings) as running:
+
+        async def publish(n: int) -> None:
+            try:
+                await running.bus.publish(Ping(n=n))
+                acked.append(n)
+            except PublishError:
+                refused.append(n)
+
+        async def crash_soon() -> None:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(redis_server.kill)
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(redis_server.start)
+
+        crash = asyncio.create_task(crash_soon())
+        for batch in range(30):
+            await asyncio.gather(*(publish(batch * 10 + i) for i in range(10)))
+            await asyncio.sleep(0.03)
+        await crash
+
+        client = running.brokers.redis
+        assert client is not None
+        entries: Any = await client.xrange("svc.ping")
+        stored = {Ping.model_validate_json(fields[b"$body"]).n for _, fields in entries}
+    print(f"\n{len(acked)} acked, {len(refused)} refused, {len(stored)} stored")
+    assert len(acked) + len(refused) == 300
+    assert set(acked) <= stored
+
+
+async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(redis_settings):
+    attempts: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        attempts.append(message.n)
+        raise ValueError("cannot handle")
+
+    async with running_bus(redis_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        await running.bus.publish(Ping(n=1))
+        store = transport(running).dead_letters
+        await eventually(lambda: _total(store), timeout=15)
+        page = await DeadLetters(running.bus.dead_letters).list(10)
+        client = running.brokers.redis
+        assert client is not None
+        assert await pending_count(client) == 0
+    assert attempts == [1, 1, 1]
+    item = page.items[0]
+    assert item.dlq_id.startswith("rd-")
+    assert item.transport == "redis"
+    assert item.deliveries == 3
+    assert item.reason == "max_deliveries"
+    assert item.error == "ValueError: cannot handle"
+    assert item.type == "Ping"
+    assert item.subject == "svc.ping"
+
+
+async def test_replay_brings_a_dead_letter_back_with_its_message_id(redis_settings):
+    fixed = asyncio.Event()
+    done: list[str] = []
+
+    async def handle(message: Charge) -> None:
+        if not fixed.is_set():
+            raise RuntimeError("not yet")
+        done.append(message.message_id)
+
+    settings = redis_settings(max_deliver=1)
+    async with running_bus(settings, lambda bus: bus.subscribe(Charge, handle)) as running:
+        charge = Charge(n=3)
+        await running.bus.publish(charge)
+        store = DeadLetters(running.bus.dead_letters)
+        await eventually(lambda: _total(store), timeout=10)
+        dlq_id = (await store.list(1, None)).items[0].dlq_id
+        detail = await store.get(dlq_id)
+        assert detail.message_id == charge.message_id
+        assert detail.headers["qm-dlq-error"] == "RuntimeError: not yet"
+
+        fixed.set()
+        # QoS 2, inside the publisher's dedupe window: replay must still get through.
+        assert await store.replay(dlq_id) == charge.message_id
+        await eventually(lambda: done == [charge.message_id], timeout=10)
+        assert (await store.list(10, None)).total == 0
+
+
+async def test_undecodable_entries_are_dead_lettered_at_once_and_consuming_goes_on(
+    redis_settings,
+):
+    done: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        done.append(message.n)
+
+    async with running_bus(redis_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        client = running.brokers.redis
+        assert client is not None
+        await client.xadd("svc.ping", {"qm-version": "1", "qm-type": "Ping", "$body": b"\x00junk"})
+        await client.xadd("svc.ping", {"no": "headers at all"})
+        await running.bus.publish(Ping(n=42))
+        store = transport(running).dead_letters
+        await eventually(lambda: done == [42], timeout=10)
+        await eventually(lambda: _count(store, 2), timeout=10)
+        items = (await store.list(10, None)).items
+    assert all(item.deliveries == 1 for item in items)
+    assert {item.reason for item in items} == {"undecodable", "unknown_version"}
+
+
+async def _count(store, n: int) -> bool:
+    return bool((await store.list(10, None)).total == n)
+
+
+async def test_an_entry_whose_consumer_died_on_its_last_delivery_is_dead_lettered(
+    redis_settings, redis_server
+):
+    """Delivered max_deliver times with no result: the member that reclaims it dead-letters it
+    without running the handler again."""
+    calls: list[int] = []
+    client = aioredis.from_url(redis_server.url)
+    await client.xgroup_create("svc.ping", "svc", id="0", mkstream=True)
+    await client.xadd("svc.ping", raw_fields(Ping(n=5)))
+    await client.xreadgroup("svc", "ghost", {"svc.ping": ">"}, count=1)
+    entry = (await client.xpending_range("svc.ping", "svc", "-", "+", 1))[0]["message_id"]
+    await client.xclaim("svc.ping", "svc", "ghost", 0, [entry])  # a second delivery, no result
+
+    async def handle(message: Ping) -> None:
+        calls.append(message.n)
+
+    settings = redis_settings(max_deliver=2, redis_claim_idle=0.3)
+    async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
+        store = transport(running).dead_letters
+        await eventually(lambda: _total(store), timeout=10)
+        item = (await store.list(1, None)).items[0]
+        assert await pending_count(client) == 0
+    await client.aclose()
+    assert calls == []
+    assert item.deliveries == 2
+    assert "delivery limit reached" in item.error
+
+
+async def test_pending_entries_trimmed_away_are_acked_and_counted_without_looping(
+    redis_settings, redis_server, metrics
+):
+    client = aioredis.from_url(redis_server.url)
+    await client.xgroup_create("svc.ping", "svc", id="0", mkstream=True)
+    for n in range(20):
+        await client.xadd("svc.ping", raw_fields(Ping(n=n)))
+    await client.xreadgroup("svc", "ghost", {"svc.ping": ">"}, count=20)
+    await client.xtrim("svc.ping", maxlen=0)  # the ghost's 20 entries are gone, still pending
+    assert await pending_count(client) == 20
+
+    done: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        done.append(message.n)
+
+    before = metrics.value("messaging.client.consumed.messages", outcome="trimmed")
+    settings = redis_settings(redis_claim_idle=0.2)
+    async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
+        await eventually(lambda: _settled(client), timeout=10)
+        (consumer,) = transport(running).consumers
+        assert consumer.trimmed == 20
+        await running.bus.publish(Ping(n=99))
+        await eventually(lambda: done == [99], timeout=5)
+
+        calls = await _xautoclaim_calls(client)
+        await asyncio.sleep(1.0)
+        sweeps = await _xautoclaim_calls(client) - calls
+    await client.aclose()
+    assert metrics.value("messaging.client.consumed.messages", outcome="trimmed") - before == 20
+    assert sweeps <= 12, f"{sweeps} XAUTOCLAIM calls in 1 s with claim idle 0.2 s"
+
+
+async def _xautoclaim_calls(client) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_xautoclaim", {}).get("calls", 0))
+
+
+async def test_a_deleted_group_is_created_again_and_consumption_resumes(redis_settings):
+    done: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        done.append(message.n)
+
+    async with running_bus(redis_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        client = running.brokers.redis
+        assert client is not None
+        for n in range(5):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: sorted(done) == list(range(5)), timeout=5)
+
+        assert await client.xgroup_destroy("svc.ping", "svc")
+        for n in range(5, 10):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: sorted(set(done)) == list(range(10)), timeout=10)
+        (consumer,) = transport(running).consumers
+        groups = [g["name"] for g in await client.xinfo_groups("svc.ping")]
+        await asyncio.sleep(0.5)
+    assert groups == [b"svc"]
+    assert consumer.groups_recreated == 1
+    assert sorted(done) == list(range(10)), "entries before the deletion came again"
+
+
+async def test_qos2_effects_apply_once_despite_duplicates(redis_settings, metrics):
+    """Each message published twice (the publisher's dedupe drops the second), one delivery
+    forced to repeat after its effect, and one re-added past the publisher's dedupe: every
+    effect happens exactly once."""
+    effects: list[int] = []
+    forced: set[str] = set()
+    charges = [Charge(n=n) for n in range(20)]
+    repeat = charges[3].message_id
+
+    async def handle(message: Charge) -> None:
+        effects.append(message.n)
+
+    def setup(bus: Bus) -> None:
+        bus.subscribe(Charge, handle)
+        _, subscription = bus._subscriptions[0]
+        inner = subscription.handler
+
+        async def ack_lost_once(envelope, delivery):
+            applied = await inner(envelope, delivery)
+            if envelope.message_id == repeat and repeat not in forced:
+                forced.add(repeat)
+                raise ConnectionError("ack lost after the effect")
+            return applied
+
+        object.__setattr__(subscription, "handler", ack_lost_once)
+
+    publisher_hits = metrics.value("qosmesh.dedupe.hits", side="publisher")
+    receiver_hits = metrics.value("qosmesh.dedupe.hits", side="receiver")
+    async with running_bus(redis_settings(), setup) as running:
+        await asyncio.gather(*(running.bus.publish(c) for c in charges))
+        await asyncio.gather(*(running.bus.publish(c) for c in charges))
+        client = running.brokers.redis
+        assert client is not None
+        # charge 7 again, as a publisher would send it after the dedupe window
+        await client.xadd("svc.charge", raw_fields(charges[7]))
+        await eventually(lambda: sorted(set(effects)) == list(range(20)), timeout=15)
+        await eventually(
+            lambda: metrics.value("qosmesh.dedupe.hits", side="receiver") - receiver_hits >= 2
+        )
+        await asyncio.sleep(0.5)
+        stored = await client.xlen("svc.charge")
+    assert sorted(effects) == list(range(20))
+    assert forced == {repeat}
+    assert stored == 21
+    assert metrics.value("qosmesh.dedupe.hits", side="publisher") - publisher_hits == 20
+
+
+async def test_concurrent_publishes_share_a_few_pipelined_connections(redis_settings, metrics):
+    """Far more publishes in flight than the pool's connection cap: all stored, few sockets."""
+    before = metrics.value("messaging.client.sent.messages", outcome="ok")
+    async with running_bus(redis_settings()) as running:
+        await asyncio.gather(*(running.bus.publish(Ping(n=n)) for n in range(3000)))
+        client = running.brokers.redis
+        assert client is not None
+        pool = client.connection_pool
+        sockets = len(pool._available_connections) + len(pool._in_use_connections)
+        stored = await client.xlen("svc.ping")
+    assert stored == 3000
+    assert sockets <= 8
+    assert metrics.value("messaging.client.sent.messages", outcome="ok") - before == 3000
+
+
+def test_xautoclaim_replies_of_redis_6_and_7_read_the_same():
+    seven = [b"0-0", [(b"1-0", {b"a": b"1"})], [b"2-0"]]
+    six = [b"0-0", [(b"1-0", {b"a": b"1"}), (b"2-0", {}), (None, None)]]
+    for reply in (seven, six):
+        cursor, live, deleted = parse_autoclaim(reply)
+        assert cursor == b"0-0"
+        assert live == [(b"1-0", {b"a": b"1"})]
+        assert deleted == [b"2-0"]
