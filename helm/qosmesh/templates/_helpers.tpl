@@ -1,0 +1,140 @@
+{{/* Names, labels and the settings the chart derives; shared by every template. */}}
+
+{{- define "qosmesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "qosmesh.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "qosmesh.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "qosmesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "qosmesh.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "qosmesh.labels" -}}
+helm.sh/chart: {{ include "qosmesh.chart" . }}
+{{ include "qosmesh.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: service
+app.kubernetes.io/part-of: qosmesh
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "qosmesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "qosmesh.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "qosmesh.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "qosmesh.port" -}}
+{{- .Values.config.APP_PORT | default 8000 | int }}
+{{- end }}
+
+{{/* The bundled NATS chart's client Service, named as that chart names it. */}}
+{{- define "qosmesh.natsService" -}}
+{{- if .Values.nats.fullnameOverride }}
+{{- .Values.nats.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "nats" .Values.nats.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "qosmesh.natsUrl" -}}
+{{- if .Values.nats.enabled }}
+{{- printf "nats://%s.%s.svc:4222" (include "qosmesh.natsService" .) .Release.Namespace }}
+{{- else if .Values.externalNats.url }}
+{{- .Values.externalNats.url }}
+{{- else }}
+{{- fail "NATS: enable the bundled cluster (nats.enabled=true) or set externalNats.url; the image has no embedded nats-server" }}
+{{- end }}
+{{- end }}
+
+{{/* APP_REPLICAS: as given, else the bundled cluster's node count (at most 5), else 1. */}}
+{{- define "qosmesh.streamReplicas" -}}
+{{- if .Values.config.APP_REPLICAS }}
+{{- .Values.config.APP_REPLICAS | int }}
+{{- else if and .Values.nats.enabled .Values.nats.config.cluster.enabled }}
+{{- min 5 (.Values.nats.config.cluster.replicas | default 3 | int) }}
+{{- else }}
+{{- 1 }}
+{{- end }}
+{{- end }}
+
+{{- define "qosmesh.secretName" -}}
+{{- default (include "qosmesh.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/* True (non-empty) when the pod reads a Secret: the chart's own or an existing one. */}}
+{{- define "qosmesh.hasSecret" -}}
+{{- if or .Values.existingSecret (include "qosmesh.secretData" .) }}true{{ end }}
+{{- end }}
+
+{{- define "qosmesh.secretData" -}}
+{{- if not .Values.existingSecret }}
+{{- range $key, $value := .Values.secrets }}
+{{- if $value }}
+{{ $key }}: {{ $value | toString | b64enc | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Refuse values that would start pods bound to fail. */}}
+{{- define "qosmesh.validate" -}}
+{{- $drain := .Values.config.APP_DRAIN_TIMEOUT | default 20 | float64 }}
+{{- $needed := addf $drain .Values.preStopSleepSeconds }}
+{{- if le (.Values.terminationGracePeriodSeconds | float64) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + APP_DRAIN_TIMEOUT (%v), or Kubernetes kills pods mid-drain" .Values.terminationGracePeriodSeconds $needed) }}
+{{- end }}
+{{- $usesRedis := false }}
+{{- range $key := list "APP_QOS0_TRANSPORT" "APP_QOS1_TRANSPORT" "APP_QOS2_TRANSPORT" }}
+{{- if eq (get $.Values.config $key | default "") "redis" }}{{ $usesRedis = true }}{{ end }}
+{{- end }}
+{{- if and $usesRedis (not .Values.secrets.APP_REDIS_URL) (not .Values.existingSecret) }}
+{{- fail "a QoS level uses the redis transport: set secrets.APP_REDIS_URL (or existingSecret); the image has no embedded Valkey" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
+{{- end }}
+{{- end }}
+
+{{/* A value as an environment string: whole numbers without exponent, maps and lists as JSON. */}}
+{{- define "qosmesh.envValue" -}}
+{{- if kindIs "float64" . }}
+{{- if eq . (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else if or (kindIs "map" .) (kindIs "slice" .) }}
+{{- toJson . }}
+{{- else }}
+{{- . }}
+{{- end }}
+{{- end }}
+
+{{- define "qosmesh.natsCredsDir" -}}/etc/qosmesh/nats-creds{{- end }}
+{{- define "qosmesh.natsTlsDir" -}}/etc/qosmesh/nats-tls{{- end }}
+{{- define "qosmesh.dataDir" -}}/var/lib/qosmesh{{- end }}
