@@ -2,7 +2,8 @@
 NATS KV): orders confirmed, payments applied once, dead letters served by /admin/dlq."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +47,7 @@ async def shop(settings_for, nats_server, redis_server) -> AsyncIterator[RedisSh
         yield RedisShop(app, client)
 
 
-def fields(message) -> dict:
+def fields(message) -> dict[Any, Any]:
     envelope = encode(message, message.qos, "qosmesh.payment_captured")
     return {**envelope.headers, "$body": envelope.body}
 
@@ -99,12 +100,12 @@ async def test_redis_dead_letters_are_listed_shown_and_replayed_by_the_admin_api
     early = PaymentCaptured(order_id="01J0000000000000000000000Z", payment_id="p", amount=3)
     await shop.redis.xadd("qosmesh.payment_captured", fields(early))
 
-    async def dead() -> list:
+    async def dead() -> list[Any]:
         listing = await shop.client.get("/admin/dlq", headers=ADMIN)
         assert listing.status_code == 200, listing.text
         return [i for i in listing.json()["items"] if i["message_id"] == early.message_id]
 
-    await eventually(dead, timeout=15)
+    await eventually(lambda: _any(dead()), timeout=15)
     (item,) = await dead()
     assert item["dlq_id"].startswith("rd-")
     assert item["transport"] == "redis"
@@ -116,7 +117,11 @@ async def test_redis_dead_letters_are_listed_shown_and_replayed_by_the_admin_api
     replay = await shop.client.post(f"/admin/dlq/{item['dlq_id']}/replay", headers=ADMIN)
     assert replay.status_code == 202
     assert (await shop.client.get(f"/admin/dlq/{item['dlq_id']}", headers=ADMIN)).status_code == 404
-    await eventually(dead, timeout=15)
+    await eventually(lambda: _any(dead()), timeout=15)
     (again,) = await dead()
     assert again["dlq_id"] != item["dlq_id"]
     assert again["deliveries"] == 3
+
+
+async def _any(items: Awaitable[list[Any]]) -> bool:
+    return bool(await items)
