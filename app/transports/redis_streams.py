@@ -64,7 +64,7 @@ class RedisStreamsTransport:
         self._settings = settings
         self._budget = RetryBudget.from_settings(settings)
         self._dlq = RedisDeadLetters(redis, settings, self.publish)
-        self._publisher: Batcher[_Add, bool] = Batcher(self._flush)
+        self._publisher: Batcher[_Add, bool] = Batcher(self._flush, size=256)
         self._subscriptions: list[Subscription] = []
         self._consumers: list[RedisConsumer] = []
         # Competing consumers of one service need distinct names: host, process and a nonce.
