@@ -7,6 +7,7 @@ of a service compete for each message, `broadcast=True` gives every instance eve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -15,7 +16,8 @@ from app.errors import ConfigurationError
 from app.idempotency import IdempotencyStore
 from app.messages import Envelope, Message, QoS, decode_message, encode, snake_case
 from app.settings import Settings
-from app.telemetry import dedupe_hits
+from app.telemetry import dedupe_hits, record_zeros
+from app.tracing import process_span
 from app.transports.base import DeadLetterStore, Delivery, Subscription, Transport
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ MessageHandler = Callable[[M], Awaitable[None]]
 
 # Transports that persist, ack and retry: the only ones that may carry QoS 1 and 2.
 RELIABLE = frozenset({"jetstream", "redis", "memory"})
+# `messaging.system` of each transport, as the OpenTelemetry conventions name them.
+SYSTEMS = {"jetstream": "nats", "nats": "nats"}
 
 
 class Bus:
@@ -115,21 +119,30 @@ class Bus:
         transport: str,
     ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
         idempotency = self._idempotency.get(transport)
+        stale_after = self._settings.ack_wait
         if qos == QoS.EXACTLY_ONCE and idempotency is None:
             raise ConfigurationError(f"transport {transport!r} has no idempotency store for QoS 2")
 
         async def on_delivery(envelope: Envelope, delivery: Delivery) -> bool:
-            message = decode_message(envelope, types)
-            if idempotency is None or qos < QoS.EXACTLY_ONCE:
-                await handler(message)
+            system = SYSTEMS.get(delivery.transport, delivery.transport)
+            with process_span(envelope, qos, system, delivery.attempt) as span:
+                message = decode_message(envelope, types)
+                if idempotency is None or qos < QoS.EXACTLY_ONCE:
+                    await handler(message)
+                    return True
+                key = f"{consumer}.{message.message_id}"
+                if not await idempotency.claim(key, stale_after=stale_after):
+                    dedupe_hits.add(1, {"side": "receiver"})
+                    span.set_attribute("qosmesh.duplicate", True)
+                    return False
+                try:
+                    await handler(message)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await idempotency.release(key)
+                    raise
+                await idempotency.complete(key)
                 return True
-            key = f"{consumer}.{message.message_id}"
-            if await idempotency.seen(key):
-                dedupe_hits.add(1, {"side": "receiver"})
-                return False
-            await handler(message)
-            await idempotency.mark(key)
-            return True
 
         return on_delivery
 
@@ -139,6 +152,10 @@ class Bus:
         for transport in self._transports.values():
             await transport.start()
         self._started = True
+        record_zeros(
+            (SYSTEMS.get(transport.name, transport.name), sub.subject, int(sub.qos))
+            for transport, sub in self._subscriptions
+        )
 
     async def stop(self, timeout: float) -> None:
         """Stop consuming; in-flight handlers get `timeout` seconds, the rest are redelivered."""

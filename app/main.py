@@ -20,7 +20,9 @@ from app.brokers import Brokers, open_brokers
 from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.discovery import Discovery, open_discovery
+from app.discovery.models import new_node_id
 from app.errors import DiscoveryError
+from app.observability import instrument_app, setup_telemetry, shutdown_telemetry
 from app.settings import Settings
 from app.transports.registry import build_transports
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. `settings` defaults to the environment (APP_* variables)."""
     settings = settings or Settings()
+    instance_id = new_node_id()
+    setup_telemetry(settings, instance_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +43,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             readiness.add(brokers.readiness)
             app.state.brokers = brokers
             # Entered after the brokers, so it leaves the bucket before they close.
-            discovery = await stack.enter_async_context(open_discovery(brokers, settings))
+            stack.callback(shutdown_telemetry)
+            discovery = await stack.enter_async_context(
+                open_discovery(brokers, settings, node_id=instance_id)
+            )
             readiness.add(discovery.readiness)
             app.state.discovery = discovery
             await stack.enter_async_context(_messaging(app, settings, brokers, discovery))
@@ -55,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
     problems.install(app, settings.max_body_bytes)
+    instrument_app(app)
     app.include_router(health.router)
     app.include_router(nodes.router)
     app.include_router(admin.router)

@@ -6,7 +6,10 @@ until the SDK is configured, and every component records to the same names.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 meter = metrics.get_meter("qosmesh")
 
@@ -21,7 +24,25 @@ consumed_messages = meter.create_counter(
     description="Deliveries handled, by outcome (ack, nak, term, duplicate)",
 )
 process_duration = meter.create_histogram(
-    "messaging.process.duration", unit="s", description="Handler time per delivery"
+    "messaging.process.duration",
+    unit="s",
+    description="Handler time per delivery",
+    explicit_bucket_boundaries_advisory=[
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+    ],
 )
 qos0_lost = meter.create_counter(
     "qosmesh.qos0.lost", unit="{message}", description="QoS 0 publishes dropped"
@@ -43,3 +64,54 @@ discovery_events = meter.create_counter(
     unit="{event}",
     description="Membership changes seen, by type (joined, updated, left) and reason",
 )
+
+
+PendingSource = Callable[[], Iterable[Observation]]
+_pending_sources: list[PendingSource] = []
+
+
+def watch_pending(source: PendingSource) -> Callable[[], None]:
+    """Report `source`'s observations as `qosmesh.consumer.pending`; returns the undo."""
+    _pending_sources.append(source)
+    return lambda: _pending_sources.remove(source)
+
+
+def _observe_pending(options: CallbackOptions) -> Iterable[Observation]:
+    for source in list(_pending_sources):
+        yield from source()
+
+
+consumer_pending = meter.create_observable_gauge(
+    "qosmesh.consumer.pending",
+    callbacks=[_observe_pending],
+    unit="{message}",
+    description="Messages waiting for a consumer or delivered and not yet acked",
+)
+
+
+def record_zeros(destinations: Iterable[tuple[str, str, int]]) -> None:
+    """Put every counter on /metrics at zero from the start (an absent series breaks rates and
+    alerts). `destinations` are (messaging system, subject, qos) of this instance's traffic."""
+    for system, subject, qos in destinations:
+        base: dict[str, str | int] = {
+            "messaging.system": system,
+            "messaging.destination.name": subject,
+            "qos": qos,
+        }
+        for outcome in ("ok", "error", "lost"):
+            sent_messages.add(0, {**base, "outcome": outcome})
+        for outcome in ("ack", "nak", "term", "duplicate"):
+            consumed_messages.add(0, {**base, "outcome": outcome})
+        if qos == 0:
+            qos0_lost.add(0, {"messaging.destination.name": subject})
+        redeliveries.add(0, {"messaging.system": system, "destination": subject})
+        for reason in ("max_deliveries", "undecodable", "unknown_version", "unknown_type"):
+            dead_letters.add(
+                0, {"messaging.system": system, "destination": subject, "reason": reason}
+            )
+        publish_retries.add(0, {"messaging.system": system})
+    qos0_lost.add(0)
+    for side in ("publisher", "receiver"):
+        dedupe_hits.add(0, {"side": side})
+    for kind in ("joined", "updated", "left"):
+        discovery_events.add(0, {"type": kind})

@@ -22,8 +22,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.embedded import NatsServer, ValkeyServer, free_port
 from app.settings import Settings
@@ -233,14 +237,28 @@ class Metrics:
         return total
 
 
-_READER: InMemoryMetricReader | None = None
+_READER = InMemoryMetricReader()
+_SPANS = InMemorySpanExporter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install in-memory OpenTelemetry providers before any app does (the app then keeps
+    them), so tests can read what this process recorded."""
+    otel_metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_SPANS))
+    otel_trace.set_tracer_provider(provider)
 
 
 @pytest.fixture
 def metrics() -> Metrics:
-    """Every metric recorded in this process (one SDK provider per process, set once)."""
-    global _READER
-    if _READER is None:
-        _READER = InMemoryMetricReader()
-        otel_metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+    """Every metric recorded in this process."""
     return Metrics(_READER)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The spans finished in this process during the test."""
+    _SPANS.clear()
+    yield _SPANS
+    _SPANS.clear()

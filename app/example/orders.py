@@ -12,11 +12,13 @@ from typing import Literal
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from app.kv import open_bucket
 from app.settings import Settings
 
+tracer = trace.get_tracer(__name__)
 ORDER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _CAS_TRIES = 20
 
@@ -77,10 +79,11 @@ class OrderStore:
             changed.updated_at = _now()
             data = changed.model_dump_json().encode()
             try:
-                if revision is None:
-                    await self._kv.create(seed.order_id, data)
-                else:
-                    await self._kv.update(seed.order_id, data, last=revision)
+                with tracer.start_as_current_span("kv update orders"):
+                    if revision is None:
+                        await self._kv.create(seed.order_id, data)
+                    else:
+                        await self._kv.update(seed.order_id, data, last=revision)
                 return changed
             except KeyWrongLastSequenceError:
                 continue

@@ -27,6 +27,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from opentelemetry.metrics import Observation
 
 from app.messages import DecodeError, Envelope, QoS
 from app.settings import Settings
@@ -36,7 +37,9 @@ from app.telemetry import (
     process_duration,
     redeliveries,
     sent_messages,
+    watch_pending,
 )
+from app.tracing import send_span
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
@@ -48,6 +51,7 @@ SYSTEM = "nats"
 MSG_ID = "Nats-Msg-Id"
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
+PENDING_REFRESH = 5.0
 
 
 class JetStreamTransport:
@@ -103,13 +107,14 @@ class JetStreamTransport:
     async def publish(self, envelope: Envelope, qos: QoS) -> None:
         attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
         try:
-            await with_retries(
-                lambda attempt, timeout: self._send(envelope, attempt, timeout),
-                self._budget,
-                RETRYABLE,
-                SYSTEM,
-                f"message {envelope.message_id}",
-            )
+            with send_span(envelope, qos, SYSTEM):
+                await with_retries(
+                    lambda attempt, timeout: self._send(envelope, attempt, timeout),
+                    self._budget,
+                    RETRYABLE,
+                    SYSTEM,
+                    f"message {envelope.message_id}",
+                )
         except Exception:
             sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
             raise
@@ -154,6 +159,7 @@ class _Consumer:
         self._slot = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._pending = 0
         self._attrs: dict[str, str | int] = {
             "messaging.system": SYSTEM,
             "messaging.destination.name": subscription.subject,
@@ -178,6 +184,22 @@ class _Consumer:
         await self._js.add_consumer(self._stream, self.config())
         self._psub = await self._js.pull_subscribe_bind(durable=self._sub.name, stream=self._stream)
         self._loop_task = asyncio.create_task(self._run(), name=f"consume {self._sub.name}")
+        self._pending_task = asyncio.create_task(self._track_pending())
+        self._unwatch = watch_pending(self._observe_pending)
+
+    async def _track_pending(self) -> None:
+        """Refresh the waiting + unacked count for the `qosmesh.consumer.pending` gauge."""
+        while not self._stopping:
+            try:
+                info = await self._js.consumer_info(self._stream, self._sub.name)
+                self._pending = info.num_pending + info.num_ack_pending
+            except Exception as exc:
+                log.debug("consumer info for %s failed: %s", self._sub.name, exc)
+            await asyncio.sleep(PENDING_REFRESH)
+
+    def _observe_pending(self) -> list[Observation]:
+        attributes = {"messaging.system": SYSTEM, "consumer": self._sub.name}
+        return [Observation(self._pending, attributes)]
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -266,6 +288,8 @@ class _Consumer:
         """Stop fetching, give in-flight handlers `timeout` seconds, nak the rest."""
         self._stopping = True
         self._slot.set()
+        self._unwatch()
+        self._pending_task.cancel()
         if self._loop_task is not None:
             # A fetch cut short may leave messages unhandled: they are redelivered after ack_wait.
             self._loop_task.cancel()

@@ -17,6 +17,7 @@ from app.errors import DeadLetterNotFoundError
 from app.messages import H_QOS, H_TYPE, DecodeError, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dead_letters, sent_messages
+from app.tracing import send_span
 from app.transports.base import (
     DeadLetter,
     DeadLetterDetail,
@@ -53,10 +54,11 @@ class MemoryTransport:
         for group, members in groups.items():
             turn = self._turn.setdefault((envelope.subject, str(group)), itertools.count())
             targets.append(members[next(turn) % len(members)])
-        for subscription in targets:
-            task = asyncio.create_task(self._deliver(subscription, envelope, qos))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        with send_span(envelope, qos, "memory"):
+            for subscription in targets:
+                task = asyncio.create_task(self._deliver(subscription, envelope, qos))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         attrs = {"messaging.system": "memory", "messaging.destination.name": envelope.subject}
         sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
 

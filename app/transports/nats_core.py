@@ -15,6 +15,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from app.messages import Envelope, QoS
 from app.telemetry import consumed_messages, process_duration, qos0_lost, sent_messages
+from app.tracing import send_span
 from app.transports.base import Delivery, Subscription
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class NatsCoreTransport:
             self._lost(envelope, attrs, "disconnected")
             return
         try:
-            await self._nc.publish(envelope.subject, envelope.body, headers=envelope.headers)
+            with send_span(envelope, qos, SYSTEM):
+                await self._nc.publish(envelope.subject, envelope.body, headers=envelope.headers)
         except Exception as exc:
             self._lost(envelope, attrs, type(exc).__name__)
             return
