@@ -7,6 +7,7 @@ of a service compete for each message, `broadcast=True` gives every instance eve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -14,7 +15,15 @@ from typing import Any, TypeVar
 
 from app.errors import ConfigurationError
 from app.idempotency import IdempotencyStore
-from app.messages import Envelope, Message, QoS, decode_message, encode, snake_case
+from app.messages import (
+    DecodeError,
+    Envelope,
+    Message,
+    QoS,
+    decode_message,
+    encode,
+    snake_case,
+)
 from app.settings import Settings
 from app.telemetry import dedupe_hits, record_zeros
 from app.tracing import process_span
@@ -45,6 +54,7 @@ class Bus:
         self._instance_id = instance_id
         self._subscriptions: list[tuple[Transport, Subscription]] = []
         self._started = False
+        self._stopped = False
 
     def route(self, message_type: type[Message]) -> tuple[QoS, Transport]:
         """The QoS and transport for `message_type`, overrides applied."""
@@ -120,12 +130,15 @@ class Bus:
     ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
         idempotency = self._idempotency.get(transport)
         stale_after = self._settings.ack_wait
+        max_bytes = self._settings.max_message_bytes
         if qos == QoS.EXACTLY_ONCE and idempotency is None:
             raise ConfigurationError(f"transport {transport!r} has no idempotency store for QoS 2")
 
         async def on_delivery(envelope: Envelope, delivery: Delivery) -> bool:
             system = SYSTEMS.get(delivery.transport, delivery.transport)
             with process_span(envelope, qos, system, delivery.attempt) as span:
+                if len(envelope.body) > max_bytes:
+                    raise DecodeError(f"body of {len(envelope.body)} bytes", "oversized")
                 message = decode_message(envelope, types)
                 if idempotency is None or qos < QoS.EXACTLY_ONCE:
                     await handler(message)
@@ -158,9 +171,12 @@ class Bus:
         )
 
     async def stop(self, timeout: float) -> None:
-        """Stop consuming; in-flight handlers get `timeout` seconds, the rest are redelivered."""
-        for transport in self._transports.values():
-            await transport.stop(timeout)
+        """Stop consuming; in-flight handlers get `timeout` seconds, the rest are redelivered.
+        Publishing keeps working (in-flight requests may still publish). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await asyncio.gather(*(t.stop(timeout) for t in self._transports.values()))
 
     @property
     def dead_letters(self) -> list[DeadLetterStore]:

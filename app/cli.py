@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+from types import FrameType
 
+import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app import dlq_cli
@@ -22,21 +25,37 @@ def load_settings() -> Settings | None:
         return None
 
 
-def serve(settings: Settings) -> int:
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn that starts the app's drain (readiness off, leave discovery, settle messages) the
+    moment SIGTERM or SIGINT arrives, while it finishes in-flight HTTP requests."""
 
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = getattr(self.app.state, "drain", None)
+        if drain is not None:
+            drain.begin_from_signal()
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> int:
     from app.logs import configure_logging
     from app.main import create_app
 
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=int(settings.drain_timeout) or None,
     )
-    return 0
+    server = DrainingServer(config, app)
+    server.run()
+    return 0 if server.started else 3
 
 
 def main(argv: list[str]) -> int:

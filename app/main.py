@@ -14,16 +14,18 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import admin, health, nodes, problems
+from app.api import admin, cluster, health, nodes, problems
 from app.api.health import Readiness
 from app.brokers import Brokers, open_brokers
 from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.discovery import Discovery, open_discovery
 from app.discovery.models import new_node_id
-from app.errors import DiscoveryError
+from app.errors import ConfigurationError
+from app.lifecycle import Drain
 from app.observability import instrument_app, setup_telemetry, shutdown_telemetry
-from app.settings import Settings
+from app.peers import PeerClient
+from app.settings import DEFAULT_DOMAIN, Settings
 from app.transports.registry import build_transports
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     instance_id = new_node_id()
     setup_telemetry(settings, instance_id)
+    domain = load_domain(settings.domain)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,15 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             readiness.add(discovery.readiness)
             app.state.discovery = discovery
-            await stack.enter_async_context(_messaging(app, settings, brokers, discovery))
+            # Closed after the messaging stops, so handlers may call peers while draining.
+            app.state.peers = await stack.enter_async_context(PeerClient(discovery))
+            bus = await stack.enter_async_context(
+                _messaging(app, settings, brokers, discovery, domain)
+            )
             app.state.readiness = readiness
+            app.state.drain = drain = Drain(readiness, discovery, bus, settings.drain_timeout)
             log.info("service started", extra={"service": settings.service_name})
             yield
-            readiness.draining = True
             log.info("service stopping", extra={"service": settings.service_name})
-            # Leave the membership first, so peers stop counting on this instance while its
-            # in-flight work drains.
-            await _leave(discovery)
+            await drain.begin()
 
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -65,23 +70,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     instrument_app(app)
     app.include_router(health.router)
     app.include_router(nodes.router)
+    app.include_router(cluster.router)
     app.include_router(admin.router)
-    if DOMAIN is not None:
-        app.include_router(DOMAIN.router)
+    if domain is not None:
+        app.include_router(domain.router)
     return app
 
 
 @asynccontextmanager
 async def _messaging(
-    app: FastAPI, settings: Settings, brokers: Brokers, discovery: Discovery
+    app: FastAPI,
+    settings: Settings,
+    brokers: Brokers,
+    discovery: Discovery,
+    domain: ModuleType | None,
 ) -> AsyncIterator[Bus]:
     """The bus with its transports and the domain's handlers; consumers stop on exit."""
     transports = await build_transports(settings, brokers)
     bus = Bus(settings, transports.by_name, transports.idempotency, discovery.self_info.node_id)
     app.state.bus = bus
     app.state.dead_letters = DeadLetters(bus.dead_letters)
-    if DOMAIN is not None:
-        app.state.domain = await DOMAIN.setup(bus, brokers, settings)
+    if domain is not None:
+        app.state.domain = await domain.setup(bus, brokers, settings)
     await bus.start()
     try:
         yield bus
@@ -89,19 +99,18 @@ async def _messaging(
         await bus.stop(settings.drain_timeout)
 
 
-async def _leave(discovery: Discovery) -> None:
+def load_domain(name: str) -> ModuleType | None:
+    """The domain package named by APP_DOMAIN: a module with `router` (an APIRouter) and
+    `async setup(bus, brokers, settings)` that registers its handlers. The default, the example,
+    may be deleted from a generated service; any other name must import."""
+    if not name:
+        return None
+    if name == DEFAULT_DOMAIN and importlib.util.find_spec(name) is None:
+        return None
     try:
-        await discovery.deregister()
-    except DiscoveryError as exc:
-        log.warning("%s", exc)
-
-
-def _optional_domain(name: str) -> ModuleType | None:
-    """The example domain when it is part of this service (a generated one may drop it)."""
-    return importlib.import_module(name) if importlib.util.find_spec(name) else None
-
-
-DOMAIN = _optional_domain("app.example")
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigurationError(f"APP_DOMAIN={name!r} cannot be imported: {exc}") from exc
 
 
 def __getattr__(name: str) -> Any:

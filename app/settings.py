@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_DOMAIN = "app.example"
 TransportName = Literal["memory", "nats", "jetstream", "redis"]
 
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -80,6 +81,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     max_body_bytes: Annotated[int, Field(ge=1)] = 65536
     drain_timeout: Annotated[float, Field(ge=0)] = 20.0
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1048576
+    domain: str = DEFAULT_DOMAIN
 
     @model_validator(mode="after")
     def _check(self) -> Self:

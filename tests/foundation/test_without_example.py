@@ -6,11 +6,8 @@ import app.main
 from app.testing import running_app
 
 
-async def test_service_starts_and_is_ready_without_the_example(
-    settings_for, nats_server, monkeypatch
-):
-    monkeypatch.setattr(app.main, "DOMAIN", None)
-    settings = settings_for(nats_url=nats_server.url)
+async def test_service_starts_and_is_ready_without_the_example(settings_for, nats_server):
+    settings = settings_for(nats_url=nats_server.url, domain="")
     service = app.main.create_app(settings)
     async with (
         running_app(settings, service) as (_, url),
