@@ -6,6 +6,7 @@ QosMeshError
 ├── PublishError            the broker did not confirm a publish within the retry budget
 ├── DeadLetterNotFoundError no dead letter with that id
 └── DiscoveryError          membership could not be read or written
+    └── NoInstanceError     no live instance of the service a peer call names
 
 ValueError
 └── DecodeError             bytes on the wire that are not a message we can read
@@ -40,6 +41,14 @@ class DiscoveryError(QosMeshError):
     """Membership could not be read from or written to the discovery bucket."""
 
 
+class NoInstanceError(DiscoveryError):
+    """A peer call names a service with no live, non-draining instance in the discovery view."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"no live instance of service {service!r} in the discovery view")
+        self.service = service
+
+
 from app.messages import DecodeError, UnknownVersionError  # noqa: E402
 
 __all__ = [
@@ -48,6 +57,7 @@ __all__ = [
     "DeadLetterNotFoundError",
     "DecodeError",
     "DiscoveryError",
+    "NoInstanceError",
     "PublishError",
     "QosMeshError",
     "UnknownVersionError",
