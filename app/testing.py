@@ -18,9 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from pathlib import Path
 
 import httpx
+import nats
+import nats.errors
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -33,6 +37,7 @@ from app.embedded import NatsServer, ValkeyServer, free_port
 from app.settings import Settings
 
 __all__ = [
+    "NatsCluster",
     "NatsServer",
     "ServiceProcess",
     "ValkeyServer",
@@ -173,6 +178,130 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.start()
     yield server
     server.stop()
+
+
+class NatsCluster:
+    """A JetStream cluster of `size` nats-server processes on loopback, joined by routes.
+
+    Each node has its own store, server name (`n0`, `n1`, ...) and ports, all kept across
+    restarts, and reads a generated config file (`node.conf` in its store), so `kill(i)` and
+    `start(i)` bring back the same cluster member with its data.
+    """
+
+    def __init__(self, root: Path, size: int = 3, name: str = "qosmesh-test") -> None:
+        self.name = name
+        cluster_ports = [free_port() for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        for index, port in enumerate(cluster_ports):
+            store = (root / f"n{index}").resolve()
+            store.mkdir(parents=True, exist_ok=True)
+            routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports if p != port]
+            config = store / "node.conf"
+            config.write_text(_node_config(f"n{index}", name, port, routes))
+            self.nodes.append(NatsServer(store, extra_args=["-c", str(config)]))
+
+    @property
+    def urls(self) -> str:
+        """The client URLs comma-joined, the way APP_NATS_URL takes them."""
+        return ",".join(node.url for node in self.nodes)
+
+    def _pick(self, index: int | None) -> list[NatsServer]:
+        return self.nodes if index is None else [self.nodes[index]]
+
+    def start(self, index: int | None = None) -> None:
+        """Start node `index`, or every node."""
+        for node in self._pick(index):
+            node.start()
+
+    def stop(self, index: int | None = None) -> None:
+        """SIGTERM node `index`, or every node."""
+        for node in self._pick(index):
+            node.stop()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node: the crash a fault test wants."""
+        self.nodes[index].kill()
+
+    def restart(self, index: int) -> None:
+        self.nodes[index].restart()
+
+    def index_of(self, server_name: str) -> int:
+        return int(server_name.removeprefix("n"))
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[JetStreamContext]:
+        """A JetStream context on a connection to the cluster's running nodes."""
+        servers = [node.url for node in self.nodes if node.running]
+        nc = await nats.connect(servers=servers, reconnect_time_wait=0.25, connect_timeout=2)
+        try:
+            yield nc.jetstream()
+        finally:
+            await nc.close()
+
+    async def leader(self, js: JetStreamContext, stream: str) -> int | None:
+        """The index of the node leading `stream` (a KV bucket's stream is `KV_<bucket>`)."""
+        info = await js.stream_info(stream)
+        leader = info.cluster.leader if info.cluster else None
+        return self.index_of(leader) if leader else None
+
+    async def replicas_current(self, js: JetStreamContext, stream: str) -> bool:
+        """Whether `stream` has a leader and every other replica is online, current, no lag."""
+        info = await js.stream_info(stream)
+        cluster = info.cluster
+        if cluster is None or not cluster.leader:
+            return False
+        peers = cluster.replicas or []
+        return len(peers) == len(self.nodes) - 1 and all(
+            peer.current and not peer.offline and not peer.lag for peer in peers
+        )
+
+    async def wait_ready(self, timeout: float = 30.0) -> float:
+        """Wait until a JetStream meta leader is elected and a stream with a replica on every
+        node takes a write; return the seconds it took."""
+        started = time.monotonic()
+        probe = StreamConfig(
+            name="QM_CLUSTER_PROBE",
+            subjects=["qm.cluster.probe"],
+            storage=StorageType.MEMORY,
+            num_replicas=len(self.nodes),
+        )
+        last: Exception | None = None
+        while time.monotonic() - started < timeout:
+            try:
+                async with self.client() as js:
+                    await js.account_info()
+                    await js.add_stream(probe)
+                    await js.publish("qm.cluster.probe", b"", timeout=2)
+                    await js.delete_stream(probe.name)  # type: ignore[arg-type]
+                return time.monotonic() - started
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                last = exc
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"JetStream cluster not ready within {timeout}s: {last!r}")
+
+
+def _node_config(server_name: str, cluster: str, port: int, routes: list[str]) -> str:
+    route_list = ", ".join(f'"{route}"' for route in routes)
+    return (
+        f'server_name: "{server_name}"\n'
+        f"cluster {{\n"
+        f'  name: "{cluster}"\n'
+        f'  listen: "127.0.0.1:{port}"\n'
+        f"  routes: [{route_list}]\n"
+        f"}}\n"
+    )
+
+
+@pytest.fixture
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A real 3-node JetStream cluster, yielded once its meta leader is elected."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-cluster"))
+    try:
+        cluster.start()
+        asyncio.run(cluster.wait_ready())
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
