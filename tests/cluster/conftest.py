@@ -1,0 +1,82 @@
+"""Service instances on a 3-node JetStream cluster, and what the tests read from them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from app.testing import NatsCluster, ServiceProcess, eventually
+
+TTL = 15.0
+"""APP_NODE_TTL on the cluster: longer than a leader election (followers wait 4-9 s)."""
+
+STREAMS = [
+    "QOSMESH_ORDER_PLACED",
+    "QOSMESH_PAYMENT_CAPTURED",
+    "QOSMESH_DLQ",
+    "QOSMESH_ADVISORIES",
+    "KV_qosmesh_nodes",
+    "KV_qosmesh_processed",
+    "KV_qosmesh_orders",
+    "KV_qosmesh_http_keys",
+]
+"""Every stream qosmesh with the example creates; a KV bucket is the stream `KV_<bucket>`."""
+
+
+def cluster_env(cluster: NatsCluster) -> dict[str, str]:
+    """Settings for an instance on the cluster: three replicas of everything, heartbeats and
+    publishes that outlast a leader election."""
+    return {
+        "APP_NATS_URL": cluster.urls,
+        "APP_REPLICAS": "3",
+        "APP_NODE_TTL": str(TTL),
+        "APP_HEARTBEAT_INTERVAL": "2",
+        "APP_PUBLISH_DEADLINE": "15",
+        "APP_PUBLISH_ATTEMPTS": "30",
+        "APP_ACK_WAIT": "4",
+    }
+
+
+async def status(client: httpx.AsyncClient, url: str) -> int:
+    try:
+        return (await client.get(url, timeout=1)).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+async def view(client: httpx.AsyncClient, service: ServiceProcess) -> set[str]:
+    body = (await client.get(service.url + "/nodes", timeout=2)).json()
+    return {node["node_id"] for node in body["nodes"]}
+
+
+async def node_id(client: httpx.AsyncClient, service: ServiceProcess) -> str:
+    return str((await client.get(service.url + "/nodes", timeout=2)).json()["self"])
+
+
+async def views_are(
+    client: httpx.AsyncClient, services: list[ServiceProcess], expected: set[str]
+) -> bool:
+    return all([await view(client, service) == expected for service in services])
+
+
+async def start_instances(
+    service_process: Callable[..., ServiceProcess],
+    cluster: NatsCluster,
+    count: int,
+    client: httpx.AsyncClient,
+) -> tuple[list[ServiceProcess], list[str]]:
+    """Start `count` instances on the cluster at once; return them once every one is ready
+    and sees all the others, with their node ids in the same order."""
+    started = time.monotonic()
+    services = [service_process(cluster_env(cluster), wait=None) for _ in range(count)]
+
+    async def all_ready() -> bool:
+        return all([await status(client, s.url + "/readyz") == 200 for s in services])
+
+    await eventually(all_ready, timeout=45, interval=0.1, message="every instance ready")
+    ids = [await node_id(client, service) for service in services]
+    await eventually(lambda: views_are(client, services, set(ids)), timeout=5, message="full views")
+    print(f"\n{count} instances ready and complete in {time.monotonic() - started:.1f}s")
+    return services, ids
