@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from app.testing import NatsCluster, ServiceProcess, eventually
 
@@ -73,6 +74,9 @@ async def start_instances(
     services = [service_process(cluster_env(cluster), wait=None) for _ in range(count)]
 
     async def all_ready() -> bool:
+        for service in services:
+            if service.proc is not None and service.proc.poll() is not None:
+                pytest.fail(f"{service.url} exited:\n{service.log()}")
         return all([await status(client, s.url + "/readyz") == 200 for s in services])
 
     await eventually(all_ready, timeout=45, interval=0.1, message="every instance ready")
