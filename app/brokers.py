@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -114,9 +113,17 @@ async def connect_nats(
     servers: list[str], settings: Settings, listeners: list[ReconnectListener]
 ) -> NatsClient:
     """Connect, retrying until APP_NATS_CONNECT_TIMEOUT; afterwards nats-py reconnects forever
-    and calls each of `listeners` after every reconnect."""
+    and calls each of `listeners` after every reconnect. Refused credentials or an untrusted
+    certificate fail at once: no retry can fix them."""
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+    attempts: list[Exception] = []
 
     async def error_cb(exc: Exception) -> None:
+        if not nc.is_connected and not attempts_done.is_set():
+            attempts.append(exc)
+            if _is_refusal(exc) and not refused.done():
+                refused.set_result(exc)
+            return
         log.warning("nats error: %s", exc)
 
     async def disconnected_cb() -> None:
@@ -130,30 +137,46 @@ async def connect_nats(
             except Exception:
                 log.exception("reconnect listener failed")
 
-    deadline = time.monotonic() + settings.nats_connect_timeout
-    while True:
-        nc = NatsClient()
-        try:
-            await nc.connect(
-                servers=servers,
-                name=settings.service_name,
-                connect_timeout=2,
-                reconnect_time_wait=settings.nats_reconnect_wait,  # type: ignore[arg-type]
-                max_reconnect_attempts=-1,
-                ping_interval=10,
-                error_cb=error_cb,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-                **_nats_auth(settings),
-            )
-            return nc
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                await nc.close()
-            if time.monotonic() > deadline or _is_refusal(exc):
-                shown = ",".join(map(redact_url, servers))
-                raise BrokerUnavailableError(f"cannot connect to NATS at {shown}: {exc}") from exc
-            await asyncio.sleep(0.5)
+    attempts_done = asyncio.Event()
+    nc = NatsClient()
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            servers=servers,
+            name=settings.service_name,
+            connect_timeout=2,
+            reconnect_time_wait=settings.nats_reconnect_wait,  # type: ignore[arg-type]
+            max_reconnect_attempts=-1,
+            ping_interval=10,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            **_nats_auth(settings),
+        )
+    )
+    first: set[asyncio.Future[Any]] = {connecting, refused}
+    await asyncio.wait(
+        first,
+        timeout=settings.nats_connect_timeout,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    attempts_done.set()
+    if connecting.done() and connecting.exception() is None:
+        refused.cancel()
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+    if refused.done():
+        cause = f"refused: {refused.result()}"
+    elif connecting.done() and not connecting.cancelled() and connecting.exception():
+        cause = str(connecting.exception())
+    else:
+        last = f" (last error: {attempts[-1]})" if attempts else ""
+        cause = f"no answer within {settings.nats_connect_timeout:g}s{last}"
+    shown = ",".join(map(redact_url, servers))
+    raise BrokerUnavailableError(f"cannot connect to NATS at {shown}: {cause}")
 
 
 def _is_refusal(exc: Exception) -> bool:

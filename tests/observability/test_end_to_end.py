@@ -99,7 +99,7 @@ def test_one_trace_follows_an_order_from_http_to_the_handler_on_the_other_instan
     process = by_name["process qosmesh.order_placed"]
     kv = by_name["kv update orders"]
     assert server.instance == send.instance == a
-    assert server.parent_id == ""
+    assert server.parent_id not in {span.span_id for span in trace}  # the server side's root
     assert send.kind == PRODUCER
     assert process.kind == CONSUMER
     assert process.instance == kv.instance == b

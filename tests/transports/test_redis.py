@@ -97,7 +97,9 @@ async def test_a_killed_consumers_pending_entries_are_reclaimed_by_another(
     out = tmp_path / "handled.txt"
     doomed = start_consumer(nats_server.url, redis_server.url, out, tmp_path / "a")
     survivor = start_consumer(nats_server.url, redis_server.url, out, tmp_path / "b")
-    async with running_bus(redis_settings()) as publisher:
+    # 3,000 publishes at once on a loaded machine: a budget that rides out slow moments.
+    settings = redis_settings(publish_attempt_timeout=2, publish_deadline=15, publish_attempts=8)
+    async with running_bus(settings) as publisher:
         client = publisher.brokers.redis
         assert client is not None
         publishing = asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(3000)))
