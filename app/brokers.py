@@ -198,7 +198,10 @@ async def connect_redis(url: str) -> aioredis.Redis:
         await asyncio.wait_for(client.ping(), timeout=5)
     except Exception as exc:
         await client.aclose()
-        raise BrokerUnavailableError(f"cannot connect to Redis: {type(exc).__name__}") from exc
+        # Redis errors never echo the password; the URL is shown without its user info.
+        raise BrokerUnavailableError(
+            f"cannot connect to Redis at {redact_url(url)}: {type(exc).__name__}: {exc}"
+        ) from exc
     return client
 
 
