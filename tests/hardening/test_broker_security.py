@@ -19,7 +19,7 @@ REDIS_PASSWORD = "r3dis-Pa55word-xyz"
 
 @pytest.fixture
 def server_factory(tmp_path):
-    started = []
+    started: list = []
 
     def start(kind, **kwargs):
         server = kind(tmp_path / f"{kind.name}-{len(started)}", **kwargs)
@@ -152,7 +152,8 @@ def test_redis_over_tls(service_process, nats_server, tmp_path):
         deadline = time.monotonic() + 5
         while not port_open("127.0.0.1", port):
             if proc.poll() is not None:
-                pytest.skip(f"redis-server has no TLS support: {proc.stdout.read()[-200:]}")
+                output = proc.stdout.read() if proc.stdout else ""
+                pytest.skip(f"redis-server has no TLS support: {output[-200:]}")
             if time.monotonic() > deadline:
                 pytest.fail("redis-server with TLS did not listen")
             time.sleep(0.05)
