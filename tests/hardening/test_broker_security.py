@@ -19,7 +19,7 @@ REDIS_PASSWORD = "r3dis-Pa55word-xyz"
 
 @pytest.fixture
 def server_factory(tmp_path):
-    started: list = []
+    started: list[NatsServer | ValkeyServer] = []
 
     def start(kind, **kwargs):
         server = kind(tmp_path / f"{kind.name}-{len(started)}", **kwargs)
