@@ -55,6 +55,8 @@ class Bus:
         self._subscriptions: list[tuple[Transport, Subscription]] = []
         self._started = False
         self._stopped = False
+        # Per message type: the QoS, transport and subject (settings are fixed for a bus).
+        self._routes: dict[type[Message], tuple[QoS, Transport, str]] = {}
 
     def route(self, message_type: type[Message]) -> tuple[QoS, Transport]:
         """The QoS and transport for `message_type`, overrides applied."""
@@ -81,8 +83,13 @@ class Bus:
 
     async def publish(self, message: Message) -> None:
         """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed."""
-        qos, transport = self.route(type(message))
-        await transport.publish(encode(message, qos, self.subject(type(message))), qos)
+        message_type = type(message)
+        known = self._routes.get(message_type)
+        if known is None:
+            qos, transport = self.route(message_type)
+            known = self._routes[message_type] = (qos, transport, self.subject(message_type))
+        qos, transport, subject = known
+        await transport.publish(encode(message, qos, subject), qos)
 
     def handler(
         self, message_type: type[M], *, broadcast: bool = False

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -62,6 +66,7 @@ class JetStreamTransport:
         self._js = js
         self._settings = settings
         self._budget = RetryBudget.from_settings(settings)
+        self._acks = _AckInbox(nc)
         self._dlq = JetStreamDeadLetters(js, settings, self.publish)
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: list[Subscription] = []
@@ -121,15 +126,19 @@ class JetStreamTransport:
         sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
 
     async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
-        await self.ensure(envelope.subject)
+        task = self._streams.get(envelope.subject)
+        if task is None or not task.done() or task.exception() is not None:
+            await self.ensure(envelope.subject)
         headers = {**envelope.headers, "qm-attempt": str(attempt)}
         headers.setdefault(MSG_ID, envelope.message_id)
         try:
-            ack = await self._js.publish(envelope.subject, envelope.body, timeout, headers=headers)
+            ack = await self._acks.request(envelope.subject, envelope.body, headers, timeout)
         except nats.errors.NoRespondersError:
             self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
             raise
-        if ack.duplicate:
+        if "error" in ack:
+            raise nats.js.errors.APIError.from_error(ack["error"])
+        if ack.get("duplicate"):
             dedupe_hits.add(1, {"side": "publisher"})
 
     async def stop(self, timeout: float) -> None:
@@ -155,6 +164,7 @@ class _Consumer:
         self._settings = settings
         self._dlq = dlq
         self._limit = settings.consumer_concurrency
+        self._refill = max(1, self._limit // 4)
         self._inflight: set[asyncio.Task[None]] = set()
         self._slot = asyncio.Event()
         self._stopping = False
@@ -204,7 +214,7 @@ class _Consumer:
     async def _run(self) -> None:
         while not self._stopping:
             free = self._limit - len(self._inflight)
-            if free <= 0:
+            if free < self._refill:  # fetch in batches, not one message per freed slot
                 self._slot.clear()
                 await self._slot.wait()
                 continue
@@ -225,7 +235,8 @@ class _Consumer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._slot.set()
+        if self._limit - len(self._inflight) >= self._refill:
+            self._slot.set()
 
     async def _handle(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered
@@ -302,6 +313,60 @@ class _Consumer:
                 await asyncio.wait(pending, timeout=2)
         with contextlib.suppress(Exception):
             await self._psub.unsubscribe()
+
+
+class _AckInbox:
+    """Publishes that wait for their PubAck on one wildcard reply subscription.
+
+    What `js.publish` does, without a timer task and a random token per message: thousands of
+    concurrent publishes cost little more than `js.publish_async`, and each caller still gets
+    its own ack or error (TimeoutError after `timeout`, NoRespondersError with no stream).
+    """
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._ids = itertools.count()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._ready: asyncio.Task[None] | None = None
+
+    async def request(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> dict[str, Any]:
+        if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
+            self._ready = asyncio.ensure_future(self._listen())
+        if not self._ready.done():
+            await asyncio.shield(self._ready)
+        loop = asyncio.get_running_loop()
+        token = str(next(self._ids))
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+            reply = await future
+        finally:
+            timer.cancel()
+            del self._waiting[token]
+        if reply.headers and reply.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        result: dict[str, Any] = json.loads(reply.data)
+        return result
+
+    async def _listen(self) -> None:
+        prefix = f"{self._nc.new_inbox()}."
+        await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
+        self._prefix = prefix
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no PubAck in time"))
 
 
 class _KeepAlive:
