@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -69,6 +70,7 @@ class RedisConsumer:
         self.group = subscription.group or subscription.name
         self.name = subscription.name if self.broadcast else f"{subscription.name}@{instance}"
         self._limit = settings.consumer_concurrency
+        self._refill = max(1, self._limit // 4)
         self._claim_idle = settings.redis_claim_idle
         self._inflight: set[asyncio.Task[None]] = set()
         self._slot = asyncio.Event()
@@ -141,7 +143,7 @@ class RedisConsumer:
             await asyncio.sleep(0.5)
 
     async def _cycle(self) -> None:
-        if self._free() <= 0:
+        if self._free() < self._refill:  # read in batches, not one entry per freed slot
             self._slot.clear()
             await self._slot.wait()
             return
@@ -175,7 +177,8 @@ class RedisConsumer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._slot.set()
+        if self._free() >= self._refill:
+            self._slot.set()
 
     async def _reclaim(self, count: int) -> bool:
         """Take over entries idle for longer than the claim time; True when more may wait."""
@@ -245,7 +248,7 @@ class RedisConsumer:
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
             redeliveries.add(1, {"messaging.system": SYSTEM, "destination": self.key})
-        keepalive = asyncio.create_task(self._keep_alive(entry_id))
+        keepalive = _KeepAlive(lambda: self._touch(entry_id), self._claim_idle / 3)
         started = time.perf_counter()
         try:
             applied = await self._sub.handler(envelope, delivery)
@@ -277,16 +280,12 @@ class RedisConsumer:
         heapq.heappush(self._retries, (time.monotonic() + pause, entry_id, min_idle))
         self._slot.set()
 
-    async def _keep_alive(self, entry_id: bytes) -> None:
+    async def _touch(self, entry_id: bytes) -> None:
         """Reset a long handler's idle time so no other member reclaims the entry meanwhile."""
-        while True:
-            await asyncio.sleep(self._claim_idle / 3)
-            try:
-                await self._redis.xclaim(
-                    self.key, self.group, self.name, 0, [entry_id], justid=True
-                )
-            except Exception as exc:
-                log.debug("keep-alive for %s failed: %s", entry_id, exc)
+        try:
+            await self._redis.xclaim(self.key, self.group, self.name, 0, [entry_id], justid=True)
+        except Exception as exc:
+            log.debug("keep-alive for %s failed: %s", entry_id, exc)
 
     async def _flush_acks(self, ids: list[bytes]) -> list[None]:
         await self._redis.xack(self.key, self.group, *ids)
@@ -342,6 +341,24 @@ class RedisConsumer:
                 await self._redis.xgroup_destroy(self.key, self.group)
             except Exception as exc:
                 log.debug("could not remove group %s: %s", self.group, exc)
+
+
+class _KeepAlive:
+    """Calls `touch` every `every` seconds until cancelled; a timer, not a task per delivery."""
+
+    def __init__(self, touch: Callable[[], Coroutine[Any, Any, None]], every: float) -> None:
+        self._touch = touch
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(every, self._tick)
+        self._task: asyncio.Task[None] | None = None
+
+    def _tick(self) -> None:
+        self._task = self._loop.create_task(self._touch())
+        self._handle = self._loop.call_later(self._every, self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _describe(exc: BaseException) -> str:
