@@ -2,6 +2,7 @@
 
 python3 dev.py run     set up .venv and run the service on an embedded nats-server
 python3 dev.py test    set up .venv and run every test and check (ruff, mypy, pytest)
+python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def main(argv: list[str]) -> int:
     if task == "test":
         ensure_venv("dev")
         return run_checks(argv[1:])
+    if task == "bench":
+        ensure_venv("dev")
+        return subprocess.run([str(PYTHON), "-m", "bench", *argv[1:]], cwd=ROOT).returncode
     print(__doc__)
     return 0 if task == "help" else 2
 

@@ -1,0 +1,134 @@
+"""What every case shares: the run's parameters, message types, and a bus on the brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from app.brokers import Brokers, open_brokers
+from app.bus import Bus
+from app.messages import Event, Message, QoS
+from app.settings import Settings
+from app.transports.registry import build_transports
+
+T = TypeVar("T")
+_names = itertools.count()
+
+
+@dataclass(slots=True, frozen=True)
+class Env:
+    nats_url: str
+    redis_url: str
+    tmp: Path
+    messages: int
+    slow_messages: int  # rows bound by one round trip per message
+    size: int
+    runs: int
+    window: int
+    http_requests: int
+    http_clients: int
+    discovery_samples: int
+
+
+class Blob(Message):
+    """QoS 1."""
+
+    data: str
+
+
+class NoticeBlob(Event):
+    """QoS 0."""
+
+    data: str
+
+
+class ChargeBlob(Message):
+    """QoS 2."""
+
+    qos: ClassVar[QoS] = QoS.EXACTLY_ONCE
+    data: str
+
+
+def unique(prefix: str) -> str:
+    """A fresh service name, so every run gets its own streams and consumers."""
+    return f"{prefix}-{next(_names)}"
+
+
+def settings(env: Env, service: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "nats_url": env.nats_url,
+        "service_name": service,
+        "data_dir": env.tmp / "data",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@asynccontextmanager
+async def running_bus(
+    config: Settings, setup: Callable[[Bus], None] = lambda bus: None
+) -> AsyncIterator[tuple[Bus, Brokers]]:
+    async with AsyncExitStack() as stack:
+        brokers = await stack.enter_async_context(open_brokers(config))
+        transports = await build_transports(config, brokers)
+        bus = Bus(config, transports.by_name, transports.idempotency, "bench")
+        setup(bus)
+        await bus.start()
+        try:
+            yield bus, brokers
+        finally:
+            await bus.stop(5)
+
+
+async def drive(items: Iterable[T], call: Callable[[T], Awaitable[object]], window: int) -> None:
+    """Call `call` on every item with at most `window` calls in flight."""
+    source = iter(items)
+
+    async def worker() -> None:
+        for item in source:
+            await call(item)
+
+    await asyncio.gather(*(worker() for _ in range(window)))
+
+
+class Counter:
+    """Counts handled messages and wakes a waiter when `target` is reached."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def hit(self, n: int = 1) -> None:
+        self.count += n
+        if self.count >= self.target:
+            self.done.set()
+
+    async def wait(self, timeout: float = 300.0) -> None:
+        await asyncio.wait_for(self.done.wait(), timeout)
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+async def median_rate(runs: int, once: Callable[[], Awaitable[float]]) -> float:
+    """The median of `runs` results of `once` (each a rate)."""
+    return statistics.median([await once() for _ in range(runs)])
+
+
+class Clock:
+    def __enter__(self) -> Clock:
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
