@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
+
+from app.transports.retry import RetryBudget, with_retries
+
+T = TypeVar("T")
 
 _VALID_KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 _MAX_PLAIN_KEY = 200
@@ -41,3 +54,29 @@ async def open_bucket(
         return await js.create_key_value(config=config)
     except BadRequestError:
         return await js.key_value(bucket)
+
+
+# Broker trouble worth another try: no answer, no leader (an election), connection churn.
+# Logic errors (wrong revision, key not found) are not among them.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError,
+    ServiceUnavailableError,
+    NoStreamResponseError,
+    TimeoutError,
+)
+
+
+async def retrying(op: Callable[[], Awaitable[T]], budget: RetryBudget, what: str) -> T:
+    """Run a KV operation within the publish retry budget, so a request rides through a
+    leader election or a slow broker the same way a publish does, and fails with
+    PublishError (503) when the budget is spent."""
+    result: list[T] = []
+
+    async def attempt(_: int, timeout: float) -> None:
+        result.append(await asyncio.wait_for(op(), timeout))
+
+    await with_retries(attempt, budget, TRANSIENT, "nats", what)
+    return result[0]

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import admin, cluster, health, nodes, problems
+from app.api import admin, cluster, health, nodes, openapi, problems
 from app.api.health import Readiness
 from app.brokers import Brokers, open_brokers
 from app.bus import Bus
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
     problems.install(app, settings.max_body_bytes)
+    openapi.install(app)
     instrument_app(app)
     app.include_router(health.router)
     app.include_router(nodes.router)

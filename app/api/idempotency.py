@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from typing import Any
 
 from fastapi import HTTPException
@@ -19,8 +20,9 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from app.kv import open_bucket, safe_key
+from app.kv import open_bucket, retrying, safe_key
 from app.settings import Settings
+from app.transports.retry import RetryBudget
 
 
 class KeyedRequest(BaseModel):
@@ -43,14 +45,15 @@ def fingerprint(*parts: Any) -> str:
 
 
 class IdempotencyKeys:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, budget: RetryBudget) -> None:
         self._kv = kv
+        self._budget = budget
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> IdempotencyKeys:
         bucket = f"{settings.service_name.replace('-', '_')}_http_keys"
         kv = await open_bucket(js, bucket, ttl=settings.idempotency_ttl, replicas=settings.replicas)
-        return cls(kv)
+        return cls(kv, RetryBudget.from_settings(settings))
 
     @staticmethod
     def _key(scope: str, key: str) -> str:
@@ -64,13 +67,14 @@ class IdempotencyKeys:
         kv_key = self._key(scope, key)
         record = KeyedRequest(fingerprint=fp, plan=plan)
         for _ in range(3):
+            value = record.model_dump_json().encode()
             try:
-                await self._kv.create(kv_key, record.model_dump_json().encode())
+                await retrying(partial(self._kv.create, kv_key, value), self._budget, "key claim")
                 return record
             except KeyWrongLastSequenceError:
                 pass
             try:
-                entry = await self._kv.get(kv_key)
+                entry = await retrying(lambda: self._kv.get(kv_key), self._budget, "key lookup")
             except KeyNotFoundError:
                 continue  # expired between the two calls: try to claim it again
             earlier = KeyedRequest.model_validate_json(entry.value or b"{}")
@@ -84,4 +88,5 @@ class IdempotencyKeys:
     ) -> None:
         """Store the answer, so repeats get it without doing the work again."""
         done = record.model_copy(update={"status": status, "response": body})
-        await self._kv.put(self._key(scope, key), done.model_dump_json().encode())
+        value, kv_key = done.model_dump_json().encode(), self._key(scope, key)
+        await retrying(lambda: self._kv.put(kv_key, value), self._budget, "key answer")

@@ -72,7 +72,7 @@ def _deps(request: Request) -> tuple[Bus, OrderStore, IdempotencyKeys]:
     "/orders",
     status_code=202,
     response_model=OrderAccepted,
-    responses=_UNAVAILABLE,
+    responses={409: {}, **_UNAVAILABLE},
     dependencies=Commands,
 )
 async def place_order(

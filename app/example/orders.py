@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 from nats.js import JetStreamContext
@@ -15,8 +16,9 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 from pydantic import BaseModel, Field
 
-from app.kv import open_bucket
+from app.kv import open_bucket, retrying
 from app.settings import Settings
+from app.transports.retry import RetryBudget
 
 tracer = trace.get_tracer(__name__)
 ORDER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -39,37 +41,46 @@ class Order(BaseModel):
 
 
 class OrderStore:
-    def __init__(self, kv: KeyValue) -> None:
+    """Every call rides through broker trouble within the publish budget (PublishError after)."""
+
+    def __init__(self, kv: KeyValue, budget: RetryBudget) -> None:
         self._kv = kv
+        self._budget = budget
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> OrderStore:
         bucket = f"{settings.service_name.replace('-', '_')}_orders"
-        return cls(await open_bucket(js, bucket, ttl=None, replicas=settings.replicas))
+        kv = await open_bucket(js, bucket, ttl=None, replicas=settings.replicas)
+        return cls(kv, RetryBudget.from_settings(settings))
 
     async def get(self, order_id: str) -> Order | None:
         if not ORDER_ID.match(order_id):
             return None
         try:
-            entry = await self._kv.get(order_id)
+            entry = await retrying(lambda: self._kv.get(order_id), self._budget, "order read")
         except KeyNotFoundError:
             return None
         return Order.model_validate_json(entry.value or b"{}")
 
     async def create(self, order: Order) -> None:
         """Record a new order; a repeat of the same order id keeps the first record."""
+        value = order.model_dump_json().encode()
         with contextlib.suppress(KeyWrongLastSequenceError):
-            await self._kv.create(order.order_id, order.model_dump_json().encode())
+            await retrying(
+                lambda: self._kv.create(order.order_id, value), self._budget, "order write"
+            )
 
     async def delete(self, order_id: str) -> None:
-        await self._kv.delete(order_id)
+        await retrying(lambda: self._kv.delete(order_id), self._budget, "order delete")
 
     async def change(self, seed: Order, change: Callable[[Order], Order | None]) -> Order:
         """Apply `change` by compare-and-set, retrying on conflicts. `change` returns None
         when there is nothing to do; `seed` is used when the order is not recorded yet."""
         for _ in range(_CAS_TRIES):
             try:
-                entry = await self._kv.get(seed.order_id)
+                entry = await retrying(
+                    lambda: self._kv.get(seed.order_id), self._budget, "order read"
+                )
                 current, revision = Order.model_validate_json(entry.value or b"{}"), entry.revision
             except KeyNotFoundError:
                 current, revision = seed, None
@@ -80,11 +91,14 @@ class OrderStore:
             data = changed.model_dump_json().encode()
             try:
                 with tracer.start_as_current_span("kv update orders"):
-                    if revision is None:
-                        await self._kv.create(seed.order_id, data)
-                    else:
-                        await self._kv.update(seed.order_id, data, last=revision)
+                    write = partial(self._write, seed.order_id, data, revision)
+                    await retrying(write, self._budget, "order update")
                 return changed
             except KeyWrongLastSequenceError:
                 continue
         raise RuntimeError(f"order {seed.order_id} kept changing under us")
+
+    async def _write(self, order_id: str, data: bytes, revision: int | None) -> int:
+        if revision is None:
+            return await self._kv.create(order_id, data)
+        return await self._kv.update(order_id, data, last=revision)
