@@ -100,7 +100,7 @@ def record_zeros(destinations: Iterable[tuple[str, str, int]]) -> None:
         }
         for outcome in ("ok", "error", "lost"):
             sent_messages.add(0, {**base, "outcome": outcome})
-        for outcome in ("ack", "nak", "term", "duplicate"):
+        for outcome in ("ack", "nak", "term", "duplicate", "trimmed"):
             consumed_messages.add(0, {**base, "outcome": outcome})
         if qos == 0:
             qos0_lost.add(0, {"messaging.destination.name": subject})

@@ -28,6 +28,7 @@ import redis.exceptions
 from app.messages import H_ATTEMPT, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dedupe_hits, sent_messages
+from app.tracing import send_span
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
 from app.transports.redis_consumer import RedisConsumer
@@ -92,13 +93,14 @@ class RedisStreamsTransport:
     async def publish(self, envelope: Envelope, qos: QoS) -> None:
         attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
         try:
-            await with_retries(
-                lambda attempt, timeout: self._send(envelope, qos, attempt, timeout),
-                self._budget,
-                RETRYABLE,
-                SYSTEM,
-                f"message {envelope.message_id}",
-            )
+            with send_span(envelope, qos, SYSTEM):
+                await with_retries(
+                    lambda attempt, timeout: self._send(envelope, qos, attempt, timeout),
+                    self._budget,
+                    RETRYABLE,
+                    SYSTEM,
+                    f"message {envelope.message_id}",
+                )
         except Exception:
             sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
             raise

@@ -83,3 +83,33 @@ def test_log_lines_carry_the_trace_and_span_ids():
     assert inside["span_id"] == format(context.span_id, "016x")
     assert inside["order_id"] == "o-1"
     assert "trace_id" not in outside
+
+
+async def test_redis_publish_carries_the_trace_to_the_handler(
+    settings_for, redis_server, nats_server, spans
+):
+    from tests.transports.conftest import running_bus
+
+    handled: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        handled.append(message.n)
+
+    settings = settings_for(
+        nats_url=nats_server.url,
+        redis_url=redis_server.url,
+        qos1_transport="redis",
+        service_name="svc",
+    )
+    async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
+        with trace.get_tracer("test").start_as_current_span("request") as request:
+            await running.bus.publish(Ping(n=5))
+        await eventually(lambda: handled == [5])
+    finished = spans.get_finished_spans()
+    send = next(s for s in finished if s.name == "send svc.ping")
+    process = next(s for s in finished if s.name == "process svc.ping")
+    assert process.parent is not None
+    assert process.parent.span_id == send.context.span_id
+    assert process.context.trace_id == request.get_span_context().trace_id
+    assert process.attributes is not None
+    assert process.attributes["messaging.system"] == "redis"
