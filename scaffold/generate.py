@@ -1,0 +1,367 @@
+"""Builds a new service from this repository's live tree: which files are copied, and the renames
+and option edits made on the way. The cookiecutter hook (hooks/post_gen_project.py) runs it, and
+the scaffold tests use it to check a generated project against the live code (docs/scaffold.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+TEMPLATE = "qosmesh"
+
+COPIED = (
+    ".ci",
+    ".dockerignore",
+    ".gitignore",
+    "Dockerfile",
+    "README.md",
+    "app",
+    "bench",
+    "dev.py",
+    "docs",
+    "helm",
+    "pyproject.toml",
+    "tests",
+)
+"""What a generated project is made of, relative to the repository root."""
+
+IGNORED_PARTS = frozenset(
+    {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".data", ".venv"}
+)
+SCAFFOLD_ONLY = ("tests/scaffold", "docs/scaffold.md")
+"""The scaffold's own tests and docs: never part of a generated project."""
+
+EXAMPLE_ONLY = (
+    "app/example",
+    "tests/example",
+    "tests/cluster",
+    "tests/observability/test_end_to_end.py",
+    "tests/hardening/test_secrets.py",
+    "tests/hardening/test_backpressure.py",
+)
+"""Left out with the example domain: its package and every test that drives its orders and
+payments (a test in tests/scaffold finds new ones)."""
+
+HELM_ONLY = ("helm", "tests/deploy/conftest.py", "tests/deploy/test_chart.py")
+"""Left out with the Helm chart: the chart and its render tests."""
+
+SHARED_NAMES = ("qosmesh_nodes", "QOSMESH_ADVISORIES")
+"""Names every service of an environment shares, so they keep the template's name: the
+discovery bucket (APP_DISCOVERY_BUCKET), and the stream capturing the server's delivery
+advisories (app/transports/jetstream_dlq.py), whose subjects cover every stream on the server:
+a second stream on them under another name would be refused as overlapping."""
+
+DOCKER_IMAGES = {
+    "3.11": "python:3.11.14-slim-bookworm",
+    "3.12": "python:3.12.12-slim-bookworm",
+    "3.13": "python:3.13.9-slim-bookworm",
+}
+"""The pinned base image per Python version (refresh the patch releases now and then)."""
+
+SLUG = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+SLUG_MAX = 40
+TRANSPORTS = ("jetstream", "redis")
+
+
+class GenerationError(Exception):
+    """Bad answers, or a live file no longer looking the way an option edit expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The answers to the template's questions."""
+
+    service_name: str
+    slug: str
+    description: str
+    author: str
+    python_version: str
+    qos1_transport: str
+    include_example: bool
+    include_helm: bool
+    long_lines: tuple[str, ...] = ()
+    """Python files with lines over 100 characters once renamed (a long name's prose)."""
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, object]) -> Options:
+        """The options from a cookiecutter context (booleans may arrive as yes/no strings)."""
+
+        def flag(name: str) -> bool:
+            value = context[name]
+            if isinstance(value, str):
+                return value.strip().lower() in {"y", "yes", "true", "1", "on"}
+            return bool(value)
+
+        return cls(
+            service_name=str(context["service_name"]),
+            slug=str(context["slug"]),
+            description=str(context["description"]),
+            author=str(context["author"]),
+            python_version=str(context["python_version"]),
+            qos1_transport=str(context["qos1_transport"]),
+            include_example=flag("include_example"),
+            include_helm=flag("include_helm"),
+        )
+
+    @property
+    def snake(self) -> str:
+        """The slug where dashes are not allowed: KV buckets, Prometheus metric names."""
+        return self.slug.replace("-", "_")
+
+    @property
+    def camel(self) -> str:
+        """The slug as a class name prefix (QosMeshError -> BillingError)."""
+        return "".join(part.capitalize() for part in self.slug.split("-"))
+
+
+def check(options: Options) -> list[str]:
+    """What is wrong with the answers, one message each (empty when they are fine)."""
+    problems = []
+    if not SLUG.match(options.slug) or len(options.slug) > SLUG_MAX:
+        problems.append(
+            f"slug {options.slug!r} is invalid: use lowercase letters, digits and single "
+            f"dashes, starting with a letter, at most {SLUG_MAX} characters (e.g. billing or "
+            "order-history); it names the distribution, the chart, streams and buckets"
+        )
+    if options.python_version not in DOCKER_IMAGES:
+        problems.append(
+            f"python_version {options.python_version!r} is not one of {sorted(DOCKER_IMAGES)}"
+        )
+    if options.qos1_transport not in TRANSPORTS:
+        problems.append(f"qos1_transport {options.qos1_transport!r} is not one of {TRANSPORTS}")
+    if not options.service_name.strip():
+        problems.append("service_name is empty")
+    return problems
+
+
+def rename(text: str, options: Options) -> str:
+    """The template's name replaced by the service's, in each form the code derives from it.
+
+    Stream names come from subjects (`<service>.<type>` with dots made underscores, then
+    upper-cased: dashes stay), the dead-letter stream and KV buckets from the name with dashes
+    made underscores, Prometheus names from metric names the same way.
+    """
+    shared = {name: f"\x00{index}\x00" for index, name in enumerate(SHARED_NAMES)}
+    for name, mark in shared.items():
+        text = text.replace(name, mark)
+    text = text.replace("QOSMESH_DLQ", f"{options.snake.upper()}_DLQ")
+    text = text.replace("QOSMESH", options.slug.upper())
+    text = text.replace("qosmesh_", f"{options.snake}_")
+    text = text.replace("QosMesh", options.camel)
+    text = text.replace("qosmesh", options.slug)
+    for name, mark in shared.items():
+        text = text.replace(mark, name)
+    return text
+
+
+def rename_path(relative: str, options: Options) -> str:
+    return relative.replace(TEMPLATE, options.slug)
+
+
+def _under(relative: str, prefixes: tuple[str, ...]) -> bool:
+    return any(relative == p or relative.startswith(p + "/") for p in prefixes)
+
+
+def live_files(root: Path, options: Options) -> Iterator[str]:
+    """Every live file (relative, POSIX) the options put into a generated project."""
+    left_out: tuple[str, ...] = SCAFFOLD_ONLY
+    if not options.include_example:
+        left_out += EXAMPLE_ONLY
+    if not options.include_helm:
+        left_out += HELM_ONLY
+    for top in COPIED:
+        path = root / top
+        candidates = [path] if path.is_file() else sorted(path.rglob("*"))
+        for candidate in candidates:
+            relative = candidate.relative_to(root).as_posix()
+            if (
+                candidate.is_file()
+                and not IGNORED_PARTS.intersection(candidate.relative_to(root).parts)
+                and candidate.suffix != ".pyc"
+                and not _under(relative, left_out)
+            ):
+                yield relative
+
+
+def _replace(text: str, old: str, new: str, where: str) -> str:
+    """`text` with `old` replaced; a live file without `old` is an error, not a silent skip."""
+    if old not in text:
+        raise GenerationError(f"{where}: expected {old!r}; update scaffold/generate.py")
+    return text.replace(old, new)
+
+
+def _readme(text: str, options: Options) -> str:
+    version = options.python_version
+    title, _, rest = text.partition("\n\n")
+    _, _, rest = rest.partition("\n\n")  # the template's own introduction
+    if title != f"# {options.slug}":  # renamed already
+        raise GenerationError("README.md: expected to start with the title line")
+    intro = (
+        f"{options.description.strip()}\n\n"
+        f"Generated from the {TEMPLATE} service template: peer discovery on NATS JetStream KV\n"
+        "and a QoS message router (docs/discovery.md, docs/qos.md)."
+    )
+    text = f"# {options.service_name}\n\n{intro}\n\n{rest}"
+    text = _replace(text, "Python 3.11+", f"Python {version}+", "README.md")
+    text = _replace(
+        text,
+        "| APP_QOS1_TRANSPORT | jetstream |",
+        f"| APP_QOS1_TRANSPORT | {options.qos1_transport} |",
+        "README.md",
+    )
+    text = "".join(line for line in text.splitlines(True) if "docs/scaffold.md" not in line)
+    if not options.include_example:
+        text = _replace(text, "| APP_DOMAIN | app.example |", "| APP_DOMAIN |  |", "README.md")
+        text = "".join(line for line in text.splitlines(True) if "  example/" not in line)
+        text = text.replace("; tests/example/ for the example domain", "")
+    return text
+
+
+def _pyproject(text: str, options: Options) -> str:
+    version = options.python_version
+    where = "pyproject.toml"
+    text = re.sub(
+        r'^description = ".*"$',
+        lambda _: f"description = {json.dumps(options.description.strip())}",
+        text,
+        count=1,
+        flags=re.M,
+    )
+    authors = f"authors = [{{ name = {json.dumps(options.author.strip())} }}]"
+    text = _replace(text, 'requires-python = ">=3.11"', f'requires-python = ">={version}"', where)
+    text = _replace(text, 'license = { text = "Apache-2.0" }\n', f"{authors}\n", where)
+    target = f"py{version.replace('.', '')}"
+    text = _replace(text, 'target-version = "py311"', f'target-version = "{target}"', where)
+    text = _replace(text, 'python_version = "3.11"', f'python_version = "{version}"', where)
+    if options.long_lines:
+        # Docstrings and comments grow with the name (code is wrapped by the formatter).
+        ignores = "".join(f'"{path}" = ["E501"]  # renamed prose\n' for path in options.long_lines)
+        header = "[tool.ruff.lint.per-file-ignores]\n"
+        text = _replace(text, header, header + ignores, where)
+    # The generated project has no scaffold: it needs no cookiecutter.
+    return "".join(line for line in text.splitlines(True) if '"cookiecutter' not in line)
+
+
+def _settings(text: str, options: Options) -> str:
+    where = "app/settings.py"
+    text = _replace(
+        text,
+        'qos1_transport: TransportName = "jetstream"',
+        f'qos1_transport: TransportName = "{options.qos1_transport}"',
+        where,
+    )
+    if not options.include_example:
+        text = _replace(text, 'DEFAULT_DOMAIN = "app.example"', 'DEFAULT_DOMAIN = ""', where)
+    return text
+
+
+REDIS_TEST_DEFAULTS = '''
+
+# This service defaults APP_QOS1_TRANSPORT to redis. Its tests exercise JetStream as QoS 1 unless
+# they choose a transport themselves (tests/transports/test_redis.py, the Redis example tests).
+os.environ.setdefault("APP_QOS1_TRANSPORT", "jetstream")
+
+
+@pytest.fixture
+def settings_for(settings_for: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The plugin's settings_for, with JetStream as QoS 1 unless a test says otherwise."""
+
+    def make(**overrides: object) -> Settings:
+        return settings_for(**{"qos1_transport": "jetstream", **overrides})
+
+    return make
+'''
+REDIS_TEST_IMPORTS = (
+    "import os\nfrom collections.abc import Callable\n\nimport pytest\n\n"
+    "from app.settings import Settings\n\n"
+)
+
+
+def _edit(relative: str, text: str, options: Options) -> str:
+    """The option edits of one generated file (path and text already renamed)."""
+    version = options.python_version
+    if relative == "README.md":
+        return _readme(text, options)
+    if relative == "pyproject.toml":
+        return _pyproject(text, options)
+    if relative == "app/settings.py":
+        return _settings(text, options)
+    if relative == "Dockerfile":
+        image = DOCKER_IMAGES[version]
+        return re.sub(r"^ARG PYTHON_IMAGE=\S+$", f"ARG PYTHON_IMAGE={image}", text, flags=re.M)
+    if relative == "tests/deploy/test_dockerfile.py":
+        escaped = version.replace(".", r"\.")
+        return _replace(text, r"python:3\.11\.", f"python:{escaped}\\.", relative)
+    if relative == "dev.py":
+        return _replace(text, "Python 3.11+", f"Python {version}+", relative)
+    if relative == "docs/deploy.md":
+        return _replace(text, "`python:3.11.x-", f"`python:{version}.x-", relative)
+    if relative == "tests/conftest.py" and options.qos1_transport == "redis":
+        return REDIS_TEST_IMPORTS + text.rstrip("\n") + "\n" + REDIS_TEST_DEFAULTS
+    return text
+
+
+def _generated(root: Path, options: Options) -> Iterator[tuple[str, str, bytes]]:
+    """(live path, generated path, generated content) of every file of the project."""
+    long_lines = tuple(
+        rename_path(relative, options)
+        for relative in live_files(root, options)
+        if relative.endswith(".py")
+        and any(
+            len(line) > 100 for line in rename((root / relative).read_text(), options).split("\n")
+        )
+    )
+    options = replace(options, long_lines=long_lines)
+    for relative in live_files(root, options):
+        data = (root / relative).read_bytes()
+        target = rename_path(relative, options)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield relative, target, data
+            continue
+        yield relative, target, _edit(target, rename(text, options), options).encode("utf-8")
+
+
+def expected_files(root: Path, options: Options) -> dict[str, bytes]:
+    """The generated project's files (relative path -> content), from the live tree."""
+    return {target: data for _, target, data in _generated(root, options)}
+
+
+def generate(root: Path, dest: Path, options: Options) -> None:
+    """Write the project made from the live tree at `root` into `dest`."""
+    problems = check(options)
+    if problems:
+        raise GenerationError("; ".join(problems))
+    for source, relative, data in _generated(root, options):
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        shutil.copymode(root / source, target)
+
+
+def find_ruff(root: Path) -> list[str] | None:
+    """A ruff command: on PATH, beside this interpreter, or in the template repository's .venv."""
+    found = shutil.which("ruff")
+    for candidate in (
+        found,
+        Path(sys.executable).parent / "ruff",
+        root / ".venv" / "bin" / "ruff",
+    ):
+        if candidate and Path(candidate).is_file():
+            return [str(candidate)]
+    return None
+
+
+def tidy(dest: Path, ruff: list[str]) -> None:
+    """Re-format what the renames made longer or re-sorted (`__all__`, imports), as
+    `ruff format` and `ruff check --fix` would, so the new project passes its own checks."""
+    for step in (["format", "--quiet"], ["check", "--fix-only", "--quiet"]):
+        subprocess.run([*ruff, *step, "--no-cache", "."], cwd=dest, check=True, timeout=120)
