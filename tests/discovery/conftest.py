@@ -19,6 +19,8 @@ from app.embedded import NatsServer, free_port
 from app.settings import Settings
 
 TTL = 2.0
+OTHER_SERVICE = "2nd-service"
+"""Another service's name; a leading digit keeps it from matching a generated service's slug."""
 
 
 @dataclass

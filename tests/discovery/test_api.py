@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from app.testing import NatsServer, running_app
-from tests.discovery.conftest import TTL
+from tests.discovery.conftest import OTHER_SERVICE, TTL
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -30,7 +30,7 @@ async def test_nodes_lists_every_live_node_and_filters_by_service(nats_server, s
     base = {"nats_url": nats_server.url, "node_ttl": TTL}
     async with (
         running_app(settings_for(**base)) as (_, url_a),
-        running_app(settings_for(**base, service_name="billing")) as (app_b, _),
+        running_app(settings_for(**base, service_name=OTHER_SERVICE)) as (app_b, _),
         httpx.AsyncClient(base_url=url_a) as client,
     ):
         b_id = app_b.state.discovery.self_info.node_id
@@ -42,9 +42,9 @@ async def test_nodes_lists_every_live_node_and_filters_by_service(nats_server, s
         assert mine["address"] == url_a
         assert mine["last_seen"].endswith("Z")
 
-        billing = (await client.get("/nodes", params={"service": "billing"})).json()["nodes"]
+        billing = (await client.get("/nodes", params={"service": OTHER_SERVICE})).json()["nodes"]
         assert [node["node_id"] for node in billing] == [b_id]
-        assert (await client.get(f"/nodes/{b_id}")).json()["service"] == "billing"
+        assert (await client.get(f"/nodes/{b_id}")).json()["service"] == OTHER_SERVICE
         assert (await client.get("/nodes/nobody")).status_code == 404
         ready = (await client.get("/readyz")).json()
         assert ready["checks"]["discovery"] == "ok"

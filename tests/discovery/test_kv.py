@@ -12,15 +12,15 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from app.discovery.models import now
 from app.testing import NatsServer, eventually
-from tests.discovery.conftest import TTL
+from tests.discovery.conftest import OTHER_SERVICE, TTL
 
 
 async def test_nodes_see_each_other_and_themselves(start_node):
     a = await start_node()
-    b = await start_node(service_name="billing")
+    b = await start_node(service_name=OTHER_SERVICE)
     await eventually(lambda: a.sees(b.node_id) and b.sees(a.node_id), timeout=1)
     assert {n.node_id for n in a.discovery.nodes()} == {a.node_id, b.node_id}
-    assert [n.node_id for n in a.discovery.nodes("billing")] == [b.node_id]
+    assert [n.node_id for n in a.discovery.nodes(OTHER_SERVICE)] == [b.node_id]
     assert await a.discovery.readiness() == {"discovery": "ok"}
 
 
