@@ -50,7 +50,7 @@ async def test_stopped_or_frozen_broker_gets_quick_503s_and_flat_memory(
     for _ in range(5):
         statuses, slowest = await burst(service.url)
         assert set(statuses) == {503}
-        assert slowest < 1.0
+        assert slowest < 2.0  # no publish budget is waited out: refused at the door
     print(f"\nbroker stopped: 5 x 100 requests, slowest answer {slowest:.2f}s")
     nats_server.start()
     await _ready(service.url)
