@@ -123,3 +123,13 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
     exponential step is fixed, half random, so retries spread without collapsing to zero."""
     step = min(cap, base * 2 ** (attempt - 1))
     return float(step / 2 + random.uniform(0, step / 2))  # noqa: S311
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time stored in a header or field, or None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

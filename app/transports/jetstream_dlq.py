@@ -24,7 +24,7 @@ from app.errors import DeadLetterNotFoundError
 from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dead_letters
-from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage
+from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage, parse_time
 from app.transports.jetstream_streams import ensure_stream
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class JetStreamDeadLetters:
             reason=headers.get(D_REASON, ""),
             error=headers.get(D_ERROR, ""),
             deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
-            dead_at=_parse_time(headers.get(D_AT)) or stored_at or datetime.now(UTC),
+            dead_at=parse_time(headers.get(D_AT)) or stored_at or datetime.now(UTC),
             headers=headers,
             body=body.decode("utf-8", errors="replace"),
         )
@@ -256,11 +256,3 @@ class JetStreamDeadLetters:
         await self._publish(Envelope(headers=headers, body=body, subject=stored[D_SUBJECT]), qos)
         await self.delete(dlq_id)
         return message_id
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return datetime.fromisoformat(value)
-    return None

@@ -7,7 +7,6 @@ exactly once even when two consumers race for it. Ids are `rd-<stream entry id>`
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from app.errors import DeadLetterNotFoundError
 from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dead_letters
-from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage
+from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class RedisDeadLetters:
             reason=headers.get(D_REASON, ""),
             error=headers.get(D_ERROR, ""),
             deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
-            dead_at=_parse_time(headers.get(D_AT)) or stored_at,
+            dead_at=parse_time(headers.get(D_AT)) or stored_at,
             headers=headers,
             body=envelope.body.decode("utf-8", errors="replace"),
         )
@@ -177,11 +176,3 @@ class RedisDeadLetters:
         await self._publish(envelope, qos)
         await self.delete(dlq_id)
         return message_id
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return datetime.fromisoformat(value)
-    return None
