@@ -4,6 +4,7 @@ handled message, parented on it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,16 +21,27 @@ from app.messages import Envelope, QoS
 
 tracer = trace.get_tracer("qosmesh")
 _installed = False
+_checked_at = float("-inf")
 
 
 def _tracing() -> bool:
     """Whether a tracer provider is installed; until one is, spans are no-ops that cost a few
-    microseconds per message, so the hot paths skip them (a provider, once set, stays)."""
-    global _installed
+    microseconds per message, so the hot paths skip them. A provider, once set, stays; without
+    one, the (environment-reading) lookup is repeated at most once a second."""
+    global _installed, _checked_at
     if not _installed:
+        now = time.monotonic()
+        if now - _checked_at < 1.0:
+            return False
+        _checked_at = now
         provider = trace.get_tracer_provider()
         _installed = not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
     return _installed
+
+
+def sending_traced() -> bool:
+    """Whether a publish needs a `send_span`: a provider is installed or a trace is current."""
+    return _tracing() or trace.get_current_span().get_span_context().is_valid
 
 
 def _attributes(envelope: Envelope, system: str, operation: str, qos: QoS) -> dict[str, str | int]:
@@ -48,7 +60,7 @@ def _attributes(envelope: Envelope, system: str, operation: str, qos: QoS) -> di
 def send_span(envelope: Envelope, qos: QoS, system: str) -> Iterator[Span]:
     """Span one publish (retries included) and put its context into the envelope's headers; a
     publish outside any trace (a dead-letter replay from the CLI) starts a new one."""
-    if not _tracing() and not trace.get_current_span().get_span_context().is_valid:
+    if not sending_traced():
         yield INVALID_SPAN  # nothing to record and no incoming context to pass on
         return
     attributes = _attributes(envelope, system, "send", qos)
