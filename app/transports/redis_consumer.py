@@ -12,7 +12,6 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -77,6 +76,8 @@ class RedisConsumer:
         self._retries: list[tuple[float, bytes, int]] = []  # (due, entry id, min idle ms)
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._running: dict[bytes, float] = {}  # entry id -> when its handler started
         self._last_id = b"0-0"
         self._cursor = b"0-0"
         self._next_sweep = 0.0
@@ -95,6 +96,7 @@ class RedisConsumer:
         # instance ran are not lost); a broadcast group only wants what comes from now on.
         await self._create_group("$" if self.broadcast else "0")
         self._loop_task = asyncio.create_task(self._run(), name=f"consume {self.name}")
+        self._keepalive_task = asyncio.create_task(self._keep_alive(self._claim_idle / 3))
 
     async def _create_group(self, start: bytes | str) -> None:
         try:
@@ -248,7 +250,7 @@ class RedisConsumer:
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
             redeliveries.add(1, {"messaging.system": SYSTEM, "destination": self.key})
-        keepalive = _KeepAlive(lambda: self._touch(entry_id), self._claim_idle / 3)
+        self._running[entry_id] = time.monotonic()
         started = time.perf_counter()
         try:
             applied = await self._sub.handler(envelope, delivery)
@@ -269,7 +271,7 @@ class RedisConsumer:
             outcome = "ack" if applied else "duplicate"
             await self._ack(entry_id)
         finally:
-            keepalive.cancel()
+            self._running.pop(entry_id, None)
             process_duration.record(time.perf_counter() - started, self._attrs)
         consumed_messages.add(1, {**self._attrs, "outcome": outcome})
 
@@ -280,12 +282,22 @@ class RedisConsumer:
         heapq.heappush(self._retries, (time.monotonic() + pause, entry_id, min_idle))
         self._slot.set()
 
-    async def _touch(self, entry_id: bytes) -> None:
-        """Reset a long handler's idle time so no other member reclaims the entry meanwhile."""
+    async def _keep_alive(self, every: float) -> None:
+        """Every `every` seconds, reset the idle time of the entries whose handlers have run
+        that long, so no other member reclaims them meanwhile: one sweep per consumer instead
+        of a timer per delivery. An entry is touched before it has been idle 2 * `every`."""
+        while not self._stopping:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            ids = [i for i, started in list(self._running.items()) if now - started >= every]
+            if ids:
+                await self._touch(ids)
+
+    async def _touch(self, ids: list[Any]) -> None:
         try:
-            await self._redis.xclaim(self.key, self.group, self.name, 0, [entry_id], justid=True)
+            await self._redis.xclaim(self.key, self.group, self.name, 0, ids, justid=True)
         except Exception as exc:
-            log.debug("keep-alive for %s failed: %s", entry_id, exc)
+            log.debug("keep-alive for %d entries of %s failed: %s", len(ids), self.key, exc)
 
     async def _flush_acks(self, ids: list[bytes]) -> list[None]:
         await self._redis.xack(self.key, self.group, *ids)
@@ -321,6 +333,8 @@ class RedisConsumer:
         """Stop reading, give in-flight handlers `timeout` seconds; the rest stay pending."""
         self._stopping = True
         self._slot.set()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         if self._loop_task is not None:
             _, pending = await asyncio.wait(
                 {self._loop_task}, timeout=self._settings.redis_block_ms / 1000 + 0.5
@@ -341,24 +355,6 @@ class RedisConsumer:
                 await self._redis.xgroup_destroy(self.key, self.group)
             except Exception as exc:
                 log.debug("could not remove group %s: %s", self.group, exc)
-
-
-class _KeepAlive:
-    """Calls `touch` every `every` seconds until cancelled; a timer, not a task per delivery."""
-
-    def __init__(self, touch: Callable[[], Coroutine[Any, Any, None]], every: float) -> None:
-        self._touch = touch
-        self._every = every
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_later(every, self._tick)
-        self._task: asyncio.Task[None] | None = None
-
-    def _tick(self) -> None:
-        self._task = self._loop.create_task(self._touch())
-        self._handle = self._loop.call_later(self._every, self._tick)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
 
 
 def _describe(exc: BaseException) -> str:

@@ -113,9 +113,14 @@ class RedisStreamsTransport:
         if qos == QoS.EXACTLY_ONCE:
             dedupe_id = str(envelope.extra.get(DEDUPE_ID) or envelope.message_id)
             dedupe_key = f"qm:dedupe:{envelope.subject}:{dedupe_id}"
-        added = await asyncio.wait_for(
-            self._publisher.submit(_Add(envelope.subject, fields, dedupe_key)), timeout
-        )
+        # A timer that fails the caller's future: wait_for would add a waiter future and two
+        # callbacks per publish. A future failed or cancelled here is skipped by the batcher.
+        future = self._publisher.submit(_Add(envelope.subject, fields, dedupe_key))
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        try:
+            added = await future
+        finally:
+            timer.cancel()
         if not added:
             dedupe_hits.add(1, {"side": "publisher"})
 
@@ -144,3 +149,8 @@ class RedisStreamsTransport:
         await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
         self._consumers.clear()
         await self._publisher.close()
+
+
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no reply from Redis in time"))
