@@ -169,6 +169,9 @@ class _Consumer:
         self._slot = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        # id(delivery) -> (delivery, when its handler started); a Msg is not hashable
+        self._running: dict[int, tuple[Msg, float]] = {}
         self._pending = 0
         self._attrs: dict[str, str | int] = {
             "messaging.system": SYSTEM,
@@ -195,6 +198,7 @@ class _Consumer:
         self._psub = await self._js.pull_subscribe_bind(durable=self._sub.name, stream=self._stream)
         self._loop_task = asyncio.create_task(self._run(), name=f"consume {self._sub.name}")
         self._pending_task = asyncio.create_task(self._track_pending())
+        self._keepalive_task = asyncio.create_task(self._keep_alive(self._settings.ack_wait / 3))
         self._unwatch = watch_pending(self._observe_pending)
 
     async def _track_pending(self) -> None:
@@ -246,7 +250,7 @@ class _Consumer:
         )
         if attempt > 1:
             redeliveries.add(1, {"messaging.system": SYSTEM, "destination": msg.subject})
-        keepalive = _KeepAlive(msg, self._settings.ack_wait / 3)
+        self._running[id(msg)] = (msg, time.monotonic())
         started = time.perf_counter()
         try:
             applied = await self._sub.handler(envelope, delivery)
@@ -270,9 +274,20 @@ class _Consumer:
             outcome = "ack" if applied else "duplicate"
             await _settle(msg.ack())
         finally:
-            keepalive.cancel()
+            self._running.pop(id(msg), None)
             process_duration.record(time.perf_counter() - started, self._attrs)
         consumed_messages.add(1, {**self._attrs, "outcome": outcome})
+
+    async def _keep_alive(self, every: float) -> None:
+        """Every `every` seconds, tell the server that the handlers running that long are still
+        working, so their deliveries are not redelivered: one sweep per consumer instead of a
+        timer per delivery. A delivery hears from us before ack_wait * 2/3 has passed."""
+        while not self._stopping:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for msg, started in list(self._running.values()):
+                if now - started >= every:
+                    await _settle(msg.in_progress())
 
     async def _dead_letter(
         self, msg: Msg, envelope: Envelope, reason: str, error: str, attempt: int
@@ -301,6 +316,8 @@ class _Consumer:
         self._slot.set()
         self._unwatch()
         self._pending_task.cancel()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         if self._loop_task is not None:
             # A fetch cut short may leave messages unhandled: they are redelivered after ack_wait.
             self._loop_task.cancel()
@@ -367,24 +384,6 @@ class _AckInbox:
 def _expire(future: asyncio.Future[Msg]) -> None:
     if not future.done():
         future.set_exception(TimeoutError("no PubAck in time"))
-
-
-class _KeepAlive:
-    """Tells the server a long handler is still working, so the delivery is not redelivered."""
-
-    def __init__(self, msg: Msg, every: float) -> None:
-        self._msg = msg
-        self._every = every
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_later(every, self._tick)
-        self._task: asyncio.Task[None] | None = None
-
-    def _tick(self) -> None:
-        self._task = self._loop.create_task(self._msg.in_progress())
-        self._handle = self._loop.call_later(self._every, self._tick)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
 
 
 async def _settle(reply: Awaitable[None]) -> None:
