@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from scaffold.generate import EXAMPLE_ONLY, SHARED_NAMES, Options, expected_files, tidy
+from scaffold.generate import (
+    EXAMPLE_ONLY,
+    IGNORED_PARTS,
+    SHARED_NAMES,
+    Options,
+    expected_files,
+    tidy,
+)
 from tests.scaffold.conftest import ROOT, Render, run_cookiecutter
 
 OPTION_SWITCHES = [
@@ -27,10 +34,11 @@ NOTE = "Generated from the qosmesh service template"
 
 
 def files(project: Path) -> dict[str, bytes]:
+    """The project's files, without caches that tools write while the test runs."""
     return {
         p.relative_to(project).as_posix(): p.read_bytes()
         for p in sorted(project.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not IGNORED_PARTS & set(p.relative_to(project).parts)
     }
 
 
