@@ -40,14 +40,12 @@ from app.telemetry import (
     dedupe_hits,
     process_duration,
     redeliveries,
-    sent_messages,
     watch_pending,
 )
-from app.tracing import send_span
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
-from app.transports.retry import RetryBudget, with_retries
+from app.transports.retry import RetryBudget, publish_reliably
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +108,14 @@ class JetStreamTransport:
         self._subscriptions.append(subscription)
 
     async def publish(self, envelope: Envelope, qos: QoS) -> None:
-        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
-        try:
-            with send_span(envelope, qos, SYSTEM):
-                await with_retries(
-                    lambda attempt, timeout: self._send(envelope, attempt, timeout),
-                    self._budget,
-                    RETRYABLE,
-                    SYSTEM,
-                    f"message {envelope.message_id}",
-                )
-        except Exception:
-            sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
-            raise
-        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+        await publish_reliably(
+            envelope,
+            qos,
+            lambda attempt, timeout: self._send(envelope, attempt, timeout),
+            self._budget,
+            RETRYABLE,
+            SYSTEM,
+        )
 
     async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
         task = self._streams.get(envelope.subject)

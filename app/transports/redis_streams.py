@@ -27,13 +27,12 @@ import redis.exceptions
 
 from app.messages import H_ATTEMPT, Envelope, QoS
 from app.settings import Settings
-from app.telemetry import dedupe_hits, sent_messages
-from app.tracing import send_span
+from app.telemetry import dedupe_hits
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
 from app.transports.redis_consumer import RedisConsumer
 from app.transports.redis_dlq import BODY, DEDUPE_ID, RedisDeadLetters
-from app.transports.retry import RetryBudget, with_retries
+from app.transports.retry import RetryBudget, publish_reliably
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +90,14 @@ class RedisStreamsTransport:
         self._subscriptions.append(subscription)
 
     async def publish(self, envelope: Envelope, qos: QoS) -> None:
-        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
-        try:
-            with send_span(envelope, qos, SYSTEM):
-                await with_retries(
-                    lambda attempt, timeout: self._send(envelope, qos, attempt, timeout),
-                    self._budget,
-                    RETRYABLE,
-                    SYSTEM,
-                    f"message {envelope.message_id}",
-                )
-        except Exception:
-            sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
-            raise
-        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+        await publish_reliably(
+            envelope,
+            qos,
+            lambda attempt, timeout: self._send(envelope, qos, attempt, timeout),
+            self._budget,
+            RETRYABLE,
+            SYSTEM,
+        )
 
     async def _send(self, envelope: Envelope, qos: QoS, attempt: int, timeout: float) -> None:
         fields: dict[str, str | bytes] = {**envelope.headers, H_ATTEMPT: str(attempt)}

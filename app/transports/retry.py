@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from app.errors import PublishError
+from app.messages import Envelope, QoS
 from app.settings import Settings
-from app.telemetry import publish_retries
+from app.telemetry import publish_retries, sent_messages
+from app.tracing import send_span
 from app.transports.base import backoff
 
 
@@ -61,3 +63,23 @@ async def with_retries(
         f"{what} not confirmed after {attempt} attempt(s) in {elapsed:.1f}s: "
         f"{type(last).__name__ if last else 'deadline'} {last or ''}".strip()
     ) from last
+
+
+async def publish_reliably(
+    envelope: Envelope,
+    qos: QoS,
+    send: Callable[[int, float], Awaitable[None]],
+    budget: RetryBudget,
+    retry_on: tuple[type[BaseException], ...],
+    system: str,
+) -> None:
+    """A QoS 1+ publish as every acking transport does it: a producer span, `send(attempt,
+    timeout)` retried within the budget, and the sent-messages counter by outcome."""
+    attrs = {"messaging.system": system, "messaging.destination.name": envelope.subject}
+    try:
+        with send_span(envelope, qos, system):
+            await with_retries(send, budget, retry_on, system, f"message {envelope.message_id}")
+    except Exception:
+        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
+        raise
+    sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
