@@ -20,13 +20,7 @@ from app.messages import new_message_id
 router = APIRouter(tags=["orders"])
 
 
-async def _broker_available(request: Request) -> None:
-    """`broker_available` run on the event loop: FastAPI sends a plain function dependency
-    through the thread pool, a thread hop per command for one attribute check."""
-    broker_available(request)
-
-
-Commands = [Depends(_broker_available)]
+Commands = [Depends(broker_available)]
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
 RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", max_length=256)]
