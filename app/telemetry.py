@@ -1,4 +1,4 @@
-"""The metric instruments qosmesh records, by their contract names (docs/metrics.md).
+"""The metric instruments qosmesh records, by their contract names (docs/observability.md).
 
 Instruments come from the OpenTelemetry API's global meter provider, so every component records
 to the same names. Counters are plain sums in this process, reported through observable
