@@ -103,19 +103,28 @@ async def test_a_killed_consumers_pending_entries_are_reclaimed_by_another(
         client = publisher.brokers.redis
         assert client is not None
         publishing = asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(3000)))
+
+        async def held() -> dict[str, int]:
+            consumers = await client.xinfo_consumers("svc.ping", "svc")
+            return {c["name"].decode(): int(c["pending"]) for c in consumers}
+
+        async def doomed_holds_entries() -> bool:
+            pending = await held()
+            return sum(n for name, n in pending.items() if f"-{doomed.pid}-" in name) >= 4
+
         try:
             await eventually(lambda: len(handled(out)) >= 300, timeout=30)
+            # Kill it while it holds entries (handlers take 10 ms, 8 at a time): those must
+            # come back through another consumer's reclaim.
+            await eventually(doomed_holds_entries, timeout=10, interval=0.001)
             doomed.kill()
             doomed.wait()
             at_kill = len(set(handled(out)))
-            held = {
-                c["name"].decode(): int(c["pending"])
-                for c in await client.xinfo_consumers("svc.ping", "svc")
-            }
-            held_by_doomed = sum(n for name, n in held.items() if f"-{doomed.pid}-" in name)
+            pending = await held()
+            held_by_doomed = sum(n for name, n in pending.items() if f"-{doomed.pid}-" in name)
             await publishing
             assert at_kill < 3000, "the consumers finished before one could be killed"
-            assert held_by_doomed > 0, held
+            assert held_by_doomed > 0, pending
 
             await eventually(lambda: set(handled(out)) == set(range(3000)), timeout=30)
             await eventually(lambda: _settled(client), timeout=10)
