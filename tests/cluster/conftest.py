@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.testing import NatsCluster, ServiceProcess, eventually
+from tests.discovery.conftest import node_id, status, view
 
 TTL = 15.0
 """APP_NODE_TTL on the cluster: longer than a leader election (followers wait 4-9 s)."""
@@ -38,22 +39,6 @@ def cluster_env(cluster: NatsCluster) -> dict[str, str]:
         "APP_PUBLISH_ATTEMPTS": "30",
         "APP_ACK_WAIT": "4",
     }
-
-
-async def status(client: httpx.AsyncClient, url: str) -> int:
-    try:
-        return (await client.get(url, timeout=1)).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-async def view(client: httpx.AsyncClient, service: ServiceProcess) -> set[str]:
-    body = (await client.get(service.url + "/nodes", timeout=2)).json()
-    return {node["node_id"] for node in body["nodes"]}
-
-
-async def node_id(client: httpx.AsyncClient, service: ServiceProcess) -> str:
-    return str((await client.get(service.url + "/nodes", timeout=2)).json()["self"])
 
 
 async def views_are(

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from app.testing import NatsCluster, ServiceProcess, eventually
-from tests.cluster.conftest import STREAMS, start_instances, view
+from tests.cluster.conftest import STREAMS, start_instances
+from tests.discovery.conftest import view
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.brokers import Brokers, open_brokers
 from app.discovery import KvDiscovery, NodeEvent, open_discovery
 from app.embedded import NatsServer, free_port
 from app.settings import Settings
+from app.testing import ServiceProcess
 
 TTL = 2.0
 OTHER_SERVICE = "2nd-service"
@@ -111,3 +113,26 @@ async def record() -> AsyncIterator[Callable[[Node], Recorder]]:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*tasks)
+
+
+# Reading instances over HTTP (shared with tests/cluster). The generous timeout lets a reply
+# slowed by a leader election or a loaded machine still count.
+HTTP_TIMEOUT = 2.0
+
+
+async def status(client: httpx.AsyncClient, url: str) -> int:
+    """The status `url` answers, or 0 when it does not answer."""
+    try:
+        return (await client.get(url, timeout=HTTP_TIMEOUT)).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+async def view(client: httpx.AsyncClient, service: ServiceProcess) -> set[str]:
+    """The node ids in `service`'s discovery view."""
+    body = (await client.get(service.url + "/nodes", timeout=HTTP_TIMEOUT)).json()
+    return {node["node_id"] for node in body["nodes"]}
+
+
+async def node_id(client: httpx.AsyncClient, service: ServiceProcess) -> str:
+    return str((await client.get(service.url + "/nodes", timeout=HTTP_TIMEOUT)).json()["self"])

@@ -11,25 +11,9 @@ import nats
 import pytest
 
 from app.testing import NatsServer, ServiceProcess, eventually
-from tests.discovery.conftest import TTL
+from tests.discovery.conftest import TTL, node_id, status, view
 
 pytestmark = pytest.mark.slow
-
-
-async def status(client: httpx.AsyncClient, url: str) -> int:
-    try:
-        return (await client.get(url, timeout=1)).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-async def view(client: httpx.AsyncClient, service: ServiceProcess) -> set[str]:
-    body = (await client.get(service.url + "/nodes", timeout=1)).json()
-    return {node["node_id"] for node in body["nodes"]}
-
-
-async def node_id(client: httpx.AsyncClient, service: ServiceProcess) -> str:
-    return str((await client.get(service.url + "/nodes", timeout=1)).json()["self"])
 
 
 async def start_ready(service_process, nats_server: NatsServer, count: int, client):
