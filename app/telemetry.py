@@ -19,25 +19,46 @@ meter = metrics.get_meter("qosmesh")
 Attributes = Mapping[str, str | int]
 
 
+class Series:
+    """One attribute set of a Counter: what the hot paths hold on to, so that counting a message
+    is an addition, not a dictionary built and hashed."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.value = 0
+
+    def add(self, amount: int = 1) -> None:
+        with self._lock:
+            self.value += amount
+
+
 class Counter:
     """A monotonic counter kept as cumulative sums per attribute set, read by the SDK at
     collection time. Same names, units and attributes as a synchronous counter; no exemplars."""
 
     def __init__(self, name: str, unit: str, description: str) -> None:
-        self._sums: dict[frozenset[tuple[str, str | int]], int] = {}
+        self._series: dict[frozenset[tuple[str, str | int]], Series] = {}
         self._lock = threading.Lock()
         meter.create_observable_counter(
             name, callbacks=[self._observe], unit=unit, description=description
         )
 
-    def add(self, amount: int, attributes: Attributes | None = None) -> None:
+    def series(self, attributes: Attributes | None = None) -> Series:
         key = frozenset(attributes.items()) if attributes else frozenset()
-        with self._lock:
-            self._sums[key] = self._sums.get(key, 0) + amount
+        found = self._series.get(key)
+        if found is None:
+            with self._lock:
+                found = self._series.setdefault(key, Series(self._lock))
+        return found
+
+    def add(self, amount: int, attributes: Attributes | None = None) -> None:
+        self.series(attributes).add(amount)
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
-            sums = list(self._sums.items())
+            sums = [(key, series.value) for key, series in self._series.items()]
         return [Observation(value, dict(key)) for key, value in sums]
 
 
@@ -92,6 +113,35 @@ discovery_events = Counter(
 )
 
 
+_sent: dict[tuple[str, str, int, str], Series] = {}
+
+
+def sent_series(system: str, subject: str, qos: int, outcome: str) -> Series:
+    """The `messaging.client.sent.messages` series of one destination and outcome."""
+    key = (system, subject, qos, outcome)
+    found = _sent.get(key)
+    if found is None:
+        attributes: dict[str, str | int] = {
+            "messaging.system": system,
+            "messaging.destination.name": subject,
+            "qos": int(qos),
+            "outcome": outcome,
+        }
+        found = _sent[key] = sent_messages.series(attributes)
+    return found
+
+
+CONSUMED_OUTCOMES = ("ack", "nak", "term", "duplicate", "trimmed")
+
+
+def consumed_series(attributes: Attributes) -> dict[str, Series]:
+    """The `messaging.client.consumed.messages` series of one consumer, by outcome."""
+    return {
+        outcome: consumed_messages.series({**attributes, "outcome": outcome})
+        for outcome in CONSUMED_OUTCOMES
+    }
+
+
 PendingSource = Callable[[], Iterable[Observation]]
 _pending_sources: list[PendingSource] = []
 
@@ -125,9 +175,8 @@ def record_zeros(destinations: Iterable[tuple[str, str, int]]) -> None:
             "qos": qos,
         }
         for outcome in ("ok", "error", "lost"):
-            sent_messages.add(0, {**base, "outcome": outcome})
-        for outcome in ("ack", "nak", "term", "duplicate", "trimmed"):
-            consumed_messages.add(0, {**base, "outcome": outcome})
+            sent_series(system, subject, qos, outcome)
+        consumed_series(base)
         if qos == 0:
             qos0_lost.add(0, {"messaging.destination.name": subject})
         redeliveries.add(0, {"messaging.system": system, "destination": subject})

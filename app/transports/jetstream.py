@@ -33,15 +33,16 @@ from nats.js.api import (
 )
 from opentelemetry.metrics import Observation
 
-from app.messages import DecodeError, Envelope, QoS
+from app.messages import H_ATTEMPT, DecodeError, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import (
-    consumed_messages,
+    consumed_series,
     dedupe_hits,
     process_duration,
     redeliveries,
     watch_pending,
 )
+from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
@@ -121,8 +122,9 @@ class JetStreamTransport:
         task = self._streams.get(envelope.subject)
         if task is None or not task.done() or task.exception() is not None:
             await self.ensure(envelope.subject)
-        headers = {**envelope.headers, "qm-attempt": str(attempt)}
-        headers.setdefault(MSG_ID, envelope.message_id)
+        headers = {MSG_ID: envelope.message_id, **envelope.headers}
+        if attempt > 1:
+            headers[H_ATTEMPT] = str(attempt)
         try:
             ack = await self._acks.request(envelope.subject, envelope.body, headers, timeout)
         except nats.errors.NoRespondersError:
@@ -170,6 +172,10 @@ class _Consumer:
             "messaging.destination.name": subscription.subject,
             "qos": int(subscription.qos),
         }
+        self._consumed = consumed_series(self._attrs)
+        self._redelivered = redeliveries.series(
+            {"messaging.system": SYSTEM, "destination": subscription.subject}
+        )
 
     def config(self) -> ConsumerConfig:
         broadcast = self._sub.group is None
@@ -241,7 +247,7 @@ class _Consumer:
             "jetstream", msg.subject, attempt, self._settings.max_deliver, envelope.message_id
         )
         if attempt > 1:
-            redeliveries.add(1, {"messaging.system": SYSTEM, "destination": msg.subject})
+            self._redelivered.add()
         self._running[id(msg)] = (msg, time.monotonic())
         started = time.perf_counter()
         try:
@@ -268,7 +274,7 @@ class _Consumer:
         finally:
             self._running.pop(id(msg), None)
             process_duration.record(time.perf_counter() - started, self._attrs)
-        consumed_messages.add(1, {**self._attrs, "outcome": outcome})
+        self._consumed[outcome].add(1)
 
     async def _keep_alive(self, every: float) -> None:
         """Every `every` seconds, tell the server that the handlers running that long are still
@@ -352,7 +358,7 @@ class _AckInbox:
         self._waiting[token] = future
         timer = loop.call_later(timeout, _expire, future)
         try:
-            await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+            await nats_wire.publish(self._nc, subject, body, headers, reply=self._prefix + token)
             reply = await future
         finally:
             timer.cancel()

@@ -14,8 +14,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from app.messages import Envelope, QoS
-from app.telemetry import consumed_messages, process_duration, qos0_lost, sent_messages
+from app.telemetry import consumed_series, process_duration, qos0_lost, sent_series
 from app.tracing import send_span, sending_traced
+from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription
 
 log = logging.getLogger(__name__)
@@ -40,26 +41,25 @@ class NatsCoreTransport:
             await self._listen(subscription)
 
     async def publish(self, envelope: Envelope, qos: QoS) -> None:
-        attrs = {"messaging.system": SYSTEM, "messaging.destination.name": envelope.subject}
         if not self._nc.is_connected:
-            self._lost(envelope, attrs, "disconnected")
+            self._lost(envelope, "disconnected")
             return
         try:
             if sending_traced():
                 with send_span(envelope, qos, SYSTEM):
-                    await self._nc.publish(
-                        envelope.subject, envelope.body, headers=envelope.headers
+                    await nats_wire.publish(
+                        self._nc, envelope.subject, envelope.body, envelope.headers
                     )
             else:  # no span to open: skip the context manager on the hottest path
-                await self._nc.publish(envelope.subject, envelope.body, headers=envelope.headers)
+                await nats_wire.publish(self._nc, envelope.subject, envelope.body, envelope.headers)
         except Exception as exc:
-            self._lost(envelope, attrs, type(exc).__name__)
+            self._lost(envelope, type(exc).__name__)
             return
-        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+        sent_series(SYSTEM, envelope.subject, 0, "ok").add()
 
-    def _lost(self, envelope: Envelope, attrs: dict[str, str], why: str) -> None:
+    def _lost(self, envelope: Envelope, why: str) -> None:
         qos0_lost.add(1, {"messaging.destination.name": envelope.subject})
-        sent_messages.add(1, {**attrs, "qos": 0, "outcome": "lost"})
+        sent_series(SYSTEM, envelope.subject, 0, "lost").add()
         log.debug("qos0 message %s dropped: %s", envelope.message_id, why)
 
     async def subscribe(self, subscription: Subscription) -> None:
@@ -71,6 +71,7 @@ class NatsCoreTransport:
             "messaging.destination.name": subscription.subject,
             "qos": 0,
         }
+        consumed = consumed_series(attrs)
 
         async def on_message(msg: Msg) -> None:
             envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
@@ -83,7 +84,7 @@ class NatsCoreTransport:
                 outcome = "term"
                 log.warning("qos0 handler failed for %s", envelope.message_id, exc_info=True)
             process_duration.record(time.perf_counter() - started, attrs)
-            consumed_messages.add(1, {**attrs, "outcome": outcome})
+            consumed[outcome].add()
 
         sub = await self._nc.subscribe(
             subscription.subject, queue=subscription.group or "", cb=on_message

@@ -19,7 +19,7 @@ import redis.exceptions
 
 from app.messages import DecodeError
 from app.settings import Settings
-from app.telemetry import consumed_messages, process_duration, redeliveries
+from app.telemetry import consumed_series, process_duration, redeliveries
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.batching import Batcher
 from app.transports.redis_dlq import Fields, RedisDeadLetters, envelope_from
@@ -90,6 +90,10 @@ class RedisConsumer:
             "messaging.destination.name": subscription.subject,
             "qos": int(subscription.qos),
         }
+        self._consumed = consumed_series(self._attrs)
+        self._redelivered = redeliveries.series(
+            {"messaging.system": SYSTEM, "destination": self.key}
+        )
 
     async def start(self) -> None:
         # A service group starts at the stream's beginning (messages sent before the first
@@ -196,7 +200,7 @@ class RedisConsumer:
         if deleted:
             await self._redis.xack(self.key, self.group, *deleted)
             self.trimmed += len(deleted)
-            consumed_messages.add(len(deleted), {**self._attrs, "outcome": "trimmed"})
+            self._consumed["trimmed"].add(len(deleted))
             log.warning(
                 "%d pending entries of %s were trimmed before delivery", len(deleted), self.key
             )
@@ -235,7 +239,7 @@ class RedisConsumer:
                 # Trimmed while it waited for its retry: nobody can deliver it any more.
                 await self._redis.xack(self.key, self.group, entry_id)
                 self.trimmed += 1
-                consumed_messages.add(1, {**self._attrs, "outcome": "trimmed"})
+                self._consumed["trimmed"].add(1)
             # else: another member reclaimed it; it is theirs now.
 
     # -- one delivery --------------------------------------------------------------------------
@@ -245,11 +249,11 @@ class RedisConsumer:
         envelope = envelope_from(fields, self.key)
         if attempt > max_deliver:
             await self._dead_letter(entry_id, fields, "max_deliveries", NO_RESULT, attempt - 1)
-            consumed_messages.add(1, {**self._attrs, "outcome": "term"})
+            self._consumed["term"].add(1)
             return
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
-            redeliveries.add(1, {"messaging.system": SYSTEM, "destination": self.key})
+            self._redelivered.add()
         self._running[entry_id] = time.monotonic()
         started = time.perf_counter()
         try:
@@ -273,7 +277,7 @@ class RedisConsumer:
         finally:
             self._running.pop(entry_id, None)
             process_duration.record(time.perf_counter() - started, self._attrs)
-        consumed_messages.add(1, {**self._attrs, "outcome": outcome})
+        self._consumed[outcome].add(1)
 
     def _retry_later(self, entry_id: bytes, attempt: int) -> None:
         # Sooner than the claim time, so this member retries before another one reclaims it.

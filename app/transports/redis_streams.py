@@ -100,8 +100,9 @@ class RedisStreamsTransport:
         )
 
     async def _send(self, envelope: Envelope, qos: QoS, attempt: int, timeout: float) -> None:
-        fields: dict[str, str | bytes] = {**envelope.headers, H_ATTEMPT: str(attempt)}
-        fields[BODY] = envelope.body
+        fields: dict[str, str | bytes] = {**envelope.headers, BODY: envelope.body}
+        if attempt > 1:
+            fields[H_ATTEMPT] = str(attempt)
         dedupe_key = None
         if qos == QoS.EXACTLY_ONCE:
             dedupe_id = str(envelope.extra.get(DEDUPE_ID) or envelope.message_id)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from app.errors import PublishError
 from app.messages import Envelope, QoS
 from app.settings import Settings
-from app.telemetry import publish_retries, sent_messages
+from app.telemetry import publish_retries, sent_series
 from app.tracing import send_span
 from app.transports.base import backoff
 
@@ -75,11 +75,10 @@ async def publish_reliably(
 ) -> None:
     """A QoS 1+ publish as every acking transport does it: a producer span, `send(attempt,
     timeout)` retried within the budget, and the sent-messages counter by outcome."""
-    attrs = {"messaging.system": system, "messaging.destination.name": envelope.subject}
     try:
         with send_span(envelope, qos, system):
             await with_retries(send, budget, retry_on, system, f"message {envelope.message_id}")
     except Exception:
-        sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "error"})
+        sent_series(system, envelope.subject, qos, "error").add()
         raise
-    sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
+    sent_series(system, envelope.subject, qos, "ok").add()

@@ -34,7 +34,8 @@ def test_each_type_declares_its_qos():
 def test_message_ids_are_unique_and_sort_by_creation_time():
     ids = [new_message_id() for _ in range(2000)]
     assert len(set(ids)) == 2000
-    assert all(len(i) == 26 and i.isalnum() for i in ids)
+    assert all(len(i) == 26 and set(i) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ") for i in ids)
+    assert all(i[0] in "01234567" for i in ids)  # 128 bits: the first character holds 3
     assert ids[0][:10] <= ids[-1][:10]
 
 
@@ -56,6 +57,18 @@ def test_envelope_round_trip_keeps_ids_and_correlation():
     assert envelope.headers["qm-type"] == "Ping"
     assert ping.correlation_id == ping.message_id
     assert decode_message(envelope, {"Ping": Ping}) == ping
+
+
+def test_envelope_leaves_out_headers_that_only_say_the_default():
+    plain = encode(Ping(n=1), QoS.AT_LEAST_ONCE, "svc.ping")
+    assert set(plain.headers) == {"qm-version", "qm-id", "qm-type", "qm-qos"}
+    linked = Ping(n=2, correlation_id="req-1")
+    assert encode(linked, QoS.AT_LEAST_ONCE, "svc.ping").headers["qm-correlation-id"] == "req-1"
+
+    class PingV2(Ping):
+        schema_version: ClassVar[int] = 2
+
+    assert encode(PingV2(n=3), QoS.AT_LEAST_ONCE, "svc.ping").headers["qm-schema"] == "2"
 
 
 def test_unknown_envelope_version_is_a_specific_error():
