@@ -4,6 +4,7 @@ does not frame itself still gets nats-py's checks."""
 import nats
 import nats.errors
 import pytest
+from nats.aio.msg import Msg
 
 from app.transports import nats_wire
 
@@ -17,7 +18,7 @@ ENVELOPE = {
 }
 
 
-async def _received(nats_url: str, send) -> list[nats.aio.msg.Msg]:
+async def _received(nats_url: str, send) -> list[Msg]:
     nc = await nats.connect(nats_url)
     try:
         sub = await nc.subscribe("wire.>")
