@@ -348,6 +348,7 @@ class _AckInbox:
     async def request(
         self, subject: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> dict[str, Any]:
+        """The PubAck of one publish: `{}` for a plain success, else the parsed reply."""
         if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
             self._ready = asyncio.ensure_future(self._listen())
         if not self._ready.done():
@@ -365,6 +366,8 @@ class _AckInbox:
             del self._waiting[token]
         if reply.headers and reply.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
+        if b'"error"' not in reply.data and b'"duplicate"' not in reply.data:
+            return {}  # {"stream":..., "seq":...}: nothing in it the caller reads
         result: dict[str, Any] = json.loads(reply.data)
         return result
 
