@@ -44,6 +44,7 @@ from app.telemetry import (
 )
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription, backoff
+from app.transports.deadlines import Deadlines
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
 from app.transports.retry import RetryBudget, publish_reliably
@@ -241,7 +242,7 @@ class _Consumer:
             self._slot.set()
 
     async def _handle(self, msg: Msg) -> None:
-        attempt = msg.metadata.num_delivered
+        attempt = _delivery_count(msg)
         envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
         delivery = Delivery(
             "jetstream", msg.subject, attempt, self._settings.max_deliver, envelope.message_id
@@ -333,7 +334,7 @@ class _Consumer:
 class _AckInbox:
     """Publishes that wait for their PubAck on one wildcard reply subscription.
 
-    What `js.publish` does, without a timer task and a random token per message: thousands of
+    What `js.publish` does, without a timer and a random token per message: thousands of
     concurrent publishes cost little more than `js.publish_async`, and each caller still gets
     its own ack or error (TimeoutError after `timeout`, NoRespondersError with no stream).
     """
@@ -344,6 +345,7 @@ class _AckInbox:
         self._ids = itertools.count()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._ready: asyncio.Task[None] | None = None
+        self._deadlines = Deadlines()
 
     async def request(
         self, subject: str, body: bytes, headers: dict[str, str], timeout: float
@@ -353,16 +355,14 @@ class _AckInbox:
             self._ready = asyncio.ensure_future(self._listen())
         if not self._ready.done():
             await asyncio.shield(self._ready)
-        loop = asyncio.get_running_loop()
         token = str(next(self._ids))
-        future: asyncio.Future[Msg] = loop.create_future()
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        self._deadlines.fail_after(future, timeout, _no_ack)
         try:
             await nats_wire.publish(self._nc, subject, body, headers, reply=self._prefix + token)
             reply = await future
         finally:
-            timer.cancel()
             del self._waiting[token]
         if reply.headers and reply.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
@@ -382,9 +382,19 @@ class _AckInbox:
             future.set_result(msg)
 
 
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no PubAck in time"))
+def _no_ack() -> TimeoutError:
+    return TimeoutError("no PubAck in time")
+
+
+def _delivery_count(msg: Msg) -> int:
+    """`msg.metadata.num_delivered` without the rest of the metadata (a datetime and two
+    dataclasses per delivery): the fifth token of a v1 ack subject,
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`;
+    other forms are left to nats-py."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4])
+    return msg.metadata.num_delivered
 
 
 async def _settle(reply: Awaitable[None]) -> None:

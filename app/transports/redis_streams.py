@@ -30,6 +30,7 @@ from app.settings import Settings
 from app.telemetry import dedupe_hits
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
+from app.transports.deadlines import Deadlines
 from app.transports.redis_consumer import RedisConsumer
 from app.transports.redis_dlq import BODY, DEDUPE_ID, RedisDeadLetters
 from app.transports.retry import RetryBudget, publish_reliably
@@ -65,6 +66,7 @@ class RedisStreamsTransport:
         self._budget = RetryBudget.from_settings(settings)
         self._dlq = RedisDeadLetters(redis, settings, self.publish)
         self._publisher: Batcher[_Add, bool] = Batcher(self._flush, size=256)
+        self._deadlines = Deadlines()
         self._subscriptions: list[Subscription] = []
         self._consumers: list[RedisConsumer] = []
         # Competing consumers of one service need distinct names: host, process and a nonce.
@@ -107,14 +109,11 @@ class RedisStreamsTransport:
         if qos == QoS.EXACTLY_ONCE:
             dedupe_id = str(envelope.extra.get(DEDUPE_ID) or envelope.message_id)
             dedupe_key = f"qm:dedupe:{envelope.subject}:{dedupe_id}"
-        # A timer that fails the caller's future: wait_for would add a waiter future and two
+        # A deadline that fails the caller's future: wait_for would add a waiter future and two
         # callbacks per publish. A future failed or cancelled here is skipped by the batcher.
         future = self._publisher.submit(_Add(envelope.subject, fields, dedupe_key))
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
-        try:
-            added = await future
-        finally:
-            timer.cancel()
+        self._deadlines.fail_after(future, timeout, _no_reply)
+        added = await future
         if not added:
             dedupe_hits.add(1, {"side": "publisher"})
 
@@ -145,6 +144,5 @@ class RedisStreamsTransport:
         await self._publisher.close()
 
 
-def _expire(future: asyncio.Future[bool]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no reply from Redis in time"))
+def _no_reply() -> TimeoutError:
+    return TimeoutError("no reply from Redis in time")
