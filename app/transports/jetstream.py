@@ -56,6 +56,9 @@ MSG_ID = "Nats-Msg-Id"
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
 PENDING_REFRESH = 5.0
+PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after a reconnect
+PULL_GRACE = 0.5
+MAX_BATCH = 256
 
 
 class JetStreamTransport:
@@ -102,7 +105,9 @@ class JetStreamTransport:
         await self._dlq.start()
         for subscription in self._subscriptions:
             stream = await self.ensure(subscription.subject)
-            consumer = _Consumer(self._js, stream, subscription, self._settings, self._dlq)
+            consumer = _Consumer(
+                self._nc, self._js, stream, subscription, self._settings, self._dlq
+            )
             await consumer.start()
             self._consumers.append(consumer)
 
@@ -143,21 +148,34 @@ class JetStreamTransport:
 
 
 class _Consumer:
-    """One durable pull consumer feeding a handler with bounded concurrency."""
+    """One durable pull consumer feeding a handler with bounded concurrency.
+
+    Pull requests ask for as many messages as there are free handler slots (at least a quarter
+    of them at a time); the messages arrive on this consumer's inbox and each starts its handler
+    at once. nats-py's `fetch` waits for every message in turn, which costs more than the rest
+    of a delivery.
+    """
 
     def __init__(
         self,
+        nc: NatsClient,
         js: JetStreamContext,
         stream: str,
         subscription: Subscription,
         settings: Settings,
         dlq: JetStreamDeadLetters,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._stream = stream
         self._sub = subscription
         self._settings = settings
         self._dlq = dlq
+        self._inbox = nc.new_inbox()
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{subscription.name}"
+        self._requested = 0  # messages asked for and not yet arrived
+        self._requests_end = 0.0  # by then every request has been answered or has expired
+        self._missing = False  # the server says the consumer is gone: create it again
         self._limit = settings.consumer_concurrency
         self._refill = max(1, self._limit // 4)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -194,7 +212,7 @@ class _Consumer:
 
     async def start(self) -> None:
         await self._js.add_consumer(self._stream, self.config())
-        self._psub = await self._js.pull_subscribe_bind(durable=self._sub.name, stream=self._stream)
+        self._inbox_sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
         self._loop_task = asyncio.create_task(self._run(), name=f"consume {self._sub.name}")
         self._pending_task = asyncio.create_task(self._track_pending())
         self._keepalive_task = asyncio.create_task(self._keep_alive(self._settings.ack_wait / 3))
@@ -216,29 +234,74 @@ class _Consumer:
 
     async def _run(self) -> None:
         while not self._stopping:
-            free = self._limit - len(self._inflight)
-            if free < self._refill:  # fetch in batches, not one message per freed slot
+            now = time.monotonic()
+            if self._requested and now > self._requests_end:
+                self._requested = 0  # expired; or lost with a connection or a server restart
+            if self._missing:
+                await self._recreate()
+                continue
+            free = self._free()
+            if free < self._refill:  # ask in batches, not one message per freed slot
                 self._slot.clear()
-                await self._slot.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot.wait(), PULL_EXPIRES)
                 continue
+            batch = min(free, MAX_BATCH)
+            request = {"batch": batch, "expires": int(PULL_EXPIRES * 1e9)}
             try:
-                msgs = await self._psub.fetch(batch=min(free, 256), timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
+                await self._nc.publish(self._next, json.dumps(request).encode(), self._inbox)
             except Exception as exc:
                 if self._stopping:
                     return
-                log.warning("fetch on %s failed: %s", self._sub.name, exc)
+                log.warning("pull request on %s failed: %s", self._sub.name, exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                task = asyncio.create_task(self._handle(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._done)
+            self._requested += batch
+            self._requests_end = now + PULL_EXPIRES + PULL_GRACE
+
+    def _free(self) -> int:
+        return self._limit - len(self._inflight) - self._requested
+
+    async def _on_message(self, msg: Msg) -> None:
+        if not msg.reply:
+            self._on_status(msg.headers or {})
+            return
+        self._requested = max(0, self._requested - 1)
+        if self._stopping:
+            await _settle(msg.nak())  # asked for before the stop: back to the other instances
+            return
+        task = asyncio.create_task(self._handle(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _on_status(self, headers: dict[str, str]) -> None:
+        """A request ended early: 408 (expired) and 409 (dropped) say how many of its messages
+        will not come; 503 (no responders) and 409 'Consumer Deleted' mean the consumer is gone."""
+        status = headers.get("Status", "")
+        left = headers.get("Nats-Pending-Messages", "")
+        if left.isdigit():
+            self._requested = max(0, self._requested - int(left))
+        gone = status == "503" or "deleted" in headers.get("Description", "").lower()
+        if gone and not self._stopping:
+            self._requested = 0
+            self._missing = True
+        elif status not in ("404", "408"):
+            log.info("pull on %s: %s %s", self._sub.name, status, headers.get("Description", ""))
+        self._slot.set()
+
+    async def _recreate(self) -> None:
+        await asyncio.sleep(0.5)
+        try:
+            await self._js.add_consumer(self._stream, self.config())
+        except Exception as exc:
+            log.warning("consumer %s is gone and cannot be created: %s", self._sub.name, exc)
+            return
+        log.warning("consumer %s was gone: created again", self._sub.name)
+        self._missing = False
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        if self._limit - len(self._inflight) >= self._refill:
+        if self._free() >= self._refill:
             self._slot.set()
 
     async def _handle(self, msg: Msg) -> None:
@@ -318,7 +381,6 @@ class _Consumer:
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
         if self._loop_task is not None:
-            # A fetch cut short may leave messages unhandled: they are redelivered after ack_wait.
             self._loop_task.cancel()
             await asyncio.wait({self._loop_task}, timeout=2)
         if self._inflight:
@@ -327,8 +389,9 @@ class _Consumer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2)
+        # Messages of a request still open after this are redelivered once ack_wait has passed.
         with contextlib.suppress(Exception):
-            await self._psub.unsubscribe()
+            await self._inbox_sub.unsubscribe()
 
 
 class _AckInbox:

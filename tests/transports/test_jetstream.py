@@ -274,3 +274,56 @@ async def test_qos1_broadcast_reaches_every_instance_and_competing_reaches_one(b
         )
     assert sorted(got["b1"]) == sorted(got["b2"]) == list(range(40))
     assert sorted(got["c1"] + got["c2"]) == list(range(40))
+
+
+# -- the pull consumer -----------------------------------------------------------------------
+
+
+def _collecting(got: list[int], running: list[int] | None = None, pause: float = 0.0):
+    def setup(bus: Bus) -> None:
+        async def on_ping(message: Ping) -> None:
+            if running is not None:
+                running.append(running[-1] + 1 if running else 1)
+            await asyncio.sleep(pause)
+            if running is not None:
+                running.append(running[-1] - 1)
+            got.append(message.n)
+
+        bus.subscribe(Ping, on_ping)
+
+    return setup
+
+
+async def test_consuming_resumes_after_the_broker_restarts(bus_settings, nats_server):
+    """Pull requests open at the restart are gone with it; the consumer asks again."""
+    got: list[int] = []
+    settings = bus_settings(publish_attempts=10, publish_deadline=15)
+    async with running_bus(settings, _collecting(got)) as running:
+        for n in range(20):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: len(set(got)) == 20)
+        await asyncio.to_thread(nats_server.restart)
+        for n in range(20, 40):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: set(got) == set(range(40)), timeout=15)
+
+
+async def test_a_deleted_consumer_is_created_again(bus_settings, nats_server):
+    got: list[int] = []
+    async with running_bus(bus_settings(), _collecting(got)) as running:
+        await running.bus.publish(Ping(n=0))
+        await eventually(lambda: got == [0])
+        await running.brokers.js.delete_consumer("SVC_PING", "svc__ping")
+        for n in range(1, 11):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: set(got) == set(range(11)), timeout=15)
+
+
+async def test_handlers_in_parallel_never_exceed_the_concurrency_limit(bus_settings):
+    got: list[int] = []
+    running_counts: list[int] = []
+    settings = bus_settings(consumer_concurrency=8)
+    async with running_bus(settings, _collecting(got, running_counts, pause=0.02)) as running:
+        await asyncio.gather(*(running.bus.publish(Ping(n=n)) for n in range(200)))
+        await eventually(lambda: len(set(got)) == 200, timeout=30)
+    assert max(running_counts) == 8
