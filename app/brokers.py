@@ -42,6 +42,8 @@ class Brokers:
     nc: NatsClient
     js: JetStreamContext
     redis: aioredis.Redis | None = None
+    # Same server, reads without a per-reply timer: for pipelines bounded by one batch deadline.
+    redis_batches: aioredis.Redis | None = None
     _reconnect_listeners: list[ReconnectListener] = field(default_factory=list)
 
     def on_reconnect(self, listener: ReconnectListener) -> None:
@@ -205,6 +207,20 @@ async def connect_redis(url: str) -> aioredis.Redis:
     return client
 
 
+def batch_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A second pool on the same server whose reads have no timeout of their own.
+
+    With `socket_timeout` set, redis-py arms and cancels a timer for every reply it reads: a
+    third of the cost of a pipelined XADD. Pipelines sent through this client are bounded by one
+    deadline around the whole batch instead (a read cut short drops its connection)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+    batches = aioredis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=16, **kwargs
+    )
+    return aioredis.Redis.from_pool(batches)
+
+
 @asynccontextmanager
 async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIterator[Brokers]:
     """Start embedded servers where no URL is given, connect, and close everything on exit.
@@ -240,6 +256,8 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
                 log.info("using external Redis")
             brokers.redis = await connect_redis(redis_url)
             stack.push_async_callback(brokers.redis.aclose)
+            brokers.redis_batches = batch_client(brokers.redis)
+            stack.push_async_callback(brokers.redis_batches.aclose)
         yield brokers
 
 

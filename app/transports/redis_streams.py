@@ -60,8 +60,11 @@ class _Add:
 class RedisStreamsTransport:
     name = "redis"
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, batches: aioredis.Redis | None = None
+    ) -> None:
         self._redis = redis
+        self._batches = batches or redis  # publish pipelines: see brokers.batch_client
         self._settings = settings
         self._budget = RetryBudget.from_settings(settings)
         self._dlq = RedisDeadLetters(redis, settings, self.publish)
@@ -120,7 +123,10 @@ class RedisStreamsTransport:
     async def _flush(self, batch: list[_Add]) -> list[bool | BaseException]:
         window_ms = int(self._settings.duplicate_window * 1000)
         maxlen = self._settings.redis_maxlen
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with (
+            asyncio.timeout(self._budget.attempt_timeout),
+            self._batches.pipeline(transaction=False) as pipe,
+        ):
             for add in batch:
                 if add.dedupe_key is None:
                     pipe.xadd(add.key, add.fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]

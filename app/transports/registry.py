@@ -46,7 +46,9 @@ async def build_transports(settings: Settings, brokers: Brokers) -> Transports:
         elif name == "redis":
             if brokers.redis is None:
                 raise ConfigurationError("transport 'redis' needs a Redis connection")
-            built.by_name[name] = RedisStreamsTransport(brokers.redis, settings)
+            built.by_name[name] = RedisStreamsTransport(
+                brokers.redis, settings, batches=brokers.redis_batches
+            )
             built.idempotency[name] = RedisIdempotencyStore(brokers.redis, settings)
         else:
             raise ConfigurationError(f"transport {name!r} is not available yet")

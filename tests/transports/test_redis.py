@@ -1,8 +1,11 @@
 """QoS 1 and 2 on Redis Streams on a real Valkey server (AOF, fsync always), faults injected."""
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -420,10 +423,11 @@ async def test_concurrent_publishes_share_a_few_pipelined_connections(redis_sett
     settings = redis_settings(publish_attempt_timeout=2, publish_deadline=10)
     async with running_bus(settings) as running:
         await asyncio.gather(*(running.bus.publish(Ping(n=n)) for n in range(3000)))
-        client = running.brokers.redis
+        client, batches = running.brokers.redis, running.brokers.redis_batches
         assert client is not None
-        pool = client.connection_pool
-        sockets = len(pool._available_connections) + len(pool._in_use_connections)
+        assert batches is not None
+        pools = (client.connection_pool, batches.connection_pool)
+        sockets = sum(len(p._available_connections) + len(p._in_use_connections) for p in pools)
         entries: Any = await client.xrange("svc.ping")
     # An attempt that times out while its pipeline still lands is sent again (QoS 1 allows it).
     assert {Ping.model_validate_json(fields[b"$body"]).n for _, fields in entries} == set(
@@ -431,6 +435,27 @@ async def test_concurrent_publishes_share_a_few_pipelined_connections(redis_sett
     )
     assert sockets <= 8
     assert metrics.value("messaging.client.sent.messages", outcome="ok") - before == 3000
+
+
+async def test_a_frozen_redis_fails_publishes_within_the_budget_then_recovers(
+    redis_settings, redis_server
+):
+    """Pipelines have no timeout per reply: the batch deadline alone must bound a hung read."""
+    settings = redis_settings(publish_attempts=2, publish_attempt_timeout=0.5, publish_deadline=2)
+    async with running_bus(settings) as running:
+        await running.bus.publish(Ping(n=0))  # the pipeline connection exists
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(PublishError):
+                await running.bus.publish(Ping(n=1))
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        await running.bus.publish(Ping(n=2))
+        entries: Any = await running.brokers.redis.xrange("svc.ping")  # type: ignore[union-attr]
+    assert elapsed < 2 + 0.5
+    assert {Ping.model_validate_json(f[b"$body"]).n for _, f in entries} >= {0, 2}
 
 
 def test_xautoclaim_replies_of_redis_6_and_7_read_the_same():
