@@ -119,9 +119,16 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else 0.0
 
 
-async def median_rate(runs: int, once: Callable[[], Awaitable[float]]) -> float:
-    """The median of `runs` results of `once` (each a rate)."""
-    return statistics.median([await once() for _ in range(runs)])
+async def paired_rates(
+    runs: int, ours: Callable[[], Awaitable[float]], raw: Callable[[], Awaitable[float]]
+) -> tuple[float, float]:
+    """The medians of `runs` results of each (rates), run in turns so that a shared machine
+    slowing down for a while slows both sides alike."""
+    results: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        results[0].append(await ours())
+        results[1].append(await raw())
+    return statistics.median(results[0]), statistics.median(results[1])
 
 
 class Clock:

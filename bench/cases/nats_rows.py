@@ -23,7 +23,7 @@ from bench.cases.common import (
     Env,
     NoticeBlob,
     drive,
-    median_rate,
+    paired_rates,
     rate,
     running_bus,
     settings,
@@ -76,8 +76,7 @@ async def qos0(env: Env, nc: NatsClient) -> Row:
     return Row(
         "QoS 0 publish (core)",
         "msg/s",
-        await median_rate(env.runs, router),
-        await median_rate(env.runs, raw),
+        *await paired_rates(env.runs, router, raw),
         target=0.5,
         note=f"{env.messages} msgs + flush",
     )
@@ -124,8 +123,9 @@ async def qos1_awaited(env: Env, nc: NatsClient) -> Row:
     return Row(
         "QoS 1 publish, awaited one by one",
         "msg/s",
-        await median_rate(env.runs, lambda: _router_publish(env, n, None)),
-        await median_rate(env.runs, lambda: _raw_publish(env, nc, n, None)),
+        *await paired_rates(
+            env.runs, lambda: _router_publish(env, n, None), lambda: _raw_publish(env, nc, n, None)
+        ),
         note=f"{n} msgs; router vs js.publish",
     )
 
@@ -135,8 +135,9 @@ async def qos1_inflight(env: Env, nc: NatsClient) -> Row:
     return Row(
         f"QoS 1 publish, {w} in flight",
         "msg/s",
-        await median_rate(env.runs, lambda: _router_publish(env, n, w)),
-        await median_rate(env.runs, lambda: _raw_publish(env, nc, n, w)),
+        *await paired_rates(
+            env.runs, lambda: _router_publish(env, n, w), lambda: _raw_publish(env, nc, n, w)
+        ),
         target=0.8,
         note=f"{n} msgs; router vs js.publish_async",
     )
@@ -201,8 +202,9 @@ async def qos1_e2e(env: Env, nc: NatsClient) -> Row:
     return Row(
         "QoS 1 end to end (publish, consume, ack)",
         "msg/s",
-        await median_rate(env.runs, lambda: _router_e2e(env, Blob, n)),
-        await median_rate(env.runs, lambda: _raw_e2e(env, nc, n)),
+        *await paired_rates(
+            env.runs, lambda: _router_e2e(env, Blob, n), lambda: _raw_e2e(env, nc, n)
+        ),
         target=0.7,
         note=f"{n} msgs; handler vs pull fetch(256) + ack",
     )
@@ -213,8 +215,9 @@ async def qos2_e2e(env: Env) -> Row:
     return Row(
         "QoS 2 end to end vs QoS 1 end to end",
         "msg/s",
-        await median_rate(env.runs, lambda: _router_e2e(env, ChargeBlob, n)),
-        await median_rate(env.runs, lambda: _router_e2e(env, Blob, n)),
+        *await paired_rates(
+            env.runs, lambda: _router_e2e(env, ChargeBlob, n), lambda: _router_e2e(env, Blob, n)
+        ),
         note=f"{n} msgs; raw column = router QoS 1; QoS 2 adds a KV claim + done mark",
     )
 

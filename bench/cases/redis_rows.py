@@ -15,7 +15,7 @@ from bench.cases.common import (
     Counter,
     Env,
     drive,
-    median_rate,
+    paired_rates,
     rate,
     running_bus,
     settings,
@@ -106,16 +106,18 @@ async def rows(env: Env, pick: Callable[[str], bool]) -> list[Row]:
             Row(
                 "Redis publish, pipelined",
                 "msg/s",
-                await median_rate(env.runs, lambda: _router_publish(env)),
-                await median_rate(env.runs, lambda: _raw_publish(env, client)),
+                *await paired_rates(
+                    env.runs, lambda: _router_publish(env), lambda: _raw_publish(env, client)
+                ),
                 target=0.8,
                 note=f"{env.messages} msgs; {env.window} in flight vs XADD pipeline x{BATCH}",
             ),
             Row(
                 "Redis consume + ack",
                 "msg/s",
-                await median_rate(env.runs, lambda: _router_consume(env)),
-                await median_rate(env.runs, lambda: _raw_consume(env, client)),
+                *await paired_rates(
+                    env.runs, lambda: _router_consume(env), lambda: _raw_consume(env, client)
+                ),
                 target=0.8,
                 note=f"{env.messages} msgs; handler vs XREADGROUP count={BATCH} + XACK",
             ),
