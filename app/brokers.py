@@ -23,6 +23,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from app.embedded import NatsServer, StoreLock, ValkeyServer
 from app.errors import BrokerUnavailableError
@@ -187,6 +189,23 @@ def _is_refusal(exc: Exception) -> bool:
     return isinstance(exc, ssl.SSLError) or "authorization" in text or "authentication" in text
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis, in C. redis-py's asyncio connections pack them in Python,
+    about 1 µs per argument: 16 µs for the XADD of a message, more than the rest of its
+    publish; its synchronous connections already use this serializer."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._serializer.pack(*args)  # type: ignore[no-any-return]
+
+
+def _pack_with_hiredis(pool: aioredis.ConnectionPool) -> None:
+    base = pool.connection_class
+    if HIREDIS_AVAILABLE and not issubclass(base, _HiredisPacking):
+        pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+
+
 async def connect_redis(url: str) -> aioredis.Redis:
     client = aioredis.from_url(
         url,
@@ -196,6 +215,7 @@ async def connect_redis(url: str) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         max_connections=256,
     )
+    _pack_with_hiredis(client.connection_pool)
     try:
         await asyncio.wait_for(client.ping(), timeout=5)
     except Exception as exc:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from app.brokers import _pack_with_hiredis
 from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.errors import PublishError
@@ -466,3 +467,21 @@ def test_xautoclaim_replies_of_redis_6_and_7_read_the_same():
         assert cursor == b"0-0"
         assert live == [(b"1-0", {b"a": b"1"})]
         assert deleted == [b"2-0"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("XADD", "svc.ping", "MAXLEN", "~", 100_000, "*", "qm-id", "01JD7Q6W", "$body", b'{"n":1}'),
+        ("CONFIG GET", "maxmemory"),
+        ("SET", "k\u00e9y", "v\u00e4lue", "PX", 1.5),
+        ("XACK", b"svc.ping", "svc", b"1-0", b"2-0"),
+    ],
+)
+def test_commands_packed_by_hiredis_are_the_bytes_redis_py_would_send(args):
+    client = aioredis.from_url("redis://127.0.0.1:1")
+    plain = client.connection_pool.connection_class()
+    _pack_with_hiredis(client.connection_pool)
+    packed = client.connection_pool.connection_class()
+    assert type(packed).__name__ == "HiredisConnection"
+    assert b"".join(packed.pack_command(*args)) == b"".join(plain.pack_command(*args))
