@@ -125,14 +125,11 @@ class Envelope:
 
 def encode(message: Message, qos: QoS, subject: str) -> Envelope:
     """The envelope of `message`. Headers that would only say the default are left out (every
-    header costs on both ends): `qm-schema` when 1, `qm-attempt` on a first attempt,
-    `qm-correlation-id` when it is the message id."""
-    headers = {
-        H_VERSION: ENVELOPE_VERSION,
-        H_ID: message.message_id,
-        H_TYPE: message.type_name(),
-        H_QOS: _QOS_TEXT[qos],
-    }
+    header costs on both ends): `qm-qos` when 1, `qm-schema` when 1, `qm-attempt` on a first
+    attempt, `qm-correlation-id` when it is the message id."""
+    headers = {H_VERSION: ENVELOPE_VERSION, H_ID: message.message_id, H_TYPE: message.type_name()}
+    if qos != QoS.AT_LEAST_ONCE:
+        headers[H_QOS] = _QOS_TEXT[qos]
     if message.schema_version != 1:
         headers[H_SCHEMA] = str(message.schema_version)
     if message.correlation_id != message.message_id:

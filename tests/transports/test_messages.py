@@ -61,7 +61,8 @@ def test_envelope_round_trip_keeps_ids_and_correlation():
 
 def test_envelope_leaves_out_headers_that_only_say_the_default():
     plain = encode(Ping(n=1), QoS.AT_LEAST_ONCE, "svc.ping")
-    assert set(plain.headers) == {"qm-version", "qm-id", "qm-type", "qm-qos"}
+    assert set(plain.headers) == {"qm-version", "qm-id", "qm-type"}
+    assert encode(Ping(n=1), QoS.AT_MOST_ONCE, "svc.ping").headers["qm-qos"] == "0"
     linked = Ping(n=2, correlation_id="req-1")
     assert encode(linked, QoS.AT_LEAST_ONCE, "svc.ping").headers["qm-correlation-id"] == "req-1"
 
