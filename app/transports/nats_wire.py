@@ -38,15 +38,18 @@ def _valid(value: str, known: set[str], is_valid: bool) -> bool:
 
 def header_block(headers: Mapping[str, str]) -> bytes | None:
     """`headers` as a NATS header block, or None when nats-py must handle them."""
-    for name in headers:
-        if name not in _checked_names and not _valid(
-            name, _checked_names, _TOKEN.fullmatch(name) is not None
-        ):
-            return None
+    if not _checked_names.issuperset(headers) and not all(map(_name_ok, headers)):
+        return None
     if _LINE_BREAK.search("".join(headers.values())):
         return None
-    lines = "".join([f"{name}: {value.strip()}\r\n" for name, value in headers.items()])
-    return f"NATS/1.0\r\n{lines}\r\n".encode()
+    if not headers:
+        return b"NATS/1.0\r\n\r\n"
+    lines = "\r\n".join(map(": ".join, headers.items()))
+    return f"NATS/1.0\r\n{lines}\r\n\r\n".encode()
+
+
+def _name_ok(name: str) -> bool:
+    return name in _checked_names or _valid(name, _checked_names, bool(_TOKEN.fullmatch(name)))
 
 
 async def publish(
