@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from app.errors import ConfigurationError
+from app.errors import ConfigurationError, PublishError
 from app.idempotency import IdempotencyStore
 from app.messages import (
     DecodeError,
@@ -27,7 +27,14 @@ from app.messages import (
 from app.settings import Settings
 from app.telemetry import dedupe_hits, record_zeros
 from app.tracing import process_span
-from app.transports.base import DeadLetterStore, Delivery, Subscription, Transport
+from app.transports.base import (
+    BatchPublisher,
+    DeadLetterStore,
+    Delivery,
+    Subscription,
+    Transport,
+)
+from app.transports.retry import publish_concurrently
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +88,40 @@ class Bus:
     def subject(self, message_type: type[Message]) -> str:
         return message_type.subject_for(self._settings.service_name)
 
-    async def publish(self, message: Message) -> None:
-        """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed."""
-        message_type = type(message)
+    def _route_of(self, message_type: type[Message]) -> tuple[QoS, Transport, str]:
         known = self._routes.get(message_type)
         if known is None:
             qos, transport = self.route(message_type)
             known = self._routes[message_type] = (qos, transport, self.subject(message_type))
-        qos, transport, subject = known
+        return known
+
+    async def publish(self, message: Message) -> None:
+        """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed."""
+        qos, transport, subject = self._route_of(type(message))
         await transport.publish(encode(message, qos, subject), qos)
+
+    async def publish_many(self, messages: Iterable[Message], *, window: int = 256) -> None:
+        """Publish every message as its QoS demands, up to `window` of them awaiting their
+        broker ack at once; return when all are as safe as `publish` would have made them.
+
+        What `asyncio.gather` of `publish` calls under a semaphore does, for a fraction of the
+        cost on JetStream. Every message is tried; PublishError is raised afterwards when any
+        QoS 1+ message was not confirmed (the others were)."""
+        batches: dict[tuple[QoS, Transport], list[Envelope]] = {}
+        for message in messages:
+            qos, transport, subject = self._route_of(type(message))
+            batches.setdefault((qos, transport), []).append(encode(message, qos, subject))
+        errors: list[PublishError] = []
+        for (qos, transport), envelopes in batches.items():
+            try:
+                if isinstance(transport, BatchPublisher):
+                    await transport.publish_many(envelopes, qos, window)
+                else:
+                    await publish_concurrently(transport.publish, envelopes, qos, window)
+            except PublishError as exc:
+                errors.append(exc)
+        if errors:
+            raise PublishError("; ".join(map(str, errors))) from errors[0]
 
     def handler(
         self, message_type: type[M], *, broadcast: bool = False

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -71,6 +71,15 @@ class Transport(Protocol):
 
     async def stop(self, timeout: float) -> None:
         """Stop taking new messages, let in-flight handlers finish within `timeout`."""
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """A transport with a cheaper way to publish many messages than one `publish` each."""
+
+    async def publish_many(self, envelopes: Sequence[Envelope], qos: QoS, window: int) -> None:
+        """Publish every envelope, at most `window` awaiting confirmation at once; raises
+        PublishError when any is not confirmed (the others are)."""
 
 
 class DeadLetter(BaseModel):

@@ -14,7 +14,8 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import nats.errors
@@ -40,14 +41,16 @@ from app.telemetry import (
     dedupe_hits,
     process_duration,
     redeliveries,
+    sent_series,
     watch_pending,
 )
+from app.tracing import sending_traced
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.deadlines import Deadlines
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
-from app.transports.retry import RetryBudget, publish_reliably
+from app.transports.retry import RetryBudget, publish_concurrently, publish_reliably
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +127,64 @@ class JetStreamTransport:
             SYSTEM,
         )
 
-    async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
-        task = self._streams.get(envelope.subject)
+    async def publish_many(self, envelopes: Sequence[Envelope], qos: QoS, window: int) -> None:
+        """First attempts go out back to back, up to `window` PubAcks awaited at once, with no
+        coroutine per message (what `js.publish_async` does); a message not confirmed by its
+        first attempt then takes `publish`, with its retries and backoff."""
+        if sending_traced():  # a span per message: the one-by-one path opens them
+            await publish_concurrently(self.publish, envelopes, qos, window)
+            return
+        for subject in {envelope.subject for envelope in envelopes}:
+            await self._stream_ready(subject)
+        timeout = self._budget.attempt_timeout
+        inflight: deque[tuple[Envelope, str, asyncio.Future[Msg]]] = deque()
+        again: list[Envelope] = []
+        for envelope in envelopes:
+            if len(inflight) >= window:
+                await self._confirm(*inflight.popleft(), qos, again)
+            headers = {MSG_ID: envelope.message_id, **envelope.headers}
+            try:
+                token, future = await self._acks.send(
+                    envelope.subject, envelope.body, headers, timeout
+                )
+            except RETRYABLE:
+                again.append(envelope)
+                continue
+            inflight.append((envelope, token, future))
+        while inflight:
+            await self._confirm(*inflight.popleft(), qos, again)
+        if again:
+            await publish_concurrently(self.publish, again, qos, window)
+
+    async def _confirm(
+        self,
+        envelope: Envelope,
+        token: str,
+        future: asyncio.Future[Msg],
+        qos: QoS,
+        again: list[Envelope],
+    ) -> None:
+        try:
+            ack = pub_ack(await future)
+        except RETRYABLE:
+            again.append(envelope)
+            return
+        finally:
+            self._acks.forget(token)
+        if "error" in ack:
+            again.append(envelope)
+            return
+        if ack.get("duplicate"):
+            dedupe_hits.add(1, {"side": "publisher"})
+        sent_series(SYSTEM, envelope.subject, qos, "ok").add()
+
+    async def _stream_ready(self, subject: str) -> None:
+        task = self._streams.get(subject)
         if task is None or not task.done() or task.exception() is not None:
-            await self.ensure(envelope.subject)
+            await self.ensure(subject)
+
+    async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
+        await self._stream_ready(envelope.subject)
         headers = {MSG_ID: envelope.message_id, **envelope.headers}
         if attempt > 1:
             headers[H_ATTEMPT] = str(attempt)
@@ -414,6 +471,17 @@ class _AckInbox:
         self, subject: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> dict[str, Any]:
         """The PubAck of one publish: `{}` for a plain success, else the parsed reply."""
+        token, future = await self.send(subject, body, headers, timeout)
+        try:
+            return pub_ack(await future)
+        finally:
+            self.forget(token)
+
+    async def send(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[str, asyncio.Future[Msg]]:
+        """Publish; the future gets the PubAck, or TimeoutError after `timeout`. The caller
+        calls `forget(token)` once the future is done."""
         if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
             self._ready = asyncio.ensure_future(self._listen())
         if not self._ready.done():
@@ -424,15 +492,13 @@ class _AckInbox:
         self._deadlines.fail_after(future, timeout, _no_ack)
         try:
             await nats_wire.publish(self._nc, subject, body, headers, reply=self._prefix + token)
-            reply = await future
-        finally:
+        except BaseException:
             del self._waiting[token]
-        if reply.headers and reply.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        if b'"error"' not in reply.data and b'"duplicate"' not in reply.data:
-            return {}  # {"stream":..., "seq":...}: nothing in it the caller reads
-        result: dict[str, Any] = json.loads(reply.data)
-        return result
+            raise
+        return token, future
+
+    def forget(self, token: str) -> None:
+        self._waiting.pop(token, None)
 
     async def _listen(self) -> None:
         prefix = f"{self._nc.new_inbox()}."
@@ -443,6 +509,17 @@ class _AckInbox:
         future = self._waiting.get(msg.subject[len(self._prefix) :])
         if future is not None and not future.done():
             future.set_result(msg)
+
+
+def pub_ack(reply: Msg) -> dict[str, Any]:
+    """A PubAck: `{}` for a plain success, else the parsed reply (with `error` or `duplicate`);
+    raises NoRespondersError when no stream took the subject."""
+    if reply.headers and reply.headers.get("Status") == "503":
+        raise nats.errors.NoRespondersError
+    if b'"error"' not in reply.data and b'"duplicate"' not in reply.data:
+        return {}  # {"stream":..., "seq":...}: nothing in it the caller reads
+    result: dict[str, Any] = json.loads(reply.data)
+    return result
 
 
 def _no_ack() -> TimeoutError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from app.errors import PublishError
@@ -85,3 +85,28 @@ async def publish_reliably(
         sent_series(system, envelope.subject, qos, "error").add()
         raise
     sent_series(system, envelope.subject, qos, "ok").add()
+
+
+async def publish_concurrently(
+    publish: Callable[[Envelope, QoS], Awaitable[None]],
+    envelopes: Sequence[Envelope],
+    qos: QoS,
+    window: int,
+) -> None:
+    """`publish` every envelope, at most `window` at once; every one is tried, then the first
+    PublishError (if any) is raised, saying how many were not confirmed."""
+    source = iter(envelopes)
+    errors: list[PublishError] = []
+
+    async def worker() -> None:
+        for envelope in source:
+            try:
+                await publish(envelope, qos)
+            except PublishError as exc:
+                errors.append(exc)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(window, len(envelopes))))))
+    if errors:
+        raise PublishError(
+            f"{len(errors)} of {len(envelopes)} messages not confirmed; first: {errors[0]}"
+        ) from errors[0]

@@ -6,11 +6,11 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from app.brokers import Brokers, open_brokers
 from app.bus import Bus
@@ -18,7 +18,6 @@ from app.messages import Event, Message, QoS
 from app.settings import Settings
 from app.transports.registry import build_transports
 
-T = TypeVar("T")
 _names = itertools.count()
 
 
@@ -85,17 +84,6 @@ async def running_bus(
             yield bus, brokers
         finally:
             await bus.stop(5)
-
-
-async def drive(items: Iterable[T], call: Callable[[T], Awaitable[object]], window: int) -> None:
-    """Call `call` on every item with at most `window` calls in flight."""
-    source = iter(items)
-
-    async def worker() -> None:
-        for item in source:
-            await call(item)
-
-    await asyncio.gather(*(worker() for _ in range(window)))
 
 
 class Counter:

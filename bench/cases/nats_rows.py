@@ -22,7 +22,6 @@ from bench.cases.common import (
     Counter,
     Env,
     NoticeBlob,
-    drive,
     paired_rates,
     rate,
     running_bus,
@@ -94,7 +93,7 @@ async def _router_publish(env: Env, count: int, window: int | None) -> float:
                 for msg in msgs:
                     await bus.publish(msg)
             else:
-                await drive(msgs, bus.publish, window)
+                await bus.publish_many(msgs, window=window)
         await _drop_streams(brokers.js)
     return rate(count, clock.seconds)
 
@@ -139,7 +138,7 @@ async def qos1_inflight(env: Env, nc: NatsClient) -> Row:
             env.runs, lambda: _router_publish(env, n, w), lambda: _raw_publish(env, nc, n, w)
         ),
         target=0.8,
-        note=f"{n} msgs; router vs js.publish_async",
+        note=f"{n} msgs; publish_many vs js.publish_async",
     )
 
 
@@ -158,7 +157,7 @@ async def _router_e2e(env: Env, kind: type[Message], count: int) -> float:
     async with running_bus(settings(env, unique("e2e")), setup) as (bus, brokers):
         msgs = [kind(data="x" * env.size) for _ in range(count)]  # type: ignore[call-arg]
         with Clock() as clock:
-            await drive(msgs, bus.publish, env.window)
+            await bus.publish_many(msgs, window=env.window)
             await counter.wait()
         await _drop_streams(brokers.js)
     return rate(count, clock.seconds)

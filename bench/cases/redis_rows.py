@@ -14,7 +14,6 @@ from bench.cases.common import (
     Clock,
     Counter,
     Env,
-    drive,
     paired_rates,
     rate,
     running_bus,
@@ -36,7 +35,7 @@ async def _router_publish(env: Env) -> float:
     async with running_bus(_settings(env, unique("rp"))) as (bus, _):
         msgs = [Blob(data="x" * env.size) for _ in range(env.messages)]
         with Clock() as clock:
-            await drive(msgs, bus.publish, env.window)
+            await bus.publish_many(msgs, window=env.window)
     return rate(env.messages, clock.seconds)
 
 
@@ -62,7 +61,7 @@ async def _router_consume(env: Env) -> float:
     counter = Counter(env.messages)
     # Fill the stream through the router first (untimed), then time the consumer alone.
     async with running_bus(_settings(env, service)) as (bus, _):
-        await drive([Blob(data="x" * env.size) for _ in range(env.messages)], bus.publish, 256)
+        await bus.publish_many([Blob(data="x" * env.size) for _ in range(env.messages)])
 
     async def handle(_: Message) -> None:
         counter.hit()

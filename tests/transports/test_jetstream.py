@@ -327,3 +327,65 @@ async def test_handlers_in_parallel_never_exceed_the_concurrency_limit(bus_setti
         await asyncio.gather(*(running.bus.publish(Ping(n=n)) for n in range(200)))
         await eventually(lambda: len(set(got)) == 200, timeout=30)
     assert max(running_counts) == 8
+
+
+# -- many at once ----------------------------------------------------------------------------
+
+
+async def _stored(js, stream: str) -> list[int]:
+    info = await js.stream_info(stream)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        found.append(Ping.model_validate_json(msg.data or b"").n)
+    return found
+
+
+async def test_publish_many_stores_every_message_once(bus_settings, metrics):
+    before = metrics.value("messaging.client.sent.messages", outcome="ok", qos=1)
+    async with running_bus(bus_settings()) as running:
+        await running.bus.publish_many([Ping(n=n) for n in range(2000)], window=64)
+        stored = await _stored(running.brokers.js, "SVC_PING")
+    assert sorted(stored) == list(range(2000))
+    assert metrics.value("messaging.client.sent.messages", outcome="ok", qos=1) - before == 2000
+
+
+@pytest.mark.slow
+async def test_publish_many_across_a_broker_restart_confirms_every_message(
+    bus_settings, nats_server, metrics
+):
+    """First attempts lost with the server are sent again, under the same Nats-Msg-Id."""
+    settings = bus_settings(publish_attempts=10, publish_deadline=15)
+    retries = metrics.value("qosmesh.publish.retries", **{"messaging.system": "nats"})
+    async with running_bus(settings) as running:
+        await running.bus.publish(Ping(n=-1))  # the stream exists before the restart
+
+        async def restart_soon() -> None:
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(nats_server.restart)
+
+        restart = asyncio.create_task(restart_soon())
+        for batch in range(10):
+            await running.bus.publish_many([Ping(n=batch * 100 + i) for i in range(100)])
+            await asyncio.sleep(0.02)
+        await restart
+        stored = await _stored(running.brokers.js, "SVC_PING")
+    assert set(range(1000)) <= set(stored)
+    assert len(stored) == len(set(stored))  # retries of a stored message were dropped as dups
+    retried = metrics.value("qosmesh.publish.retries", **{"messaging.system": "nats"}) - retries
+    print(f"\n{retried} retries")
+    assert retried > 0, "the restart missed the publishes"
+
+
+async def test_publish_many_with_nothing_to_confirm_gives_up_with_publish_error(
+    bus_settings, nats_server
+):
+    settings = bus_settings(publish_attempts=2, publish_attempt_timeout=0.3, publish_deadline=1)
+    async with running_bus(settings) as running:
+        await running.bus.publish(Ping(n=0))
+        nats_server.kill()
+        try:
+            with pytest.raises(PublishError, match="of 20 messages not confirmed"):
+                await running.bus.publish_many([Ping(n=n) for n in range(20)])
+        finally:
+            nats_server.start()
