@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +28,14 @@ import redis.exceptions
 
 from app.messages import H_ATTEMPT, Envelope, QoS
 from app.settings import Settings
-from app.telemetry import dedupe_hits
+from app.telemetry import dedupe_hits, sent_series
+from app.tracing import sending_traced
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
 from app.transports.deadlines import Deadlines
 from app.transports.redis_consumer import RedisConsumer
 from app.transports.redis_dlq import BODY, DEDUPE_ID, RedisDeadLetters
-from app.transports.retry import RetryBudget, publish_reliably
+from app.transports.retry import RetryBudget, publish_concurrently, publish_reliably
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +106,35 @@ class RedisStreamsTransport:
             SYSTEM,
         )
 
+    async def publish_many(self, envelopes: Sequence[Envelope], qos: QoS, window: int) -> None:
+        """First attempts go out as pipelines of `window` entries, one at a time, with no
+        coroutine or future per message; a message not confirmed by its first attempt then
+        takes `publish`, with its retries and backoff."""
+        if sending_traced():  # a span per message: the one-by-one path opens them
+            await publish_concurrently(self.publish, envelopes, qos, window)
+            return
+        again: list[Envelope] = []
+        for start in range(0, len(envelopes), window):
+            chunk = envelopes[start : start + window]
+            try:
+                results = await self._flush([_add(envelope, qos, 1) for envelope in chunk])
+            except RETRYABLE:
+                again.extend(chunk)
+                continue
+            for envelope, added in zip(chunk, results, strict=True):
+                if isinstance(added, BaseException):
+                    again.append(envelope)
+                    continue
+                if not added:
+                    dedupe_hits.add(1, {"side": "publisher"})
+                sent_series(SYSTEM, envelope.subject, qos, "ok").add()
+        if again:
+            await publish_concurrently(self.publish, again, qos, window)
+
     async def _send(self, envelope: Envelope, qos: QoS, attempt: int, timeout: float) -> None:
-        fields: dict[str, str | bytes] = {**envelope.headers, BODY: envelope.body}
-        if attempt > 1:
-            fields[H_ATTEMPT] = str(attempt)
-        dedupe_key = None
-        if qos == QoS.EXACTLY_ONCE:
-            dedupe_id = str(envelope.extra.get(DEDUPE_ID) or envelope.message_id)
-            dedupe_key = f"qm:dedupe:{envelope.subject}:{dedupe_id}"
         # A deadline that fails the caller's future: wait_for would add a waiter future and two
         # callbacks per publish. A future failed or cancelled here is skipped by the batcher.
-        future = self._publisher.submit(_Add(envelope.subject, fields, dedupe_key))
+        future = self._publisher.submit(_add(envelope, qos, attempt))
         self._deadlines.fail_after(future, timeout, _no_reply)
         added = await future
         if not added:
@@ -148,6 +168,18 @@ class RedisStreamsTransport:
         await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
         self._consumers.clear()
         await self._publisher.close()
+
+
+def _add(envelope: Envelope, qos: QoS, attempt: int) -> _Add:
+    """The XADD of one publish attempt; QoS 2 adds it under a dedupe key."""
+    fields: dict[str, str | bytes] = {**envelope.headers, BODY: envelope.body}
+    if attempt > 1:
+        fields[H_ATTEMPT] = str(attempt)
+    dedupe_key = None
+    if qos == QoS.EXACTLY_ONCE:
+        dedupe_id = str(envelope.extra.get(DEDUPE_ID) or envelope.message_id)
+        dedupe_key = f"qm:dedupe:{envelope.subject}:{dedupe_id}"
+    return _Add(envelope.subject, fields, dedupe_key)
 
 
 def _no_reply() -> TimeoutError:

@@ -459,6 +459,37 @@ async def test_a_frozen_redis_fails_publishes_within_the_budget_then_recovers(
     assert {Ping.model_validate_json(f[b"$body"]).n for _, f in entries} >= {0, 2}
 
 
+async def test_publish_many_stores_each_message_and_qos2_ones_once(redis_settings, metrics):
+    before = metrics.value("messaging.client.sent.messages", outcome="ok", qos=2)
+    async with running_bus(redis_settings()) as running:
+        await running.bus.publish_many([Ping(n=n) for n in range(1000)], window=100)
+        charges = [Charge(n=n) for n in range(300)]
+        await running.bus.publish_many(charges, window=100)
+        await running.bus.publish_many(charges, window=100)  # a publisher retrying them all
+        redis = running.brokers.redis
+        assert redis is not None
+        pings: Any = await redis.xrange("svc.ping")
+        stored: Any = await redis.xrange("svc.charge")
+    assert sorted(Ping.model_validate_json(f[b"$body"]).n for _, f in pings) == list(range(1000))
+    assert sorted(Charge.model_validate_json(f[b"$body"]).n for _, f in stored) == list(range(300))
+    assert metrics.value("messaging.client.sent.messages", outcome="ok", qos=2) - before == 600
+
+
+async def test_publish_many_to_a_frozen_redis_gives_up_with_publish_error(
+    redis_settings, redis_server
+):
+    settings = redis_settings(publish_attempts=2, publish_attempt_timeout=0.3, publish_deadline=1)
+    async with running_bus(settings) as running:
+        await running.bus.publish(Ping(n=0))
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(PublishError, match="10 of 10 messages not confirmed"):
+                await running.bus.publish_many([Ping(n=n) for n in range(1, 11)])
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        await running.bus.publish_many([Ping(n=n) for n in range(11, 21)])
+
+
 def test_xautoclaim_replies_of_redis_6_and_7_read_the_same():
     seven = [b"0-0", [(b"1-0", {b"a": b"1"})], [b"2-0"]]
     six = [b"0-0", [(b"1-0", {b"a": b"1"}), (b"2-0", {}), (None, None)]]
