@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.settings import Settings
+from app.telemetry import LocalHistogramsReader, keep_histograms_locally
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,27 @@ def _span_exporter() -> SpanExporter | None:
     return HttpSpanExporter()
 
 
+class PrometheusReader(LocalHistogramsReader, PrometheusMetricReader):
+    """The /metrics reader, with qosmesh's locally aggregated histograms."""
+
+
+class PeriodicReader(LocalHistogramsReader, PeriodicExportingMetricReader):
+    """The OTLP reader, with qosmesh's locally aggregated histograms."""
+
+
 def _metric_readers() -> list[MetricReader]:
-    readers: list[MetricReader] = [PrometheusMetricReader()]
+    readers: list[MetricReader] = [PrometheusReader()]
     if _enabled("metrics") == "otlp":
         if _protocol("metrics") == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            readers.append(PeriodicReader(OTLPMetricExporter()))
         else:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter as HttpMetricExporter,
             )
 
-            readers.append(PeriodicExportingMetricReader(HttpMetricExporter()))
+            readers.append(PeriodicReader(HttpMetricExporter()))
     return readers
 
 
@@ -115,6 +124,7 @@ def setup_telemetry(settings: Settings, instance_id: str) -> None:
         metrics.set_meter_provider(
             MeterProvider(resource=resource, metric_readers=_metric_readers())
         )
+        keep_histograms_locally()  # the readers just installed report them
     httpx_instrumentor = HTTPXClientInstrumentor()
     if not httpx_instrumentor.is_instrumented_by_opentelemetry:
         httpx_instrumentor.instrument()

@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app.embedded import NatsServer, ValkeyServer, free_port
 from app.settings import Settings
+from app.telemetry import LocalHistogramsReader, keep_histograms_locally
 
 __all__ = [
     "NatsCluster",
@@ -366,7 +367,11 @@ class Metrics:
         return total
 
 
-_READER = InMemoryMetricReader()
+class _Reader(LocalHistogramsReader, InMemoryMetricReader):
+    """In memory, with the locally aggregated histograms, as the service's readers report them."""
+
+
+_READER = _Reader()
 _SPANS = InMemorySpanExporter()
 
 
@@ -374,6 +379,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Install in-memory OpenTelemetry providers before any app does (the app then keeps
     them), so tests can read what this process recorded."""
     otel_metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+    keep_histograms_locally()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_SPANS))
     otel_trace.set_tracer_provider(provider)

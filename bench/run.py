@@ -14,10 +14,11 @@ from pathlib import Path
 
 import uvloop
 from opentelemetry import metrics
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 
 from app.embedded import NatsServer, ValkeyServer, find_binary, valkey_binary
+from app.observability import PrometheusReader
+from app.telemetry import keep_histograms_locally
 from bench.cases import discovery_rows, http_rows, nats_rows, redis_rows
 from bench.cases.common import Env
 from bench.report import Table, machine_info, render_markdown, render_text
@@ -75,7 +76,8 @@ def main(argv: list[str]) -> int:
         return not wanted or name in wanted
 
     # The service's metrics set-up (tracing stays off: no tracer provider).
-    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusReader()]))
+    keep_histograms_locally()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qosmesh-bench-") as tmp_dir:
         tmp = Path(tmp_dir)

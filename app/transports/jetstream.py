@@ -249,6 +249,7 @@ class _Consumer:
             "qos": int(subscription.qos),
         }
         self._consumed = consumed_series(self._attrs)
+        self._durations = process_duration.series(self._attrs)
         self._redelivered = redeliveries.series(
             {"messaging.system": SYSTEM, "destination": subscription.subject}
         )
@@ -394,7 +395,7 @@ class _Consumer:
             await _settle(msg.ack())
         finally:
             self._running.pop(id(msg), None)
-            process_duration.record(time.perf_counter() - started, self._attrs)
+            self._durations.record(time.perf_counter() - started)
         self._consumed[outcome].add(1)
 
     async def _keep_alive(self, every: float) -> None:

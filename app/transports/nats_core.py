@@ -72,6 +72,7 @@ class NatsCoreTransport:
             "qos": 0,
         }
         consumed = consumed_series(attrs)
+        durations = process_duration.series(attrs)
 
         async def on_message(msg: Msg) -> None:
             envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
@@ -83,7 +84,7 @@ class NatsCoreTransport:
             except Exception:
                 outcome = "term"
                 log.warning("qos0 handler failed for %s", envelope.message_id, exc_info=True)
-            process_duration.record(time.perf_counter() - started, attrs)
+            durations.record(time.perf_counter() - started)
             consumed[outcome].add()
 
         sub = await self._nc.subscribe(

@@ -91,6 +91,7 @@ class RedisConsumer:
             "qos": int(subscription.qos),
         }
         self._consumed = consumed_series(self._attrs)
+        self._durations = process_duration.series(self._attrs)
         self._redelivered = redeliveries.series(
             {"messaging.system": SYSTEM, "destination": self.key}
         )
@@ -276,7 +277,7 @@ class RedisConsumer:
             await self._ack(entry_id)
         finally:
             self._running.pop(entry_id, None)
-            process_duration.record(time.perf_counter() - started, self._attrs)
+            self._durations.record(time.perf_counter() - started)
         self._consumed[outcome].add(1)
 
     def _retry_later(self, entry_id: bytes, attempt: int) -> None:

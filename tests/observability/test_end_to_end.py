@@ -162,6 +162,9 @@ def test_metrics_after_a_known_workload_are_exact(pair, nats_server):
     assert total(scrapes, name, outcome="ack", **dest) == 1
     assert total(scrapes, name, outcome="duplicate", **dest) == 9
     assert total(scrapes, "qosmesh_dedupe_hits_total", side="receiver") == 9
+    handled = total(scrapes, name, **dest)  # every outcome
+    assert total(scrapes, "messaging_process_duration_seconds_count", **dest) == handled
+    assert total(scrapes, "messaging_process_duration_seconds_bucket", le="+Inf", **dest) == handled
     assert total(scrapes, "qosmesh_dedupe_hits_total", side="publisher") == 0
     assert (
         total(

@@ -1,0 +1,49 @@
+"""Histograms aggregated in the process report what the SDK's would; without qosmesh's readers
+the measurements go to the SDK instrument."""
+
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
+
+from app.telemetry import Histogram, record_zeros
+
+BOUNDS = (0.01, 0.1, 1.0)
+
+
+def points(metrics, name: str) -> list[HistogramDataPoint]:
+    data = metrics._reader.get_metrics_data()
+    return [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_a_local_histogram_reports_buckets_sum_count_min_and_max(metrics):
+    record_zeros([])  # as a started service does: the collection is never empty
+    histogram = Histogram("qosmesh.test.local", "s", "test", BOUNDS)
+    histogram.keep_locally()
+    series = histogram.series({"destination": "a"})
+    for value in (0.005, 0.01, 0.05, 0.5, 2.0, 2.0):  # 0.01 falls in (0, 0.01]
+        series.record(value)
+    histogram.record(0.2, {"destination": "b"})
+
+    by_destination = {
+        (p.attributes or {})["destination"]: p for p in points(metrics, "qosmesh.test.local")
+    }
+    a = by_destination["a"]
+    assert list(a.bucket_counts) == [2, 1, 1, 2]
+    assert list(a.explicit_bounds) == list(BOUNDS)
+    assert (a.count, round(a.sum, 6), a.min, a.max) == (6, 4.565, 0.005, 2.0)
+    assert list(by_destination["b"].bucket_counts) == [0, 0, 1, 0]
+    assert metrics.value("qosmesh.test.local", destination="a") == 6
+
+
+def test_without_local_readers_the_sdk_instrument_gets_every_measurement(metrics):
+    histogram = Histogram("qosmesh.test.sdk", "s", "test", BOUNDS)
+    for value in (0.05, 0.5):
+        histogram.record(value, {"destination": "a"})
+    assert histogram.metric() is None  # nothing was kept locally
+    (point,) = points(metrics, "qosmesh.test.sdk")
+    assert (point.count, list(point.bucket_counts)) == (2, [0, 1, 1, 0])
