@@ -109,7 +109,10 @@ async def rows(env: Env, pick: Callable[[str], bool]) -> list[Row]:
                     env.runs, lambda: _router_publish(env), lambda: _raw_publish(env, client)
                 ),
                 target=0.8,
-                note=f"{env.messages} msgs; {env.window} in flight vs XADD pipeline x{BATCH}",
+                note=(
+                    f"{env.messages} msgs; publish_many (window {env.window})"
+                    f" vs XADD pipeline x{BATCH}"
+                ),
             ),
             Row(
                 "Redis consume + ack",
