@@ -55,12 +55,21 @@ def test_sigterm_settles_in_flight_messages_and_leaves_gracefully(
         for n, seconds in jobs.items():
             assert client.post("/jobs", json={"n": n, "seconds": seconds}).status_code == 202
 
-    # SIGTERM once the leaving instance holds both short and long jobs.
-    def holds_mixed_work() -> bool:
-        started = [n for n, pids in events(log)["start"].items() if leaving.pid in pids]
-        return any(jobs[n] > 1 for n in started) and any(jobs[n] < 1 for n in started)
+    # SIGTERM once the leaving instance has started short jobs and runs a long one that began
+    # less than a second ago: it cannot finish within the 1.5 s drain timeout.
+    first_seen: dict[int, float] = {}
 
-    wait_for(holds_mixed_work, 10, "a mix of jobs on the leaving instance")
+    def holds_mixed_work() -> bool:
+        now = time.monotonic()
+        seen = events(log)
+        started = [n for n, pids in seen["start"].items() if leaving.pid in pids]
+        for n in started:
+            first_seen.setdefault(n, now)
+        running = [n for n in started if leaving.pid not in seen["done"].get(n, [])]
+        fresh_long = any(jobs[n] > 1 and now - first_seen[n] < 1.0 for n in running)
+        return fresh_long and any(jobs[n] < 1 for n in started)
+
+    wait_for(holds_mixed_work, 15, "a mix of jobs on the leaving instance")
     signalled = time.monotonic()
     leaving.send_signal(signal.SIGTERM)
 
