@@ -36,17 +36,11 @@ from opentelemetry.metrics import Observation
 
 from app.messages import H_ATTEMPT, DecodeError, Envelope, QoS
 from app.settings import Settings
-from app.telemetry import (
-    consumed_series,
-    dedupe_hits,
-    process_duration,
-    redeliveries,
-    sent_series,
-    watch_pending,
-)
+from app.telemetry import dedupe_hits, sent_series, watch_pending
 from app.tracing import sending_traced
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription, backoff
+from app.transports.consuming import ConsumerMetrics, HandlerTasks
 from app.transports.deadlines import Deadlines
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
@@ -233,25 +227,15 @@ class _Consumer:
         self._requested = 0  # messages asked for and not yet arrived
         self._requests_end = 0.0  # by then every request has been answered or has expired
         self._missing = False  # the server says the consumer is gone: create it again
-        self._limit = settings.consumer_concurrency
-        self._refill = max(1, self._limit // 4)
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._slot = asyncio.Event()
+        self._handlers = HandlerTasks(settings.consumer_concurrency, lambda: self._requested)
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         # id(delivery) -> (delivery, when its handler started); a Msg is not hashable
         self._running: dict[int, tuple[Msg, float]] = {}
         self._pending = 0
-        self._attrs: dict[str, str | int] = {
-            "messaging.system": SYSTEM,
-            "messaging.destination.name": subscription.subject,
-            "qos": int(subscription.qos),
-        }
-        self._consumed = consumed_series(self._attrs)
-        self._durations = process_duration.series(self._attrs)
-        self._redelivered = redeliveries.series(
-            {"messaging.system": SYSTEM, "destination": subscription.subject}
+        self._metrics = ConsumerMetrics(
+            SYSTEM, subscription.subject, subscription.qos, subscription.subject
         )
 
     def config(self) -> ConsumerConfig:
@@ -262,7 +246,7 @@ class _Consumer:
             ack_wait=self._settings.ack_wait,
             max_deliver=self._settings.max_deliver,
             filter_subject=self._sub.subject,
-            max_ack_pending=max(1000, self._limit * 4),
+            max_ack_pending=max(1000, self._handlers.limit * 4),
             deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
             inactive_threshold=max(60.0, self._settings.ack_wait * 6) if broadcast else None,
             num_replicas=self._settings.replicas,
@@ -298,13 +282,10 @@ class _Consumer:
             if self._missing:
                 await self._recreate()
                 continue
-            free = self._free()
-            if free < self._refill:  # ask in batches, not one message per freed slot
-                self._slot.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot.wait(), PULL_EXPIRES)
+            if not self._handlers.has_room():
+                await self._handlers.wait_for_room(PULL_EXPIRES)
                 continue
-            batch = min(free, MAX_BATCH)
+            batch = min(self._handlers.free(), MAX_BATCH)
             request = {"batch": batch, "expires": int(PULL_EXPIRES * 1e9)}
             try:
                 await self._nc.publish(self._next, json.dumps(request).encode(), self._inbox)
@@ -317,9 +298,6 @@ class _Consumer:
             self._requested += batch
             self._requests_end = now + PULL_EXPIRES + PULL_GRACE
 
-    def _free(self) -> int:
-        return self._limit - len(self._inflight) - self._requested
-
     async def _on_message(self, msg: Msg) -> None:
         if not msg.reply:
             self._on_status(msg.headers or {})
@@ -328,9 +306,7 @@ class _Consumer:
         if self._stopping:
             await _settle(msg.nak())  # asked for before the stop: back to the other instances
             return
-        task = asyncio.create_task(self._handle(msg))
-        self._inflight.add(task)
-        task.add_done_callback(self._done)
+        self._handlers.start(self._handle(msg))
 
     def _on_status(self, headers: dict[str, str]) -> None:
         """A request ended early: 408 (expired) and 409 (dropped) say how many of its messages
@@ -345,7 +321,7 @@ class _Consumer:
             self._missing = True
         elif status not in ("404", "408"):
             log.info("pull on %s: %s %s", self._sub.name, status, headers.get("Description", ""))
-        self._slot.set()
+        self._handlers.wake()
 
     async def _recreate(self) -> None:
         await asyncio.sleep(0.5)
@@ -357,11 +333,6 @@ class _Consumer:
         log.warning("consumer %s was gone: created again", self._sub.name)
         self._missing = False
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if self._free() >= self._refill:
-            self._slot.set()
-
     async def _handle(self, msg: Msg) -> None:
         attempt = _delivery_count(msg)
         envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
@@ -369,7 +340,7 @@ class _Consumer:
             "jetstream", msg.subject, attempt, self._settings.max_deliver, envelope.message_id
         )
         if attempt > 1:
-            self._redelivered.add()
+            self._metrics.redelivered.add()
         self._running[id(msg)] = (msg, time.monotonic())
         started = time.perf_counter()
         try:
@@ -395,8 +366,8 @@ class _Consumer:
             await _settle(msg.ack())
         finally:
             self._running.pop(id(msg), None)
-            self._durations.record(time.perf_counter() - started)
-        self._consumed[outcome].add(1)
+            self._metrics.durations.record(time.perf_counter() - started)
+        self._metrics.consumed[outcome].add(1)
 
     async def _keep_alive(self, every: float) -> None:
         """Every `every` seconds, tell the server that the handlers running that long are still
@@ -433,7 +404,7 @@ class _Consumer:
     async def stop(self, timeout: float) -> None:
         """Stop fetching, give in-flight handlers `timeout` seconds, nak the rest."""
         self._stopping = True
-        self._slot.set()
+        self._handlers.wake()
         self._unwatch()
         self._pending_task.cancel()
         if self._keepalive_task is not None:
@@ -441,12 +412,7 @@ class _Consumer:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.wait({self._loop_task}, timeout=2)
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+        await self._handlers.drain(timeout)
         # Messages of a request still open after this are redelivered once ack_wait has passed.
         with contextlib.suppress(Exception):
             await self._inbox_sub.unsubscribe()

@@ -19,9 +19,9 @@ import redis.exceptions
 
 from app.messages import DecodeError
 from app.settings import Settings
-from app.telemetry import consumed_series, process_duration, redeliveries
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.batching import Batcher
+from app.transports.consuming import ConsumerMetrics, HandlerTasks
 from app.transports.redis_dlq import Fields, RedisDeadLetters, envelope_from
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,8 @@ class RedisConsumer:
         self.broadcast = subscription.group is None
         self.group = subscription.group or subscription.name
         self.name = subscription.name if self.broadcast else f"{subscription.name}@{instance}"
-        self._limit = settings.consumer_concurrency
-        self._refill = max(1, self._limit // 4)
         self._claim_idle = settings.redis_claim_idle
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._slot = asyncio.Event()
+        self._handlers = HandlerTasks(settings.consumer_concurrency)
         self._retries: list[tuple[float, bytes, int]] = []  # (due, entry id, min idle ms)
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -85,16 +82,7 @@ class RedisConsumer:
         self._acks: Batcher[bytes, None] = Batcher(self._flush_acks, size=256, parallel=2)
         self.groups_recreated = 0
         self.trimmed = 0
-        self._attrs: dict[str, str | int] = {
-            "messaging.system": SYSTEM,
-            "messaging.destination.name": subscription.subject,
-            "qos": int(subscription.qos),
-        }
-        self._consumed = consumed_series(self._attrs)
-        self._durations = process_duration.series(self._attrs)
-        self._redelivered = redeliveries.series(
-            {"messaging.system": SYSTEM, "destination": self.key}
-        )
+        self._metrics = ConsumerMetrics(SYSTEM, subscription.subject, subscription.qos, self.key)
 
     async def start(self) -> None:
         # A service group starts at the stream's beginning (messages sent before the first
@@ -150,16 +138,15 @@ class RedisConsumer:
             await asyncio.sleep(0.5)
 
     async def _cycle(self) -> None:
-        if self._free() < self._refill:  # read in batches, not one entry per freed slot
-            self._slot.clear()
-            await self._slot.wait()
+        if not self._handlers.has_room():
+            await self._handlers.wait_for_room()
             return
         await self._claim_due_retries()
         now = time.monotonic()
-        if now >= self._next_sweep and self._free() > 0:
-            more = await self._reclaim(self._free())
+        if now >= self._next_sweep and self._handlers.free() > 0:
+            more = await self._reclaim(self._handlers.free())
             self._next_sweep = now if more else now + self._claim_idle / 2
-        free = self._free()
+        free = self._handlers.free()
         if free <= 0 or self._stopping:
             return
         block = self._settings.redis_block_ms
@@ -174,18 +161,8 @@ class RedisConsumer:
                 self._last_id = entry_id
                 self._spawn(entry_id, fields, 1)
 
-    def _free(self) -> int:
-        return self._limit - len(self._inflight)
-
     def _spawn(self, entry_id: bytes, fields: Fields, attempt: int) -> None:
-        task = asyncio.create_task(self._handle(entry_id, fields, attempt))
-        self._inflight.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if self._free() >= self._refill:
-            self._slot.set()
+        self._handlers.start(self._handle(entry_id, fields, attempt))
 
     async def _reclaim(self, count: int) -> bool:
         """Take over entries idle for longer than the claim time; True when more may wait."""
@@ -201,7 +178,7 @@ class RedisConsumer:
         if deleted:
             await self._redis.xack(self.key, self.group, *deleted)
             self.trimmed += len(deleted)
-            self._consumed["trimmed"].add(len(deleted))
+            self._metrics.consumed["trimmed"].add(len(deleted))
             log.warning(
                 "%d pending entries of %s were trimmed before delivery", len(deleted), self.key
             )
@@ -222,7 +199,7 @@ class RedisConsumer:
         """Claim back, for another try, the failed entries whose backoff has passed."""
         now = time.monotonic()
         due: list[tuple[bytes, int]] = []
-        while self._retries and self._retries[0][0] <= now and len(due) < self._free():
+        while self._retries and self._retries[0][0] <= now and len(due) < self._handlers.free():
             _, entry_id, min_idle = heapq.heappop(self._retries)
             due.append((entry_id, min_idle))
         if not due:
@@ -240,7 +217,7 @@ class RedisConsumer:
                 # Trimmed while it waited for its retry: nobody can deliver it any more.
                 await self._redis.xack(self.key, self.group, entry_id)
                 self.trimmed += 1
-                self._consumed["trimmed"].add(1)
+                self._metrics.consumed["trimmed"].add(1)
             # else: another member reclaimed it; it is theirs now.
 
     # -- one delivery --------------------------------------------------------------------------
@@ -250,11 +227,11 @@ class RedisConsumer:
         envelope = envelope_from(fields, self.key)
         if attempt > max_deliver:
             await self._dead_letter(entry_id, fields, "max_deliveries", NO_RESULT, attempt - 1)
-            self._consumed["term"].add(1)
+            self._metrics.consumed["term"].add(1)
             return
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
-            self._redelivered.add()
+            self._metrics.redelivered.add()
         self._running[entry_id] = time.monotonic()
         started = time.perf_counter()
         try:
@@ -277,15 +254,15 @@ class RedisConsumer:
             await self._ack(entry_id)
         finally:
             self._running.pop(entry_id, None)
-            self._durations.record(time.perf_counter() - started)
-        self._consumed[outcome].add(1)
+            self._metrics.durations.record(time.perf_counter() - started)
+        self._metrics.consumed[outcome].add(1)
 
     def _retry_later(self, entry_id: bytes, attempt: int) -> None:
         # Sooner than the claim time, so this member retries before another one reclaims it.
         pause = backoff(attempt, base=0.2, cap=min(10.0, self._claim_idle / 2))
         min_idle = int(pause * 500)  # an entry claimed by another member meanwhile is younger
         heapq.heappush(self._retries, (time.monotonic() + pause, entry_id, min_idle))
-        self._slot.set()
+        self._handlers.wake()
 
     async def _keep_alive(self, every: float) -> None:
         """Every `every` seconds, reset the idle time of the entries whose handlers have run
@@ -337,7 +314,7 @@ class RedisConsumer:
     async def stop(self, timeout: float) -> None:
         """Stop reading, give in-flight handlers `timeout` seconds; the rest stay pending."""
         self._stopping = True
-        self._slot.set()
+        self._handlers.wake()
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
         if self._loop_task is not None:
@@ -347,12 +324,7 @@ class RedisConsumer:
             for task in pending:
                 task.cancel()
                 await asyncio.wait({task}, timeout=2)
-        if self._inflight:
-            _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+        await self._handlers.drain(timeout)
         await self._acks.close()
         if self.broadcast:
             # This instance's own group: nobody else will read it.
