@@ -26,7 +26,7 @@ from app.messages import (
 )
 from app.settings import Settings
 from app.telemetry import dedupe_hits, record_zeros
-from app.tracing import process_span
+from app.tracing import process_span, sending_traced
 from app.transports.base import (
     BatchPublisher,
     DeadLetterStore,
@@ -113,11 +113,12 @@ class Bus:
             batches.setdefault((qos, transport), []).append(encode(message, qos, subject))
         errors: list[PublishError] = []
         for (qos, transport), envelopes in batches.items():
+            # Traced, every message needs its own span: the one-by-one path opens them.
+            if isinstance(transport, BatchPublisher) and not sending_traced():
+                envelopes = await transport.first_attempts(envelopes, qos, window)
             try:
-                if isinstance(transport, BatchPublisher):
-                    await transport.publish_many(envelopes, qos, window)
-                else:
-                    await publish_concurrently(transport.publish, envelopes, qos, window)
+                # The rest, or what the first attempts did not confirm, with retries and backoff.
+                await publish_concurrently(transport.publish, envelopes, qos, window)
             except PublishError as exc:
                 errors.append(exc)
         if errors:

@@ -75,11 +75,14 @@ class Transport(Protocol):
 
 @runtime_checkable
 class BatchPublisher(Protocol):
-    """A transport with a cheaper way to publish many messages than one `publish` each."""
+    """A transport with a cheaper way to make many first publish attempts than one `publish`
+    each (the router sends what they did not confirm through `publish`, with its retries)."""
 
-    async def publish_many(self, envelopes: Sequence[Envelope], qos: QoS, window: int) -> None:
-        """Publish every envelope, at most `window` awaiting confirmation at once; raises
-        PublishError when any is not confirmed (the others are)."""
+    async def first_attempts(
+        self, envelopes: Sequence[Envelope], qos: QoS, window: int
+    ) -> list[Envelope]:
+        """Send every envelope once, at most `window` awaiting confirmation at once, counting
+        the confirmed ones as sent; return those not confirmed."""
 
 
 class DeadLetter(BaseModel):

@@ -37,14 +37,13 @@ from opentelemetry.metrics import Observation
 from app.messages import H_ATTEMPT, DecodeError, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dedupe_hits, sent_series, watch_pending
-from app.tracing import sending_traced
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.consuming import ConsumerMetrics, HandlerTasks
 from app.transports.deadlines import Deadlines
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
-from app.transports.retry import RetryBudget, publish_concurrently, publish_reliably
+from app.transports.retry import RetryBudget, publish_reliably
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +120,11 @@ class JetStreamTransport:
             SYSTEM,
         )
 
-    async def publish_many(self, envelopes: Sequence[Envelope], qos: QoS, window: int) -> None:
-        """First attempts go out back to back, up to `window` PubAcks awaited at once, with no
-        coroutine per message (what `js.publish_async` does); a message not confirmed by its
-        first attempt then takes `publish`, with its retries and backoff."""
-        if sending_traced():  # a span per message: the one-by-one path opens them
-            await publish_concurrently(self.publish, envelopes, qos, window)
-            return
+    async def first_attempts(
+        self, envelopes: Sequence[Envelope], qos: QoS, window: int
+    ) -> list[Envelope]:
+        """Back to back, up to `window` PubAcks awaited at once, with no coroutine per message
+        (what `js.publish_async` does); returns the envelopes not confirmed."""
         for subject in {envelope.subject for envelope in envelopes}:
             await self._stream_ready(subject)
         timeout = self._budget.attempt_timeout
@@ -147,8 +144,7 @@ class JetStreamTransport:
             inflight.append((envelope, token, future))
         while inflight:
             await self._confirm(*inflight.popleft(), qos, again)
-        if again:
-            await publish_concurrently(self.publish, again, qos, window)
+        return again
 
     async def _confirm(
         self,

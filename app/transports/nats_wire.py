@@ -15,7 +15,7 @@ nats-py without the internals used here.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from nats.aio.client import Client as NatsClient
 
@@ -30,15 +30,30 @@ _checked_names: set[str] = set()
 _checked_subjects: set[str] = set()
 
 
-def _valid(value: str, known: set[str], is_valid: bool) -> bool:
-    if is_valid and len(known) < _KNOWN_LIMIT:
-        known.add(value)
-    return is_valid
+def _passes(value: str, checked: set[str], valid: Callable[[str], bool]) -> bool:
+    """Whether `value` is `valid`, remembering (up to a limit) the ones that are."""
+    if value in checked:
+        return True
+    if not valid(value):
+        return False
+    if len(checked) < _KNOWN_LIMIT:
+        checked.add(value)
+    return True
+
+
+def _token(name: str) -> bool:
+    return _TOKEN.fullmatch(name) is not None
+
+
+def _subject(subject: str) -> bool:
+    return bool(subject) and not _SUBJECT_BAD.search(subject)
 
 
 def header_block(headers: Mapping[str, str]) -> bytes | None:
     """`headers` as a NATS header block, or None when nats-py must handle them."""
-    if not _checked_names.issuperset(headers) and not all(map(_name_ok, headers)):
+    if not _checked_names.issuperset(headers) and not all(
+        _passes(name, _checked_names, _token) for name in headers
+    ):
         return None
     if _LINE_BREAK.search("".join(headers.values())):
         return None
@@ -46,10 +61,6 @@ def header_block(headers: Mapping[str, str]) -> bytes | None:
         return b"NATS/1.0\r\n\r\n"
     lines = "\r\n".join(map(": ".join, headers.items()))
     return f"NATS/1.0\r\n{lines}\r\n\r\n".encode()
-
-
-def _name_ok(name: str) -> bool:
-    return name in _checked_names or _valid(name, _checked_names, bool(_TOKEN.fullmatch(name)))
 
 
 async def publish(
@@ -75,12 +86,6 @@ def _fast(nc: NatsClient, subject: str, reply: str, payload: bytes) -> bool:
         and nc.is_connected
         and not nc.is_draining
         and len(payload) <= nc.max_payload
-        and _checked(subject)
-        and (not reply or _checked(reply))
+        and _passes(subject, _checked_subjects, _subject)
+        and (not reply or _passes(reply, _checked_subjects, _subject))
     )
-
-
-def _checked(subject: str) -> bool:
-    if subject in _checked_subjects:
-        return True
-    return _valid(subject, _checked_subjects, bool(subject) and not _SUBJECT_BAD.search(subject))

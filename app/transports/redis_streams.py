@@ -29,13 +29,12 @@ import redis.exceptions
 from app.messages import H_ATTEMPT, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dedupe_hits, sent_series
-from app.tracing import sending_traced
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
 from app.transports.deadlines import Deadlines
 from app.transports.redis_consumer import RedisConsumer
 from app.transports.redis_dlq import BODY, DEDUPE_ID, RedisDeadLetters
-from app.transports.retry import RetryBudget, publish_concurrently, publish_reliably
+from app.transports.retry import RetryBudget, publish_reliably
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +105,11 @@ class RedisStreamsTransport:
             SYSTEM,
         )
 
-    async def publish_many(self, envelopes: Sequence[Envelope], qos: QoS, window: int) -> None:
-        """First attempts go out as pipelines of `window` entries, one at a time, with no
-        coroutine or future per message; a message not confirmed by its first attempt then
-        takes `publish`, with its retries and backoff."""
-        if sending_traced():  # a span per message: the one-by-one path opens them
-            await publish_concurrently(self.publish, envelopes, qos, window)
-            return
+    async def first_attempts(
+        self, envelopes: Sequence[Envelope], qos: QoS, window: int
+    ) -> list[Envelope]:
+        """As pipelines of `window` entries, one at a time, with no coroutine or future per
+        message; returns the envelopes not confirmed."""
         again: list[Envelope] = []
         for start in range(0, len(envelopes), window):
             chunk = envelopes[start : start + window]
@@ -128,8 +125,7 @@ class RedisStreamsTransport:
                 if not added:
                     dedupe_hits.add(1, {"side": "publisher"})
                 sent_series(SYSTEM, envelope.subject, qos, "ok").add()
-        if again:
-            await publish_concurrently(self.publish, again, qos, window)
+        return again
 
     async def _send(self, envelope: Envelope, qos: QoS, attempt: int, timeout: float) -> None:
         # A deadline that fails the caller's future: wait_for would add a waiter future and two
