@@ -2,6 +2,8 @@
 
 python3 dev.py run     set up .venv and run the service on an embedded nats-server
 python3 dev.py test    set up .venv and run every test and check (ruff, mypy, pytest)
+                       --repeat N: the tests N times, each in a new random order, stopping at the
+                       first failure with its seed and order (for hunting flaky tests)
 python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), docs/benchmarks.md
 """
 
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -36,19 +40,69 @@ def ensure_venv(extra: str) -> None:
     stamp.write_text(digest)
 
 
-def run_checks(pytest_args: list[str]) -> int:
+def pytest_command(seed: int, pytest_args: list[str]) -> list[str]:
+    """pytest over every test on two workers, in the random order `seed` gives."""
+    return [
+        str(PYTHON),
+        "-m",
+        "pytest",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        f"--randomly-seed={seed}",
+        *pytest_args,
+    ]
+
+
+def run_checks(pytest_args: list[str], repeat: int = 1) -> int:
     steps = [
         [str(BIN / "ruff"), "format", "--check", "."],
         [str(BIN / "ruff"), "check", "."],
         [str(BIN / "mypy")],
-        [str(PYTHON), "-m", "pytest", "-n", "2", "--dist", "loadgroup", *pytest_args],
     ]
     for step in steps:
-        print("+", " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)))
-        code = subprocess.run(step, cwd=ROOT).returncode
+        code = run(step)
         if code != 0:
             return code
+    for n in range(1, repeat + 1):
+        seed = random.randrange(2**32)  # noqa: S311 - a test order, not a secret
+        if repeat > 1:
+            print(f"run {n} of {repeat}, seed {seed}", flush=True)
+        started = time.monotonic()
+        code = run(pytest_command(seed, pytest_args))
+        if repeat > 1:
+            print(f"run {n} of {repeat}: exit {code} in {time.monotonic() - started:.0f} s")
+        if code != 0:
+            if repeat > 1:
+                report_failure(n, seed, pytest_args)
+            return code
     return 0
+
+
+def run(step: list[str]) -> int:
+    print("+", " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)))
+    return subprocess.run(step, cwd=ROOT).returncode
+
+
+def report_failure(n: int, seed: int, pytest_args: list[str]) -> None:
+    """Say how to run the failed order again, and write that order down."""
+    order = ROOT / f".pytest-order-{seed}.txt"
+    collect = [str(PYTHON), "-m", "pytest", f"--randomly-seed={seed}"]
+    listing = subprocess.run(
+        [*collect, "--collect-only", "-q", *pytest_args], cwd=ROOT, capture_output=True, text=True
+    )
+    order.write_text(listing.stdout)
+    print(f"run {n} failed with seed {seed}; its test order is in {order.name}")
+    print(f"again: python3 dev.py test --randomly-seed={seed}")
+
+
+def split_repeat(argv: list[str]) -> tuple[int, list[str]]:
+    """Take `--repeat N` out of the pytest arguments."""
+    if "--repeat" not in argv:
+        return 1, argv
+    at = argv.index("--repeat")
+    return int(argv[at + 1]), argv[:at] + argv[at + 2 :]
 
 
 def main(argv: list[str]) -> int:
@@ -58,7 +112,8 @@ def main(argv: list[str]) -> int:
         os.execv(PYTHON, [str(PYTHON), "-m", "app", *argv[1:]])  # noqa: S606
     if task == "test":
         ensure_venv("dev")
-        return run_checks(argv[1:])
+        repeat, pytest_args = split_repeat(argv[1:])
+        return run_checks(pytest_args, repeat)
     if task == "bench":
         ensure_venv("dev")
         return subprocess.run([str(PYTHON), "-m", "bench", *argv[1:]], cwd=ROOT).returncode

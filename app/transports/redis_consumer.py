@@ -176,9 +176,11 @@ class RedisConsumer:
         )
         self._cursor, live, deleted = parse_autoclaim(reply)
         if deleted:
-            await self._redis.xack(self.key, self.group, *deleted)
+            # Counted before the XACK: once the server has dropped them, a reader of the pending
+            # list must already see them in the counter.
             self.trimmed += len(deleted)
             self._metrics.consumed["trimmed"].add(len(deleted))
+            await self._redis.xack(self.key, self.group, *deleted)
             log.warning(
                 "%d pending entries of %s were trimmed before delivery", len(deleted), self.key
             )
@@ -215,9 +217,9 @@ class RedisConsumer:
                 self._spawn(entry_id, live[0][1], int(pending[0]["times_delivered"]))
             elif not pending or (claimed and not live):
                 # Trimmed while it waited for its retry: nobody can deliver it any more.
-                await self._redis.xack(self.key, self.group, entry_id)
                 self.trimmed += 1
                 self._metrics.consumed["trimmed"].add(1)
+                await self._redis.xack(self.key, self.group, entry_id)
             # else: another member reclaimed it; it is theirs now.
 
     # -- one delivery --------------------------------------------------------------------------

@@ -327,9 +327,9 @@ async def test_pending_entries_trimmed_away_are_acked_and_counted_without_loopin
     before = metrics.value("messaging.client.consumed.messages", outcome="trimmed")
     settings = redis_settings(redis_claim_idle=0.2)
     async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
-        await eventually(lambda: _settled(client), timeout=10)
         (consumer,) = transport(running).consumers
-        assert consumer.trimmed == 20
+        await eventually(lambda: consumer.trimmed == 20, timeout=10, message="20 trimmed counted")
+        await eventually(lambda: _settled(client), timeout=10, message="pending list empty")
         await running.bus.publish(Ping(n=99))
         await eventually(lambda: done == [99], timeout=5)
 
