@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import redis.asyncio as aioredis
@@ -73,13 +72,14 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
 
 
 def redact_url(url: str) -> str:
-    """The URL without its user info, fit for logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """The URL without its user info, fit for logs: everything between `://` and the last `@`
+    is hidden. Done on the text, not on a parse, so that a URL no parser accepts (a password
+    with `/` or `#` in it) is hidden too."""
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
         return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}:{parts.port}" if parts.port else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return f"{scheme}{sep}***@{host}"
 
 
 def uses_redis(settings: Settings) -> bool:

@@ -10,13 +10,21 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DOMAIN = "app.example"
 TransportName = Literal["memory", "nats", "jetstream", "redis"]
 
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MIN_ADMIN_TOKEN = 16
 
 
 class QosOverride(BaseModel):
@@ -83,6 +91,16 @@ class Settings(BaseSettings):
     drain_timeout: Annotated[float, Field(ge=0)] = 20.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1048576
     domain: str = DEFAULT_DOMAIN
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        """Blank means unset (admin off); a short token is refused rather than guessed."""
+        if token is None or not token.get_secret_value().strip():
+            return None
+        if len(token.get_secret_value()) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters (or empty for off)")
+        return token
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -72,6 +72,17 @@ async def test_admin_is_off_without_a_configured_token(settings_for, nats_server
         assert (await client.get("/admin/dlq", headers=AUTH)).status_code == 404
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+async def test_a_blank_admin_token_leaves_admin_off(settings_for, nats_server, monkeypatch, blank):
+    """`APP_ADMIN_TOKEN=` must not become a token that an empty bearer matches."""
+    monkeypatch.setenv("APP_ADMIN_TOKEN", blank)
+    settings = settings_for(nats_url=nats_server.url)
+    assert settings.admin_token is None
+    async with running_app(settings) as (_, url), httpx.AsyncClient(base_url=url) as client:
+        for headers in ({}, {"Authorization": "Bearer"}):
+            assert (await client.get("/admin/dlq", headers=headers)).status_code == 404
+
+
 async def test_dead_letters_page_newest_first(admin):
     app, client = admin
     pings = await add_dead_letters(app, 5)

@@ -197,7 +197,7 @@ def test_external_nats_with_user_password_creds_and_tls(rendered):
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert decoded == {
         "APP_NATS_PASSWORD": "change-me",
-        "APP_ADMIN_TOKEN": "admin-change-me",
+        "APP_ADMIN_TOKEN": "admin-change-me-0123456789",
         "APP_REDIS_URL": values["secrets"]["APP_REDIS_URL"],
     }
     c = container(docs)
@@ -354,6 +354,7 @@ def test_nats_dependency_is_the_official_chart_under_a_condition(chart):
         ({"externalNats": {"url": "http://nats:4222"}}, "url"),
         ({"service": {"port": 0}}, "port"),
         ({"autoscaling": {"enabled": "yes"}}, "enabled"),
+        ({"secrets": {"APP_ADMIN_TOKEN": "too-short"}}, "APP_ADMIN_TOKEN"),
     ],
 )
 def test_schema_rejects_invalid_values(chart, values, complaint):

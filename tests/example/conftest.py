@@ -20,7 +20,7 @@ class Shop:
 async def shop(settings_for, nats_server) -> AsyncIterator[Shop]:
     settings = settings_for(
         nats_url=nats_server.url,
-        admin_token="admin-secret",
+        admin_token="admin-secret-0123456789",
         publish_attempt_timeout=0.3,
         publish_deadline=1.5,
         ack_wait=2,

@@ -13,7 +13,7 @@ from app.messages import encode
 from app.testing import eventually, running_app
 from tests.example.test_orders import ORDER, _is, _paid
 
-ADMIN = {"Authorization": "Bearer admin-secret"}
+ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
 
 
 class RedisShop:
@@ -33,7 +33,7 @@ async def shop(settings_for, nats_server, redis_server) -> AsyncIterator[RedisSh
         redis_url=redis_server.url,
         qos1_transport="redis",
         qos2_transport="redis",
-        admin_token="admin-secret",
+        admin_token="admin-secret-0123456789",
         publish_attempt_timeout=0.3,
         publish_deadline=1.5,
         redis_claim_idle=1.0,

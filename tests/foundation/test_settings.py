@@ -49,6 +49,28 @@ def test_bad_value_prints_one_line_naming_the_variable(tmp_path):
     assert lines[0].startswith("configuration error: APP_PORT:")
 
 
+def test_a_short_admin_token_stops_the_start_naming_the_variable(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        env={"APP_ADMIN_TOKEN": "short-token", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("configuration error: APP_ADMIN_TOKEN:")
+    assert "16 characters" in lines[0]
+    assert "short-token" not in result.stderr
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t \n"])
+def test_a_blank_admin_token_means_admin_off(blank):
+    assert Settings.model_validate({"admin_token": blank}).admin_token is None
+
+
 def test_secret_values_are_not_echoed_in_errors():
     with pytest.raises(ValidationError) as info:
         Settings.model_validate({"admin_token": 12345678.5})

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_schemathesis_finds_no_server_error_or_schema_violation(
     service_process, nats_server, tmp_path
 ):
-    token = "fuzz-admin-token"
+    token = "fuzz-admin-token-0123456789"
     service = service_process(
         {"APP_NATS_URL": nats_server.url, "APP_ADMIN_TOKEN": token, "APP_LOG_LEVEL": "WARNING"},
         wait="/readyz",
