@@ -76,7 +76,7 @@ def redact_url(url: str) -> str:
     is hidden. Done on the text, not on a parse, so that a URL no parser accepts (a password
     with `/` or `#` in it) is hidden too."""
     scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
-    userinfo, at, host = rest.rpartition("@")
+    _userinfo, at, host = rest.rpartition("@")
     if not at:
         return url
     return f"{scheme}{sep}***@{host}"
