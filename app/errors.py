@@ -4,7 +4,9 @@ QosMeshError
 ├── ConfigurationError      settings that cannot work (bad value, conflicting broker config)
 ├── BrokerUnavailableError  a broker could not be reached or refused us at start
 ├── PublishError            the broker did not confirm a publish within the retry budget
+│   └── MessageTooLargeError    headers and body exceed the broker's limit: refused, never sent
 ├── DeadLetterNotFoundError no dead letter with that id
+├── NotReplayableError      a dead letter kept as a stub (too large to copy whole)
 └── DiscoveryError          membership could not be read or written
     └── NoInstanceError     no live instance of the service a peer call names
 
@@ -33,6 +35,17 @@ class PublishError(QosMeshError):
     """The broker did not confirm a publish within the retry budget; the message may not exist."""
 
 
+class MessageTooLargeError(PublishError):
+    """Headers and body together exceed what the broker accepts; the message was not sent.
+
+    NATS counts the header block against `max_payload`, and answers a frame over it by closing
+    the connection: such a message is refused before it reaches the wire."""
+
+
+class NotReplayableError(QosMeshError):
+    """The dead letter is a stub (its message was too large to copy whole): nothing to replay."""
+
+
 class DeadLetterNotFoundError(QosMeshError):
     """No dead letter is stored under the given id."""
 
@@ -57,7 +70,9 @@ __all__ = [
     "DeadLetterNotFoundError",
     "DecodeError",
     "DiscoveryError",
+    "MessageTooLargeError",
     "NoInstanceError",
+    "NotReplayableError",
     "PublishError",
     "QosMeshError",
     "UnknownVersionError",

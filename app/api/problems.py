@@ -14,7 +14,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.brokers import BROKER_ERRORS
-from app.errors import BrokerUnavailableError, DeadLetterNotFoundError, PublishError
+from app.errors import (
+    BrokerUnavailableError,
+    DeadLetterNotFoundError,
+    MessageTooLargeError,
+    NotReplayableError,
+    PublishError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,14 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return problem(404, "Not found", str(exc))
 
 
+async def _too_large_message(request: Request, exc: Exception) -> JSONResponse:
+    return problem(413, "Message too large", str(exc))
+
+
+async def _not_replayable(request: Request, exc: Exception) -> JSONResponse:
+    return problem(409, "Not replayable", str(exc))
+
+
 def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
@@ -81,7 +95,9 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(BrokerUnavailableError, _unavailable)
     for error in BROKER_ERRORS:
         app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(MessageTooLargeError, _too_large_message)
     app.add_exception_handler(DeadLetterNotFoundError, _not_found)
+    app.add_exception_handler(NotReplayableError, _not_replayable)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
 

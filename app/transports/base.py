@@ -97,6 +97,7 @@ class DeadLetter(BaseModel):
     error: str
     deliveries: int
     dead_at: datetime
+    stub: bool = False  # too large to keep whole: the record and the first KiB, not replayable
 
 
 class DeadLetterDetail(DeadLetter):

@@ -34,6 +34,7 @@ from nats.js.api import (
 )
 from opentelemetry.metrics import Observation
 
+from app.errors import MessageTooLargeError
 from app.messages import H_ATTEMPT, DecodeError, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dedupe_hits, sent_series, watch_pending
@@ -66,7 +67,7 @@ class JetStreamTransport:
         self._settings = settings
         self._budget = RetryBudget.from_settings(settings)
         self._acks = _AckInbox(nc)
-        self._dlq = JetStreamDeadLetters(js, settings, self.publish)
+        self._dlq = JetStreamDeadLetters(nc, js, settings, self.publish)
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: list[Subscription] = []
         self._consumers: list[_Consumer] = []
@@ -138,7 +139,7 @@ class JetStreamTransport:
                 token, future = await self._acks.send(
                     envelope.subject, envelope.body, headers, timeout
                 )
-            except RETRYABLE:
+            except (*RETRYABLE, MessageTooLargeError):  # publish says why, for each
                 again.append(envelope)
                 continue
             inflight.append((envelope, token, future))

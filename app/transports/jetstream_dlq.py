@@ -4,6 +4,11 @@ Two paths lead here, and both write with the same `Nats-Msg-Id`, so a message is
 - the consumer copies a message itself when its last delivery fails or it cannot be decoded;
 - the server's MAX_DELIVERIES and MSG_TERMINATED advisories, captured in a stream so none is
   missed while no instance runs, cover a consumer that died during the last delivery.
+
+A copy carries no broker control header of the original (`Nats-Expected-Stream` would make the
+dead-letter stream refuse it); the original `Nats-Msg-Id` is kept as `qm-orig-msg-id`. A copy
+that would not fit the server's `max_payload` is stored as a stub: the record, the original
+size and the first KiB of the body. A stub is listed as one and cannot be replayed.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from app.errors import DeadLetterNotFoundError
+from app.errors import DeadLetterNotFoundError, NotReplayableError
 from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dead_letters
+from app.transports import nats_wire
 from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage, parse_time
 from app.transports.jetstream_streams import ensure_stream
 
@@ -42,7 +50,24 @@ D_STREAM = "qm-dlq-stream"
 D_SEQ = "qm-dlq-seq"
 D_CONSUMER = "qm-dlq-consumer"
 D_AT = "qm-dlq-at"
-_DLQ_HEADERS = (D_REASON, D_ERROR, D_DELIVERIES, D_SUBJECT, D_STREAM, D_SEQ, D_CONSUMER, D_AT)
+D_STUB = "qm-dlq-stub"
+D_SIZE = "qm-dlq-size"
+ORIG_MSG_ID = "qm-orig-msg-id"
+_DLQ_HEADERS = (
+    D_REASON,
+    D_ERROR,
+    D_DELIVERIES,
+    D_SUBJECT,
+    D_STREAM,
+    D_SEQ,
+    D_CONSUMER,
+    D_AT,
+    D_STUB,
+    D_SIZE,
+    ORIG_MSG_ID,
+)
+STUB_BODY = 1024
+ADVISORY_MAX_DELIVER = 10
 
 Publish = Callable[[Envelope, QoS], Awaitable[None]]
 
@@ -52,7 +77,10 @@ class JetStreamDeadLetters:
 
     prefix = "js"
 
-    def __init__(self, js: JetStreamContext, settings: Settings, publish: Publish) -> None:
+    def __init__(
+        self, nc: NatsClient, js: JetStreamContext, settings: Settings, publish: Publish
+    ) -> None:
+        self._nc = nc
         self._js = js
         self._settings = settings
         self._publish = publish
@@ -90,6 +118,7 @@ class JetStreamDeadLetters:
                 durable_name=durable,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=30,
+                max_deliver=ADVISORY_MAX_DELIVER,
                 num_replicas=self._settings.replicas,
             ),
         )
@@ -112,35 +141,46 @@ class JetStreamDeadLetters:
         reason: str,
         error: str,
         deliveries: int,
+        stub: bool = False,
     ) -> None:
-        """Keep a copy of a message that will not be handled (once per stream sequence)."""
-        headers = {
-            **{k: v for k, v in envelope.headers.items() if k != "Nats-Msg-Id"},
+        """Keep a copy of a message that will not be handled (once per stream sequence); a
+        stub when asked or when the whole copy would not fit."""
+        record = {
             D_REASON: reason,
-            D_ERROR: error[:1000],
+            D_ERROR: _one_line(error)[:1000],
             D_DELIVERIES: str(deliveries),
-            D_SUBJECT: envelope.subject,
+            D_SUBJECT: _one_line(envelope.subject),
             D_STREAM: stream,
             D_SEQ: str(seq),
             D_CONSUMER: consumer,
             D_AT: datetime.now(UTC).isoformat(),
             "Nats-Msg-Id": f"dlq-{stream}-{seq}",
         }
-        ack = await self._js.publish(self.subject, envelope.body, timeout=5, headers=headers)
+        headers = {**copied_headers(envelope.headers), **record}
+        body = envelope.body
+        size = nats_wire.frame_size(envelope.headers, body)
+        if stub or nats_wire.frame_size(headers, body) > self._nc.max_payload:
+            kept = {k: v for k, v in copied_headers(envelope.headers).items() if k in _STUB_KEEPS}
+            headers = {**kept, **record, D_STUB: "true", D_SIZE: str(size)}
+            body = body[:STUB_BODY]
+        ack = await self._js.publish(self.subject, body, timeout=5, headers=headers)
         if not ack.duplicate:
             dead_letters.add(
                 1,
                 {"messaging.system": "nats", "destination": envelope.subject, "reason": reason},
             )
             log.warning(
-                "message %s dead-lettered as js-%d: %s: %s",
+                "message %s dead-lettered as js-%d%s: %s: %s",
                 envelope.message_id,
                 ack.seq,
+                f" (a stub: {size} bytes do not fit)" if D_STUB in headers else "",
                 reason,
                 error,
             )
 
     async def _follow_advisories(self) -> None:
+        """Runs until stopped: no failed fetch, ack or copy ends it. An advisory that cannot
+        be processed is retried, and on its last delivery the message is kept as a stub."""
         while not self._stopping:
             try:
                 msgs = await self._psub.fetch(batch=32, timeout=1.0)
@@ -151,14 +191,44 @@ class JetStreamDeadLetters:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                try:
-                    await self._on_advisory(json.loads(msg.data))
-                except Exception:
-                    log.exception("advisory not processed; it will be redelivered")
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1)
-                    continue
-                await msg.ack()
+                await self._process(msg)
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            await self._on_advisory(json.loads(msg.data))
+        except Exception as exc:
+            if msg.metadata.num_delivered < ADVISORY_MAX_DELIVER:
+                log.warning("advisory not processed; it will be redelivered: %s", exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1)
+                return
+            await self._give_up(msg.data, exc)
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def _give_up(self, data: bytes, cause: Exception) -> None:
+        """The advisory's last delivery failed: keep what it names as a stub, then log."""
+        try:
+            advisory = json.loads(data)
+            stream, seq = str(advisory["stream"]), int(str(advisory["stream_seq"]))
+            body, subject = b"", ""
+            with contextlib.suppress(Exception):
+                raw = await self._js.get_msg(stream, seq)
+                body, subject = raw.data or b"", raw.subject or ""
+            await self.add(
+                Envelope(headers={}, body=body, subject=subject),
+                stream=stream,
+                seq=seq,
+                consumer=str(advisory.get("consumer", "")),
+                reason="max_deliveries",
+                error=f"copy failed {ADVISORY_MAX_DELIVER} times: {cause}",
+                deliveries=int(str(advisory.get("deliveries", 0))),
+                stub=True,
+            )
+        except Exception:
+            log.exception("advisory %r given up, and no stub could be stored", data[:300])
+            return
+        log.error("advisory for %s/%d given up; a stub was stored: %s", stream, seq, cause)
 
     async def _on_advisory(self, advisory: dict[str, object]) -> None:
         consumer = str(advisory.get("consumer", ""))
@@ -215,6 +285,7 @@ class JetStreamDeadLetters:
             error=headers.get(D_ERROR, ""),
             deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
             dead_at=parse_time(headers.get(D_AT)) or stored_at or datetime.now(UTC),
+            stub=headers.get(D_STUB) == "true",
             headers=headers,
             body=body.decode("utf-8", errors="replace"),
         )
@@ -248,7 +319,12 @@ class JetStreamDeadLetters:
     async def replay(self, dlq_id: str) -> str:
         """Publish the original message again (same message id), then drop the dead letter."""
         stored, body, _ = await self._raw(self._seq(dlq_id))
-        headers = {k: v for k, v in stored.items() if k not in _DLQ_HEADERS}
+        if stored.get(D_STUB) == "true":
+            raise NotReplayableError(
+                f"{dlq_id} is a stub: its message ({stored.get(D_SIZE, '?')} bytes with headers) "
+                "was too large to keep whole, so there is nothing to replay"
+            )
+        headers = {k: v for k, v in stored.items() if k not in _DLQ_HEADERS and k != "Nats-Msg-Id"}
         message_id = headers.get(H_ID, "")
         # A fresh broker dedupe id: the original one may still be inside the duplicate window.
         headers["Nats-Msg-Id"] = f"{message_id}-replay-{dlq_id}"
@@ -256,3 +332,23 @@ class JetStreamDeadLetters:
         await self._publish(Envelope(headers=headers, body=body, subject=stored[D_SUBJECT]), qos)
         await self.delete(dlq_id)
         return message_id
+
+
+_STUB_KEEPS = frozenset({H_ID, H_TYPE, H_QOS, ORIG_MSG_ID})
+
+
+def copied_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The headers a dead-letter copy keeps: none of the broker's control headers (`Nats-*`)
+    nor a dead-letter record of the sender's (`qm-dlq-*`),
+    the original `Nats-Msg-Id` as `qm-orig-msg-id`, and only names and values NATS can carry."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.lower() == "nats-msg-id":
+            kept[ORIG_MSG_ID] = _one_line(value)
+        elif not name.lower().startswith(("nats-", "qm-dlq-")) and nats_wire.is_token(name):
+            kept[name] = _one_line(value)
+    return kept
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")

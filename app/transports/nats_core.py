@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from app.errors import MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.telemetry import consumed_series, process_duration, qos0_lost, sent_series
 from app.tracing import send_span, sending_traced
@@ -52,6 +53,9 @@ class NatsCoreTransport:
                     )
             else:  # no span to open: skip the context manager on the hottest path
                 await nats_wire.publish(self._nc, envelope.subject, envelope.body, envelope.headers)
+        except MessageTooLargeError:
+            self._lost(envelope, "too_large")
+            raise  # the caller's to fix, not a loss to shrug off
         except Exception as exc:
             self._lost(envelope, type(exc).__name__)
             return

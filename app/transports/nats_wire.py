@@ -6,10 +6,14 @@ headers). An envelope's header names repeat from message to message, so each nam
 once per process, the values are checked together with one search, and the HPUB frame is built
 in one piece and queued on the client exactly as `Client.publish` queues its own.
 
-Anything out of the ordinary takes nats-py's own `publish`, with its checks and errors: a client
-not connected (nats-py buffers or refuses), a payload over the server's limit, a header value
-with a line break (nats-py replaces it), a name that is not a token (nats-py refuses it), or a
-nats-py without the internals used here.
+Every publish is measured first as the server measures it, header block and payload together
+(nats-py compares only the payload): a frame over `max_payload` makes the server close the
+connection, so it is refused here with MessageTooLargeError and never sent.
+
+Anything else out of the ordinary takes nats-py's own `publish`, with its checks and errors: a
+client not connected (nats-py buffers or refuses), a header value with a line break (nats-py
+replaces it), a name that is not a token (nats-py refuses it), or a nats-py without the
+internals used here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import re
 from collections.abc import Callable, Mapping
 
 from nats.aio.client import Client as NatsClient
+
+from app.errors import MessageTooLargeError
 
 # The header-name token rule, and the subject rule of `Client.publish`, as nats-py applies them.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -41,7 +47,8 @@ def _passes(value: str, checked: set[str], valid: Callable[[str], bool]) -> bool
     return True
 
 
-def _token(name: str) -> bool:
+def is_token(name: str) -> bool:
+    """Whether `name` may be a NATS header name."""
     return _TOKEN.fullmatch(name) is not None
 
 
@@ -52,7 +59,7 @@ def _subject(subject: str) -> bool:
 def header_block(headers: Mapping[str, str]) -> bytes | None:
     """`headers` as a NATS header block, or None when nats-py must handle them."""
     if not _checked_names.issuperset(headers) and not all(
-        _passes(name, _checked_names, _token) for name in headers
+        _passes(name, _checked_names, is_token) for name in headers
     ):
         return None
     if _LINE_BREAK.search("".join(headers.values())):
@@ -63,14 +70,39 @@ def header_block(headers: Mapping[str, str]) -> bytes | None:
     return f"NATS/1.0\r\n{lines}\r\n\r\n".encode()
 
 
+def frame_size(headers: Mapping[str, str], payload: bytes) -> int:
+    """What the server counts against `max_payload`: the header block and the payload. Exact
+    for the blocks built here; an upper bound for those nats-py builds (it strips values)."""
+    if not headers:
+        return len(payload)
+    # "NATS/1.0\r\n", then "name: value\r\n" per header, then "\r\n".
+    block = 12 + sum(
+        len(name.encode()) + len(value.encode()) + 4 for name, value in headers.items()
+    )
+    return block + len(payload)
+
+
+def check_size(nc: NatsClient, headers: Mapping[str, str], payload: bytes) -> None:
+    """Raise MessageTooLargeError when the server would refuse the frame (and close on us)."""
+    size = frame_size(headers, payload)
+    if size > nc.max_payload:
+        raise MessageTooLargeError(
+            f"{size} bytes of headers and body exceed the broker's limit of {nc.max_payload}"
+        )
+
+
 async def publish(
     nc: NatsClient, subject: str, payload: bytes, headers: Mapping[str, str], reply: str = ""
 ) -> None:
-    """`nc.publish(subject, payload, reply=reply, headers=headers)`, a few times faster."""
+    """`nc.publish(subject, payload, reply=reply, headers=headers)`, a few times faster; raises
+    MessageTooLargeError, without sending, for a frame the server would refuse."""
     block = header_block(headers) if _fast(nc, subject, reply, payload) else None
     if block is None:
+        check_size(nc, headers, payload)
         await nc.publish(subject, payload, reply=reply, headers=dict(headers))
         return
+    if len(block) + len(payload) > nc.max_payload:
+        check_size(nc, headers, payload)
     head = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += len(payload)

@@ -1,9 +1,15 @@
 """Messages on the wire that are oversized, undecodable, of an unknown type or version go to
 the dead-letter stream at once with their reason, are counted, and the consumer goes on."""
 
-from app.messages import QoS, encode
+import nats
+import pytest
+
+from app.errors import MessageTooLargeError, NotReplayableError, PublishError
+from app.messages import Envelope, Message, QoS, encode
 from app.testing import eventually
-from tests.transports.conftest import Ping, bus_settings, running_bus
+from app.transports.base import DeadLetterStore
+from app.transports.jetstream_streams import stream_name
+from tests.transports.conftest import Ping, Running, bus_settings, running_bus
 
 __all__ = ["bus_settings"]  # the fixture, shared with the transport tests
 
@@ -51,3 +57,94 @@ async def test_hostile_messages_are_dead_lettered_with_their_reason(bus_settings
     )
     assert all(item.deliveries == 1 for item in items)
     assert metrics.value("qosmesh.dead_letters", reason="oversized") >= 1
+
+
+async def test_a_near_limit_message_becomes_a_stub_dead_letter_and_the_connection_stays(
+    bus_settings, nats_server
+):
+    """An undecodable body of max_payload - 100 bytes: its dead-letter copy with headers would
+    not fit, and sending it anyway made the server close the connection for good."""
+    handled: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        handled.append(message.n)
+
+    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        nc = running.brokers.nc
+        producer = await nats.connect(nats_server.url)
+        body = b"\xff" * (producer.max_payload - 100)
+        await producer.jetstream().publish("svc.ping", body, headers={"Nats-Msg-Id": "big-1"})
+        await producer.close()
+        store = dead_letter_store(running)
+        await eventually(lambda: has_dead_letters(store, 1), message="the stub dead letter")
+        await running.bus.publish(Ping(n=1))
+        await eventually(lambda: handled == [1], message="the next message handled")
+        assert nc.is_connected
+        (item,) = (await store.list(10, None)).items
+        assert item.stub
+        assert item.reason == "unknown_version"  # it has no envelope headers at all
+        detail = await store.get(item.dlq_id)
+        assert detail.headers["qm-dlq-size"] == str(12 + len("Nats-Msg-Id: big-1\r\n") + len(body))
+        assert detail.headers["qm-orig-msg-id"] == "big-1"
+        assert len(detail.body.encode("utf-8", errors="replace")) <= 3 * 1024
+        with pytest.raises(NotReplayableError, match="stub"):
+            await store.replay(item.dlq_id)
+
+
+async def test_dead_letter_copies_carry_no_broker_control_headers(bus_settings, nats_server):
+    """`Nats-Expected-Stream: <its own stream>` made the dead-letter stream refuse the copy."""
+    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, _ignore)) as running:
+        js = running.brokers.js
+        stream = stream_name("svc.ping")
+        headers = {
+            "Nats-Expected-Stream": stream,
+            "Nats-Msg-Id": "hostile-1",
+            "Nats-Not-A-Real-Control-Header": "x",
+            "qm-dlq-stub": "true",
+        }
+        await js.publish("svc.ping", b"not json", headers=headers)
+        store = dead_letter_store(running)
+        await eventually(lambda: has_dead_letters(store, 1), message="the dead letter")
+        (item,) = (await store.list(10, None)).items
+        detail = await store.get(item.dlq_id)
+    assert not item.stub
+    assert detail.headers["qm-orig-msg-id"] == "hostile-1"
+    copied = {name for name in detail.headers if name.lower().startswith("nats-")}
+    assert copied == {"Nats-Msg-Id"}  # the dead-letter stream's own dedupe id
+    assert detail.headers["Nats-Msg-Id"].startswith(f"dlq-{stream}-")
+
+
+async def test_a_message_over_the_limit_is_refused_before_it_reaches_the_wire(bus_settings):
+    """Headers count: 10,000 of them push a small body over max_payload."""
+    async with running_bus(bus_settings()) as running:
+        nc = running.brokers.nc
+        envelope = encode(Ping(n=1), QoS.AT_LEAST_ONCE, "svc.ping")
+        crowded = {**envelope.headers, **{f"x-h{i}": "v" * 100 for i in range(10_000)}}
+        big = Envelope(headers=crowded, body=envelope.body, subject="svc.ping")
+        for name, qos in (("jetstream", QoS.AT_LEAST_ONCE), ("nats", QoS.AT_MOST_ONCE)):
+            with pytest.raises(MessageTooLargeError, match="exceed the broker's limit"):
+                await running.transports.by_name[name].publish(big, qos)
+        with pytest.raises(PublishError, match="1 of 2"):
+            await running.bus.publish_many([Ping(n=2), BigPing(pad="x" * nc.max_payload)])
+        assert nc.is_connected
+        await running.bus.publish(Ping(n=3))
+        stored = await running.brokers.js.stream_info(stream_name("svc.ping"))
+        assert stored.state.messages == 2  # Ping 2 and 3; the crowded Ping 1 never went out
+
+
+class BigPing(Message):
+    pad: str
+
+
+async def _ignore(message: Ping) -> None:
+    return None
+
+
+def dead_letter_store(running: Running) -> DeadLetterStore:
+    store = running.transports.by_name["jetstream"].dead_letters
+    assert store is not None
+    return store
+
+
+async def has_dead_letters(store: DeadLetterStore, count: int) -> bool:
+    return (await store.list(20, None)).total >= count
