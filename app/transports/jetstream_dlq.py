@@ -67,7 +67,7 @@ _DLQ_HEADERS = (
     ORIG_MSG_ID,
 )
 STUB_BODY = 1024
-ADVISORY_MAX_DELIVER = 10
+ADVISORY_MAX_DELIVER = 5
 
 Publish = Callable[[Envelope, QoS], Awaitable[None]]
 
@@ -211,12 +211,15 @@ class JetStreamDeadLetters:
         try:
             advisory = json.loads(data)
             stream, seq = str(advisory["stream"]), int(str(advisory["stream_seq"]))
-            body, subject = b"", ""
+            original = Envelope(headers={}, body=b"", subject="")
             with contextlib.suppress(Exception):
                 raw = await self._js.get_msg(stream, seq)
-                body, subject = raw.data or b"", raw.subject or ""
+                headers = {str(k): str(v) for k, v in (raw.headers or {}).items()}
+                original = Envelope(
+                    headers=headers, body=raw.data or b"", subject=raw.subject or ""
+                )
             await self.add(
-                Envelope(headers={}, body=body, subject=subject),
+                original,
                 stream=stream,
                 seq=seq,
                 consumer=str(advisory.get("consumer", "")),

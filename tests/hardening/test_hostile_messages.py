@@ -148,3 +148,32 @@ def dead_letter_store(running: Running) -> DeadLetterStore:
 
 async def has_dead_letters(store: DeadLetterStore, count: int) -> bool:
     return (await store.list(20, None)).total >= count
+
+
+async def test_an_advisory_whose_copy_keeps_failing_ends_in_a_stub_and_the_task_goes_on(
+    bus_settings,
+):
+    """The dead-letter stream refuses the whole copy: the consumer's own copy fails, the
+    server's MAX_DELIVERIES advisory is retried a bounded number of times, then a stub is kept."""
+
+    async def fail(message: BigPing) -> None:
+        raise ValueError("handler refuses")
+
+    settings = bus_settings(max_deliver=2)
+    async with running_bus(settings, lambda bus: bus.subscribe(BigPing, fail)) as running:
+        store = dead_letter_store(running)
+        js = running.brokers.js
+        dlq = (await js.stream_info("SVC_DLQ")).config
+        dlq.max_msg_size = 4096
+        await js.update_stream(dlq)
+        await running.bus.publish(BigPing(pad="x" * 8192))
+        await eventually(lambda: has_dead_letters(store, 1), timeout=20, message="a stub")
+        (item,) = (await store.list(10, None)).items
+        assert item.stub
+        assert item.reason == "max_deliveries"
+        assert "copy failed" in item.error
+        await running.bus.publish(BigPing(pad="small"))
+        await eventually(lambda: has_dead_letters(store, 2), timeout=20, message="next one")
+        page = (await store.list(10, None)).items
+    assert [i.stub for i in page] == [False, True]
+    assert page[1].message_id == item.message_id != ""
