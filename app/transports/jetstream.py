@@ -455,7 +455,14 @@ class _AckInbox:
         self._waiting[token] = future
         self._deadlines.fail_after(future, timeout, _no_ack)
         try:
-            await nats_wire.publish(self._nc, subject, body, headers, reply=self._prefix + token)
+            await nats_wire.publish(
+                self._nc,
+                subject,
+                body,
+                headers,
+                reply=self._prefix + token,
+                max_headers=nats_wire.JETSTREAM_MAX_HEADERS,
+            )
         except BaseException:
             del self._waiting[token]
             raise

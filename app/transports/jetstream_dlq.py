@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 import nats.errors
@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from app.errors import DeadLetterNotFoundError, NotReplayableError
+from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
 from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dead_letters
@@ -159,7 +159,7 @@ class JetStreamDeadLetters:
         headers = {**copied_headers(envelope.headers), **record}
         body = envelope.body
         size = nats_wire.frame_size(envelope.headers, body)
-        if stub or nats_wire.frame_size(headers, body) > self._nc.max_payload:
+        if stub or not _fits(self._nc, headers, body):
             kept = {k: v for k, v in copied_headers(envelope.headers).items() if k in _STUB_KEEPS}
             headers = {**kept, **record, D_STUB: "true", D_SIZE: str(size)}
             body = body[:STUB_BODY]
@@ -245,9 +245,8 @@ class JetStreamDeadLetters:
             return
         kind = str(advisory.get("type", ""))
         terminated = "terminated" in kind
-        envelope = Envelope(
-            headers=dict(raw.headers or {}), body=raw.data or b"", subject=raw.subject or ""
-        )
+        headers = {str(k): str(v) for k, v in (raw.headers or {}).items()}
+        envelope = Envelope(headers=headers, body=raw.data or b"", subject=raw.subject or "")
         await self.add(
             envelope,
             stream=stream,
@@ -340,17 +339,25 @@ class JetStreamDeadLetters:
 _STUB_KEEPS = frozenset({H_ID, H_TYPE, H_QOS, ORIG_MSG_ID})
 
 
-def copied_headers(headers: dict[str, str]) -> dict[str, str]:
+def copied_headers(headers: Mapping[str, object]) -> dict[str, str]:
     """The headers a dead-letter copy keeps: none of the broker's control headers (`Nats-*`)
     nor a dead-letter record of the sender's (`qm-dlq-*`),
     the original `Nats-Msg-Id` as `qm-orig-msg-id`, and only names and values NATS can carry."""
     kept: dict[str, str] = {}
-    for name, value in headers.items():
+    for name, value in headers.items():  # nats-py hands odd values over as email Headers
         if name.lower() == "nats-msg-id":
-            kept[ORIG_MSG_ID] = _one_line(value)
+            kept[ORIG_MSG_ID] = _one_line(str(value))
         elif not name.lower().startswith(("nats-", "qm-dlq-")) and nats_wire.is_token(name):
-            kept[name] = _one_line(value)
+            kept[name] = _one_line(str(value))
     return kept
+
+
+def _fits(nc: NatsClient, headers: dict[str, str], body: bytes) -> bool:
+    try:
+        nats_wire.check_size(nc, headers, body, nats_wire.JETSTREAM_MAX_HEADERS)
+    except MessageTooLargeError:
+        return False
+    return True
 
 
 def _one_line(text: str) -> str:

@@ -70,39 +70,58 @@ def header_block(headers: Mapping[str, str]) -> bytes | None:
     return f"NATS/1.0\r\n{lines}\r\n\r\n".encode()
 
 
-def frame_size(headers: Mapping[str, str], payload: bytes) -> int:
-    """What the server counts against `max_payload`: the header block and the payload. Exact
-    for the blocks built here; an upper bound for those nats-py builds (it strips values)."""
+JETSTREAM_MAX_HEADERS = 64 * 1024
+"""JetStream refuses to store a message whose header block is larger (err 10097)."""
+
+
+def headers_size(headers: Mapping[str, str]) -> int:
+    """The header block's length: exact for the blocks built here; an upper bound for those
+    nats-py builds (it strips values)."""
     if not headers:
-        return len(payload)
+        return 0
     # "NATS/1.0\r\n", then "name: value\r\n" per header, then "\r\n".
-    block = 12 + sum(
-        len(name.encode()) + len(value.encode()) + 4 for name, value in headers.items()
-    )
-    return block + len(payload)
+    return 12 + sum(len(name.encode()) + len(value.encode()) + 4 for name, value in headers.items())
 
 
-def check_size(nc: NatsClient, headers: Mapping[str, str], payload: bytes) -> None:
-    """Raise MessageTooLargeError when the server would refuse the frame (and close on us)."""
+def frame_size(headers: Mapping[str, str], payload: bytes) -> int:
+    """What the server counts against `max_payload`: the header block and the payload."""
+    return headers_size(headers) + len(payload)
+
+
+def check_size(
+    nc: NatsClient, headers: Mapping[str, str], payload: bytes, max_headers: int = 0
+) -> None:
+    """Raise MessageTooLargeError when the server would refuse the frame (and close on us), or,
+    with `max_headers`, when the header block is over it (a stream would not store it)."""
     size = frame_size(headers, payload)
     if size > nc.max_payload:
         raise MessageTooLargeError(
             f"{size} bytes of headers and body exceed the broker's limit of {nc.max_payload}"
         )
+    if max_headers and (block := headers_size(headers)) > max_headers:
+        raise MessageTooLargeError(
+            f"{block} bytes of headers exceed the stream's limit of {max_headers}"
+        )
 
 
 async def publish(
-    nc: NatsClient, subject: str, payload: bytes, headers: Mapping[str, str], reply: str = ""
+    nc: NatsClient,
+    subject: str,
+    payload: bytes,
+    headers: Mapping[str, str],
+    reply: str = "",
+    max_headers: int = 0,
 ) -> None:
     """`nc.publish(subject, payload, reply=reply, headers=headers)`, a few times faster; raises
-    MessageTooLargeError, without sending, for a frame the server would refuse."""
+    MessageTooLargeError, without sending, for a frame the server would refuse (`max_headers`:
+    a limit of the header block's own, as JetStream has)."""
     block = header_block(headers) if _fast(nc, subject, reply, payload) else None
     if block is None:
-        check_size(nc, headers, payload)
+        check_size(nc, headers, payload, max_headers)
         await nc.publish(subject, payload, reply=reply, headers=dict(headers))
         return
-    if len(block) + len(payload) > nc.max_payload:
-        check_size(nc, headers, payload)
+    if len(block) + len(payload) > nc.max_payload or (max_headers and len(block) > max_headers):
+        check_size(nc, headers, payload, max_headers)
     head = f"HPUB {subject} {reply} {len(block)} {len(block) + len(payload)}\r\n".encode()
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += len(payload)

@@ -1,6 +1,9 @@
 """Messages on the wire that are oversized, undecodable, of an unknown type or version go to
 the dead-letter stream at once with their reason, are counted, and the consumer goes on."""
 
+import asyncio
+import socket
+
 import nats
 import pytest
 
@@ -124,6 +127,12 @@ async def test_a_message_over_the_limit_is_refused_before_it_reaches_the_wire(bu
         for name, qos in (("jetstream", QoS.AT_LEAST_ONCE), ("nats", QoS.AT_MOST_ONCE)):
             with pytest.raises(MessageTooLargeError, match="exceed the broker's limit"):
                 await running.transports.by_name[name].publish(big, qos)
+        headed = {**envelope.headers, **{f"x-h{i}": str(i) for i in range(5_000)}}  # 70 KiB
+        with pytest.raises(MessageTooLargeError, match="headers exceed the stream's limit"):
+            await running.transports.by_name["jetstream"].publish(
+                Envelope(headers=headed, body=envelope.body, subject="svc.ping"),
+                QoS.AT_LEAST_ONCE,
+            )
         with pytest.raises(PublishError, match="1 of 2"):
             await running.bus.publish_many([Ping(n=2), BigPing(pad="x" * nc.max_payload)])
         assert nc.is_connected
@@ -177,3 +186,61 @@ async def test_an_advisory_whose_copy_keeps_failing_ends_in_a_stub_and_the_task_
         page = (await store.list(10, None)).items
     assert [i.stub for i in page] == [False, True]
     assert page[1].message_id == item.message_id != ""
+
+
+def raw_frames(server_url: str, subject: str, frames: list[tuple[bytes, bytes]]) -> None:
+    """Publish header blocks exactly as given, past every client-side check, on a bare socket."""
+    host, port = server_url.removeprefix("nats://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
+        for block, body in frames:
+            head = f"HPUB {subject} {len(block)} {len(block) + len(body)}\r\n".encode()
+            sock.sendall(head + block + body + b"\r\n")
+        sock.sendall(b"PING\r\n")
+        answer = b""
+        while b"PONG" not in answer and b"-ERR" not in answer:
+            answer += sock.recv(4096)
+        assert b"-ERR" not in answer, answer
+
+
+async def test_hostile_header_blocks_are_dead_lettered_or_handled_and_the_consumer_goes_on(
+    bus_settings, nats_server
+):
+    """Header blocks no client would build: each message ends handled or dead-lettered (never
+    lost, never looping), the connection stays, and the next message is handled."""
+    handled: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        handled.append(message.n)
+
+    good = encode(Ping(n=1), QoS.AT_LEAST_ONCE, "svc.ping")
+    envelope = "".join(f"{k}: {v}\r\n" for k, v in good.headers.items())
+    many = "".join(f"x-h{i}: {i}\r\n" for i in range(3_000))  # 40 KiB of headers
+    frames = [
+        (f"NATS/1.0\r\nBad Name: x\r\n{envelope}\r\n".encode(), good.body),
+        (f"NATS/1.0\r\nno-colon-at-all\r\n{envelope}\r\n".encode(), good.body),
+        (f"NATS/1.0\r\n{many}{envelope}\r\n".encode(), good.body),
+        (f"NATS/1.0\r\n{many}\r\n".encode(), b"\xff" * 1000),
+        (b"NATS/1.0\r\nx-bin: " + b"\xff\xfe\r\n" + f"{envelope}\r\n".encode(), b"{"),
+        (f"NATS/1.0\r\nx-cr: a\rb\r\n{envelope}\r\n".encode(), good.body),
+        (f"NATS/1.0\r\n{envelope}qm-schema: 999\r\n\r\n".encode(), good.body),
+        (f"NATS/1.0\r\n{many * 4}\r\n".encode(), good.body),  # 10,000+ headers
+    ]
+    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
+        store = dead_letter_store(running)
+        await asyncio.to_thread(raw_frames, nats_server.url, "svc.ping", frames)
+        await running.bus.publish(Ping(n=2))
+        await eventually(lambda: 2 in handled, message="the message after the hostile ones")
+
+        async def settled() -> bool:
+            info = await running.brokers.js.consumer_info("SVC_PING", "svc__ping")
+            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+        await eventually(settled, timeout=15, message="every hostile message settled")
+        dead = (await store.list(50, None)).total
+        stored = (await running.brokers.js.stream_info("SVC_PING")).state.messages - 1
+        assert running.brokers.nc.is_connected
+    # JetStream does not store a header block over 64 KiB: the last crowded frame never arrives.
+    assert stored == len(frames) - 1
+    assert len([n for n in handled if n == 1]) + dead == stored

@@ -6,6 +6,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
+from app.errors import MessageTooLargeError
 from app.transports import nats_wire
 
 ENVELOPE = {
@@ -58,8 +59,12 @@ async def test_what_is_left_to_nats_py_gets_its_checks(nats_server):
             await nats_wire.publish(nc, "wire.bad", b"", {"bad name": "1"})
         with pytest.raises(nats.errors.BadSubjectError):
             await nats_wire.publish(nc, "wire.bad subject", b"", ENVELOPE)
-        with pytest.raises(nats.errors.MaxPayloadError):
+        with pytest.raises(MessageTooLargeError):
             await nats_wire.publish(nc, "wire.big", b"x" * (nc.max_payload + 1), ENVELOPE)
+        # The server counts the header block too: it would close the connection on this one.
+        with pytest.raises(MessageTooLargeError):
+            await nats_wire.publish(nc, "wire.big", b"x" * (nc.max_payload - 10), ENVELOPE)
+        assert nc.is_connected
 
     got = await _received(nats_server.url, send)
     assert [(m.subject, m.headers) for m in got] == [
