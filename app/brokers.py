@@ -254,7 +254,8 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
         if not servers and attach and running.exists() and StoreLock.held(running.parent):
             servers = [running.read_text().strip()]
         if not servers:
-            server = _embedded(stack, NatsServer(settings.data_path / "nats"))
+            nats_store = settings.data_path / "nats"
+            server = _embedded(stack, NatsServer(nats_store, sync=settings.nats_sync))
             servers = [server.url]
             log.info("using embedded nats-server at %s", server.url)
         else:

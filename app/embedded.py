@@ -162,13 +162,37 @@ class ServerProcess:
 
 
 class NatsServer(ServerProcess):
-    """nats-server with JetStream on file storage."""
+    """nats-server with JetStream on file storage.
+
+    `sync` is JetStream's `sync_interval`: `always` flushes every write to disk before it is
+    acknowledged; a duration (nats-server's default is `2m`) flushes that often, so an OS crash
+    or power loss can lose what was acknowledged since. There is no command-line flag for it:
+    it goes through a generated config file. None leaves the server's default.
+    """
 
     name = "nats-server"
 
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        sync: str | None = None,
+    ) -> None:
+        super().__init__(store_dir, host=host, port=port, extra_args=extra_args)
+        self.sync = sync
+
     def argv(self) -> list[str]:
+        config: list[str] = []
+        if self.sync is not None:
+            path = self.store_dir / "jetstream.conf"
+            path.write_text(f"jetstream {{\n  sync_interval: {self.sync}\n}}\n")
+            config = ["-c", str(path)]
         return [
             str(find_binary("nats-server")),
+            *config,
             "-js",
             "-sd",
             str(self.store_dir),

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     nats_tls_key: Path | None = None
     nats_connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     nats_reconnect_wait: Annotated[float, Field(gt=0)] = 0.25
+    nats_sync: Annotated[str, Field(pattern=r"^(always|[1-9][0-9]*(ms|s|m|h))$")] = "always"
 
     redis_url: SecretStr | None = None
     redis_maxlen: Annotated[int, Field(ge=1)] = 100000

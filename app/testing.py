@@ -83,6 +83,9 @@ class ServiceProcess:
             "APP_PORT": str(self.port),
             "APP_DATA_DIR": str(workdir / "data"),
             "APP_LOG_FORMAT": "json",
+            # Tests kill processes, never the machine: the page cache survives them, so the
+            # embedded broker may flush on its default timer rather than on every write.
+            "APP_NATS_SYNC": "2m",
             **env,
         }
         self.log_path = workdir / "service.log"
@@ -338,7 +341,12 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
     """Settings for an in-process instance: its own data dir and port, and the given overrides."""
 
     def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {"data_dir": tmp_path / "data", "port": free_port()}
+        # An embedded broker flushes on its timer (see ServiceProcess): no test cuts the power.
+        values: dict[str, object] = {
+            "data_dir": tmp_path / "data",
+            "port": free_port(),
+            "nats_sync": "2m",
+        }
         values.update(overrides)
         return Settings.model_validate(values)
 

@@ -23,7 +23,8 @@ _names = itertools.count()
 
 @dataclass(slots=True, frozen=True)
 class Env:
-    nats_url: str
+    nats_url: str  # JetStream sync_interval at the server's default (2m): the messaging rows
+    nats_synced_url: str  # sync_interval always: the rows that price it
     redis_url: str
     tmp: Path
     messages: int

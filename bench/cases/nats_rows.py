@@ -84,8 +84,11 @@ async def qos0(env: Env, nc: NatsClient) -> Row:
 # -- QoS 1 publish ---------------------------------------------------------------------------
 
 
-async def _router_publish(env: Env, count: int, window: int | None) -> float:
-    async with running_bus(settings(env, unique("q1"))) as (bus, brokers):
+async def _router_publish(
+    env: Env, count: int, window: int | None, nats_url: str | None = None
+) -> float:
+    config = settings(env, unique("q1"), nats_url=nats_url or env.nats_url)
+    async with running_bus(config) as (bus, brokers):
         msgs = [Blob(data="x" * env.size) for _ in range(count)]
         await bus.publish(Blob(data="warm"))  # creates the stream
         with Clock() as clock:
@@ -139,6 +142,23 @@ async def qos1_inflight(env: Env, nc: NatsClient) -> Row:
         ),
         target=0.8,
         note=f"{n} msgs; publish_many vs js.publish_async",
+    )
+
+
+async def synced(env: Env, window: int | None) -> Row:
+    """What `sync_interval: always` (APP_NATS_SYNC's default) costs the router: the same
+    publishes against a server that flushes every write and one that flushes every 2 minutes."""
+    n = env.slow_messages if window is None else env.messages
+    how = "awaited one by one" if window is None else f"{window} in flight"
+    return Row(
+        f"QoS 1 publish {how}, sync always vs 2m",
+        "msg/s",
+        *await paired_rates(
+            env.runs,
+            lambda: _router_publish(env, n, window, env.nats_synced_url),
+            lambda: _router_publish(env, n, window),
+        ),
+        note=f"{n} msgs; qosmesh on both; ratio = what durability on every write keeps",
     )
 
 
@@ -231,6 +251,8 @@ async def rows(env: Env, pick: Callable[[str], bool]) -> list[Row]:
             ("inflight", lambda: qos1_inflight(env, nc)),
             ("e2e", lambda: qos1_e2e(env, nc)),
             ("qos2", lambda: qos2_e2e(env)),
+            ("sync", lambda: synced(env, None)),
+            ("sync", lambda: synced(env, env.window)),
         )
         for key, case in cases:
             if pick(key):

@@ -22,6 +22,7 @@ VALUES_FILES = ["default", "external-nats", "ha", "observability"]
 SECRET_SETTINGS = {"APP_NATS_PASSWORD", "APP_NATS_TOKEN", "APP_ADMIN_TOKEN", "APP_REDIS_URL"}
 # Set by the chart from its own values, never through `config`.
 CHART_MANAGED = {
+    "APP_NATS_SYNC",  # the embedded broker's; a chart's NATS is set in its own values
     "APP_HOST",
     "APP_DATA_DIR",
     "APP_NATS_URL",
@@ -337,6 +338,7 @@ def test_nats_dependency_is_the_official_chart_under_a_condition(chart):
     assert nats["config"]["jetstream"]["enabled"] is True
     assert nats["config"]["jetstream"]["fileStore"]["enabled"] is True
     assert nats["config"]["jetstream"]["fileStore"]["pvc"]["enabled"] is True
+    assert nats["config"]["jetstream"]["merge"] == {"sync_interval": "always"}
 
 
 @pytest.mark.parametrize(

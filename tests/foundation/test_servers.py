@@ -1,8 +1,15 @@
 """The real-server fixtures: start, kill and restart keep their stores."""
 
+import httpx
 import nats
+import pytest
 import redis.asyncio as aioredis
 from nats.js.api import StreamConfig
+from pydantic import ValidationError
+
+from app.brokers import open_brokers
+from app.embedded import NatsServer, free_port
+from app.settings import Settings, describe_validation_error
 
 
 async def test_nats_server_keeps_jetstream_data_across_kill_and_restart(nats_server):
@@ -33,3 +40,35 @@ async def test_valkey_server_keeps_acknowledged_writes_across_kill(redis_server)
     client = aioredis.from_url(redis_server.url)
     assert await client.xlen("s") == 1
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("sync", "expected"),
+    [("always", {"sync_always": True}), ("10s", {"sync_interval": 10 * 10**9})],
+)
+def test_embedded_nats_server_flushes_as_app_nats_sync_says(tmp_path, sync, expected):
+    monitor = free_port()
+    server = NatsServer(tmp_path / "nats", sync=sync, extra_args=["-m", str(monitor)])
+    server.start()
+    try:
+        varz = httpx.get(f"http://127.0.0.1:{monitor}/varz", timeout=5).json()
+    finally:
+        server.stop()
+    config = varz["jetstream"]["config"]
+    assert {key: config.get(key) for key in expected} == expected
+
+
+async def test_the_service_starts_its_embedded_broker_with_every_write_synced(settings_for):
+    """APP_NATS_SYNC defaults to `always`: nothing acknowledged waits for a timer to be safe."""
+    settings = Settings.model_validate({"data_dir": settings_for().data_dir})
+    assert settings.nats_sync == "always"
+    async with open_brokers(settings) as brokers:
+        assert brokers.nc.is_connected
+        config = (settings.data_path / "nats" / "jetstream.conf").read_text()
+    assert "sync_interval: always" in config
+
+
+def test_a_bad_app_nats_sync_is_refused_naming_the_variable():
+    with pytest.raises(ValidationError) as info:
+        Settings.model_validate({"nats_sync": "sometimes"})
+    assert describe_validation_error(info.value).startswith("configuration error: APP_NATS_SYNC:")
