@@ -14,18 +14,16 @@ import asyncio
 import logging
 
 from app.api.health import Readiness
-from app.bus import Bus
-from app.discovery import Discovery
 from app.errors import DiscoveryError
+from app.runtime import Supervisor
 
 log = logging.getLogger(__name__)
 
 
 class Drain:
-    def __init__(self, readiness: Readiness, discovery: Discovery, bus: Bus, timeout: float):
+    def __init__(self, readiness: Readiness, supervisor: Supervisor, timeout: float):
         self._readiness = readiness
-        self._discovery = discovery
-        self._bus = bus
+        self._supervisor = supervisor
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Future[None] | None = None
@@ -42,10 +40,15 @@ class Drain:
 
     async def _run(self) -> None:
         self._readiness.draining = True
+        self._supervisor.hold()  # the parts in use now are the ones to drain
+        runtime = self._supervisor.current
+        if runtime is None:
+            log.info("draining: nothing to drain (the broker connections were being rebuilt)")
+            return
         log.info("draining: readiness off, leaving discovery")
         try:
-            await self._discovery.deregister()
+            await runtime.discovery.deregister()
         except DiscoveryError as exc:
             log.warning("%s", exc)
-        await self._bus.stop(self._timeout)
+        await runtime.bus.stop(self._timeout)
         log.info("drained: consumers stopped")

@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
@@ -16,17 +16,13 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import admin, cluster, health, nodes, openapi, problems
 from app.api.health import Readiness
-from app.brokers import Brokers, open_brokers
-from app.bus import Bus
-from app.dead_letters import DeadLetters
-from app.discovery import Discovery, open_discovery
 from app.discovery.models import new_node_id
 from app.errors import ConfigurationError
 from app.lifecycle import Drain
 from app.observability import instrument_app, setup_telemetry, shutdown_telemetry
-from app.peers import PeerClient
+from app.runtime import Supervisor
 from app.settings import DEFAULT_DOMAIN, Settings
-from app.transports.registry import build_transports
+from app.supervision import Supervision, use
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +36,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            readiness = Readiness()
-            brokers = await stack.enter_async_context(open_brokers(settings))
-            readiness.add(brokers.readiness)
-            app.state.brokers = brokers
-            # Entered after the brokers, so it leaves the bucket before they close.
-            stack.callback(shutdown_telemetry)
-            discovery = await stack.enter_async_context(
-                open_discovery(brokers, settings, node_id=instance_id)
-            )
-            readiness.add(discovery.readiness)
-            app.state.discovery = discovery
-            # Closed after the messaging stops, so handlers may call peers while draining.
-            app.state.peers = await stack.enter_async_context(PeerClient(discovery))
-            bus = await stack.enter_async_context(
-                _messaging(app, settings, brokers, discovery, domain)
-            )
+        supervision = Supervision()
+        use(supervision)  # every task the instance starts from here reports to it
+        app.state.supervision = supervision
+        supervisor = Supervisor(app, settings, domain, instance_id, supervision)
+        readiness = Readiness()
+        readiness.add(supervisor.readiness)
+        try:
+            await supervisor.start()
             app.state.readiness = readiness
-            app.state.drain = drain = Drain(readiness, discovery, bus, settings.drain_timeout)
+            app.state.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
             log.info("service started", extra={"service": settings.service_name})
             yield
             log.info("service stopping", extra={"service": settings.service_name})
             await drain.begin()
+        finally:
+            await supervisor.stop()
+            shutdown_telemetry()
 
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -76,28 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if domain is not None:
         app.include_router(domain.router)
     return app
-
-
-@asynccontextmanager
-async def _messaging(
-    app: FastAPI,
-    settings: Settings,
-    brokers: Brokers,
-    discovery: Discovery,
-    domain: ModuleType | None,
-) -> AsyncIterator[Bus]:
-    """The bus with its transports and the domain's handlers; consumers stop on exit."""
-    transports = await build_transports(settings, brokers)
-    bus = Bus(settings, transports.by_name, transports.idempotency, discovery.self_info.node_id)
-    app.state.bus = bus
-    app.state.dead_letters = DeadLetters(bus.dead_letters)
-    if domain is not None:
-        app.state.domain = await domain.setup(bus, brokers, settings)
-    await bus.start()
-    try:
-        yield bus
-    finally:
-        await bus.stop(settings.drain_timeout)
 
 
 def load_domain(name: str) -> ModuleType | None:

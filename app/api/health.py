@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.supervision import Supervision
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
 
 router = APIRouter(tags=["health"])
@@ -31,10 +33,16 @@ class Readiness:
         return results
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """Liveness: the process serves HTTP."""
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {"description": "a supervised task died for good"}})
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the process serves HTTP, and no supervised task has been dead for longer than
+    the grace period without being started again. An unreachable broker does not fail it: a
+    restart would not bring the broker back, and the instance reconnects by itself."""
+    supervision: Supervision | None = getattr(request.app.state, "supervision", None)
+    dead = supervision.dead_for_long() if supervision is not None else []
+    if dead:
+        return JSONResponse({"status": "failed", "dead_tasks": dead}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", responses={503: {"description": "a check failed"}})

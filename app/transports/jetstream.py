@@ -37,6 +37,7 @@ from opentelemetry.metrics import Observation
 from app.errors import MessageTooLargeError
 from app.messages import H_ATTEMPT, DecodeError, Envelope, QoS
 from app.settings import Settings
+from app.supervision import supervised
 from app.telemetry import dedupe_hits, sent_series, watch_pending
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription, backoff
@@ -252,7 +253,7 @@ class _Consumer:
     async def start(self) -> None:
         await self._js.add_consumer(self._stream, self.config())
         self._inbox_sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
-        self._loop_task = asyncio.create_task(self._run(), name=f"consume {self._sub.name}")
+        self._loop_task = supervised(self._run(), f"consume {self._sub.name}")
         self._pending_task = asyncio.create_task(self._track_pending())
         self._keepalive_task = asyncio.create_task(self._keep_alive(self._settings.ack_wait / 3))
         self._unwatch = watch_pending(self._observe_pending)

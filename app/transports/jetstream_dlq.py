@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
 from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
 from app.settings import Settings
+from app.supervision import supervised
 from app.telemetry import dead_letters
 from app.transports import nats_wire
 from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage, parse_time
@@ -123,7 +124,7 @@ class JetStreamDeadLetters:
             ),
         )
         self._psub = await self._js.pull_subscribe_bind(durable=durable, stream=ADVISORY_STREAM)
-        self._task = asyncio.create_task(self._follow_advisories(), name="dlq advisories")
+        self._task = supervised(self._follow_advisories(), "dlq advisories")
 
     async def stop(self) -> None:
         self._stopping = True

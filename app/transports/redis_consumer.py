@@ -19,6 +19,7 @@ import redis.exceptions
 
 from app.messages import DecodeError
 from app.settings import Settings
+from app.supervision import supervised
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.batching import Batcher
 from app.transports.consuming import ConsumerMetrics, HandlerTasks
@@ -88,7 +89,7 @@ class RedisConsumer:
         # A service group starts at the stream's beginning (messages sent before the first
         # instance ran are not lost); a broadcast group only wants what comes from now on.
         await self._create_group("$" if self.broadcast else "0")
-        self._loop_task = asyncio.create_task(self._run(), name=f"consume {self.name}")
+        self._loop_task = supervised(self._run(), f"consume {self.name}")
         self._keepalive_task = asyncio.create_task(self._keep_alive(self._claim_idle / 3))
 
     async def _create_group(self, start: bytes | str) -> None:

@@ -1,0 +1,182 @@
+"""The instance's broker-bound parts, built together and built again together.
+
+nats-py can close a connection for good: after a protocol error (the server's answer to a frame
+over its payload limit, for one) it does not reconnect. Everything that holds the connection
+then holds a dead one: the bus and its consumers, the KV stores, discovery. The supervisor
+watches for that, and for a supervised task that died, and builds all of them again, retrying
+until the brokers can be reached. The HTTP endpoints read the parts from `app.state` on every
+request, so they use the new ones at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.brokers import Brokers, open_brokers
+from app.bus import Bus
+from app.dead_letters import DeadLetters
+from app.discovery import Discovery, open_discovery
+from app.peers import PeerClient
+from app.settings import Settings
+from app.supervision import Supervision, supervised
+from app.transports.registry import build_transports
+
+log = logging.getLogger(__name__)
+
+WATCH_EVERY = 0.5
+RETRY_CAP = 5.0
+REBUILD_DRAIN = 2.0
+
+
+@dataclass(slots=True, frozen=True)
+class Runtime:
+    brokers: Brokers
+    discovery: Discovery
+    peers: PeerClient
+    bus: Bus
+    dead_letters: DeadLetters
+    domain: Any
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, domain: ModuleType | None, instance_id: str
+) -> AsyncIterator[Runtime]:
+    """Brokers, discovery, the peer client and the bus with the domain's handlers; closed in
+    reverse order (consumers stop before discovery leaves and the brokers close)."""
+    async with AsyncExitStack() as stack:
+        brokers = await stack.enter_async_context(open_brokers(settings))
+        discovery = await stack.enter_async_context(
+            open_discovery(brokers, settings, node_id=instance_id)
+        )
+        # Closed after the messaging stops, so handlers may call peers while draining.
+        peers = await stack.enter_async_context(PeerClient(discovery))
+        transports = await build_transports(settings, brokers)
+        bus = Bus(settings, transports.by_name, transports.idempotency, instance_id)
+        state = await domain.setup(bus, brokers, settings) if domain is not None else None
+        await bus.start()
+        stack.push_async_callback(bus.stop, settings.drain_timeout)
+        yield Runtime(brokers, discovery, peers, bus, DeadLetters(bus.dead_letters), state)
+
+
+class Supervisor:
+    """Owns the current Runtime; replaces it when its NATS client closed for good or one of its
+    supervised tasks died."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        domain: ModuleType | None,
+        instance_id: str,
+        supervision: Supervision,
+    ) -> None:
+        self._app = app
+        self._settings = settings
+        self._domain = domain
+        self._instance_id = instance_id
+        self._supervision = supervision
+        self._stack: AsyncExitStack | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._holding = False
+        self.current: Runtime | None = None
+        self.rebuilds = 0
+
+    async def start(self) -> Runtime:
+        """Build the first runtime (its errors stop the start) and begin watching it."""
+        runtime = await self._build()
+        self._task = supervised(self._watch(), "supervisor")
+        return runtime
+
+    def hold(self) -> None:
+        """Stop replacing parts: the instance is draining."""
+        self._holding = True
+
+    async def stop(self) -> None:
+        self.hold()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=2)
+        await self._close()
+
+    async def readiness(self) -> dict[str, str]:
+        runtime = self.current
+        if runtime is None:
+            return {"nats": "reconnecting"}
+        checks = await runtime.brokers.readiness()
+        checks.update(await runtime.discovery.readiness())
+        return checks
+
+    async def _build(self) -> Runtime:
+        stack = AsyncExitStack()
+        try:
+            runtime = await stack.enter_async_context(
+                open_runtime(self._settings, self._domain, self._instance_id)
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack, self.current = stack, runtime
+        state = self._app.state
+        state.brokers, state.discovery, state.peers = (
+            runtime.brokers,
+            runtime.discovery,
+            runtime.peers,
+        )
+        state.bus, state.dead_letters = runtime.bus, runtime.dead_letters
+        if self._domain is not None:
+            state.domain = runtime.domain
+        return runtime
+
+    async def _close(self) -> None:
+        stack, self._stack, self.current = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+    def _broken(self) -> str | None:
+        runtime = self.current
+        if runtime is not None and runtime.brokers.nc.is_closed:
+            return "the NATS connection closed for good"
+        if self._supervision.deaths:
+            return f"task {', '.join(sorted(self._supervision.deaths))} died"
+        return None
+
+    async def _watch(self) -> None:
+        while not self._holding:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._supervision.wake.wait(), WATCH_EVERY)
+            self._supervision.wake.clear()
+            why = None if self._holding else self._broken()
+            if why is not None:
+                await self._replace(why)
+
+    async def _replace(self, why: str) -> None:
+        log.error("%s: building the broker connections and everything on them again", why)
+        # The old parts hold a dead connection: their handlers get a short drain at most.
+        if self.current is not None:
+            with contextlib.suppress(Exception):
+                await self.current.bus.stop(min(REBUILD_DRAIN, self._settings.drain_timeout))
+        await self._close()
+        self._supervision.forget()
+        delay = 0.25
+        while not self._holding:
+            try:
+                await self._build()
+            except Exception as exc:
+                log.warning("rebuild failed, retrying in %.2fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_CAP, delay * 2)
+                continue
+            self.rebuilds += 1
+            log.info("broker connections and their parts built again")
+            return

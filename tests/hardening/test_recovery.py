@@ -1,0 +1,108 @@
+"""An instance comes back by itself from what nats-py does not come back from, and /healthz
+fails only for what a restart can fix."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from app import supervision
+from app.supervision import Supervision
+from app.testing import eventually, running_app
+
+ORDER = {"sku": "book-1", "quantity": 1}
+
+
+@pytest.fixture
+async def instance(settings_for, nats_server):
+    settings = settings_for(nats_url=nats_server.url, ack_wait=2, publish_deadline=2)
+    async with (
+        running_app(settings) as (app, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        yield app, client
+
+
+async def confirmed(client: httpx.AsyncClient) -> None:
+    accepted = await client.post("/orders", json=ORDER)
+    assert accepted.status_code == 202, accepted.text
+    order_id = accepted.json()["order_id"]
+
+    async def done() -> bool:
+        return bool((await client.get(f"/orders/{order_id}")).json()["status"] == "confirmed")
+
+    await eventually(done, message=f"order {order_id} confirmed")
+
+
+async def ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_connection_closed_by_a_protocol_error_is_built_again(instance):
+    """The server answers a frame over max_payload with -ERR and nats-py closes for good: the
+    instance builds its connection, bus, consumers, KV stores and discovery again."""
+    app, client = instance
+    await confirmed(client)
+    old = app.state.brokers.nc
+    over = old.max_payload + 1
+    await old._send_command(f"PUB qosmesh.hostile {over}\r\n".encode() + b"x" * over + b"\r\n")
+    await old._flush_pending()
+    await eventually(lambda: old.is_closed, message="the old connection closed for good")
+    took = await eventually(lambda: ready(client), timeout=10, message="ready again")
+    assert app.state.brokers.nc is not old
+    assert app.state.brokers.nc.is_connected
+    assert (await client.get("/healthz")).status_code == 200
+    await confirmed(client)  # publish, consume and the read model all on the new connection
+    nodes = (await client.get("/nodes")).json()
+    assert app.state.discovery.self_info.node_id in str(nodes)
+    assert took < 10
+
+
+async def test_healthz_stays_ok_while_the_broker_is_away(instance, nats_server):
+    _, client = instance
+    nats_server.stop()
+    try:
+        await eventually(lambda: _not_ready(client), message="readyz 503 without a broker")
+        for _ in range(5):
+            assert (await client.get("/healthz")).status_code == 200
+            await asyncio.sleep(0.2)
+    finally:
+        nats_server.start()
+    await eventually(lambda: ready(client), timeout=15, message="ready again")
+
+
+async def _not_ready(client: httpx.AsyncClient) -> bool:
+    return not await ready(client)
+
+
+async def test_a_supervised_task_that_died_triggers_a_rebuild(instance):
+    app, client = instance
+    old_bus = app.state.bus
+
+    async def crash() -> None:
+        raise RuntimeError("a consumer loop hit a bug")
+
+    app.state.supervision.start(crash(), "consume doomed")
+    await eventually(lambda: app.state.bus is not old_bus, message="the parts built again")
+    await eventually(lambda: ready(client), message="ready again")
+    assert (await client.get("/healthz")).status_code == 200
+    await confirmed(client)
+
+
+async def test_a_task_dead_past_the_grace_period_fails_healthz(monkeypatch):
+    """What no rebuild replaced: a restart of the process is the remedy left."""
+    monkeypatch.setattr(supervision, "HEALTH_GRACE", 0.2)
+    record = Supervision()
+
+    async def crash() -> None:
+        raise RuntimeError("boom")
+
+    task = record.start(crash(), "supervisor")
+    await asyncio.wait({task})
+    assert record.dead_for_long() == []
+    started = time.monotonic()
+    await eventually(lambda: record.dead_for_long() == ["supervisor"], message="past the grace")
+    assert time.monotonic() - started >= 0.1
+    record.forget()
+    assert record.dead_for_long() == []
