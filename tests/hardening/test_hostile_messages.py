@@ -3,9 +3,11 @@ the dead-letter stream at once with their reason, are counted, and the consumer 
 
 import asyncio
 import socket
+from typing import Any
 
 import nats
 import pytest
+import redis.asyncio as aioredis
 
 from app.errors import MessageTooLargeError, NotReplayableError, PublishError
 from app.messages import Envelope, Message, QoS, encode
@@ -13,8 +15,9 @@ from app.testing import eventually
 from app.transports.base import DeadLetterStore
 from app.transports.jetstream_streams import stream_name
 from tests.transports.conftest import Ping, Running, bus_settings, running_bus
+from tests.transports.test_redis import raw_fields, redis_settings
 
-__all__ = ["bus_settings"]  # the fixture, shared with the transport tests
+__all__ = ["bus_settings", "redis_settings"]  # the fixture, shared with the transport tests
 
 
 async def test_hostile_messages_are_dead_lettered_with_their_reason(bus_settings, metrics):
@@ -244,3 +247,48 @@ async def test_hostile_header_blocks_are_dead_lettered_or_handled_and_the_consum
     # JetStream does not store a header block over 64 KiB: the last crowded frame never arrives.
     assert stored == len(frames) - 1
     assert len([n for n in handled if n == 1]) + dead == stored
+
+
+async def test_hostile_redis_entries_are_dead_lettered_or_handled_and_the_consumer_goes_on(
+    redis_settings, redis_server
+):
+    """Stream entries no publisher of ours writes: every one ends handled or dead-lettered,
+    the pending list empties, and the next message is handled."""
+    handled: list[int] = []
+
+    async def handle(message: Ping) -> None:
+        handled.append(message.n)
+
+    good = raw_fields(Ping(n=1))
+    entries: list[dict[Any, Any]] = [
+        {k: v for k, v in good.items() if k != "$body"},  # no body
+        {"only": "junk"},  # no envelope
+        {**good, **{f"x-h{i}": str(i) for i in range(10_000)}},  # 10,000 fields
+        {**good, "x-crlf": "a\r\nNats-Expected-Stream: X", b"\xff\xfe": b"\x00"},  # odd fields
+        {**good, "Nats-Expected-Stream": "SVC_PING", "qm-dlq-stub": "true"},  # control headers
+        {**good, "qm-schema": "999"},  # a schema from the future
+        {**good, "$body": b"\xff" * 60_000},  # near APP_MAX_MESSAGE_BYTES, undecodable
+        {**good, "$body": b"x" * 70_000},  # over it
+    ]
+    settings = redis_settings(max_message_bytes=65_536)
+    async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
+        client = aioredis.from_url(redis_server.url)
+        try:
+            for fields in entries:
+                await client.xadd("svc.ping", fields)
+            await running.bus.publish(Ping(n=2))
+            await eventually(lambda: 2 in handled, message="the message after the hostile ones")
+
+            async def settled() -> bool:
+                return int((await client.xpending("svc.ping", "svc"))["pending"]) == 0
+
+            await eventually(settled, timeout=15, message="every hostile entry settled")
+            store = running.transports.by_name["redis"].dead_letters
+            assert store is not None
+            page = await store.list(50, None)
+        finally:
+            await client.aclose()
+    assert handled.count(1) + page.total == len(entries)
+    reasons = {item.reason for item in page.items}
+    assert reasons <= {"undecodable", "unknown_version", "oversized"}
+    assert "oversized" in reasons
