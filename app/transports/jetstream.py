@@ -371,7 +371,7 @@ class _Consumer:
         """Every `every` seconds, tell the server that the handlers running that long are still
         working, so their deliveries are not redelivered: one sweep per consumer instead of a
         timer per delivery. A delivery hears from us before ack_wait * 2/3 has passed."""
-        while not self._stopping:
+        while True:  # through the drain too: cancelled once the last handler has ended
             await asyncio.sleep(every)
             now = time.monotonic()
             for msg, started in list(self._running.values()):
@@ -405,12 +405,14 @@ class _Consumer:
         self._handlers.wake()
         self._unwatch()
         self._pending_task.cancel()
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.wait({self._loop_task}, timeout=2)
+        # Handlers still running keep their deliveries in progress until they end: a delivery
+        # left to its ack_wait would go to another instance while this one still applies it.
         await self._handlers.drain(timeout)
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         # Messages of a request still open after this are redelivered once ack_wait has passed.
         with contextlib.suppress(Exception):
             await self._inbox_sub.unsubscribe()

@@ -271,7 +271,7 @@ class RedisConsumer:
         """Every `every` seconds, reset the idle time of the entries whose handlers have run
         that long, so no other member reclaims them meanwhile: one sweep per consumer instead
         of a timer per delivery. An entry is touched before it has been idle 2 * `every`."""
-        while not self._stopping:
+        while True:  # through the drain too: cancelled once the last handler has ended
             await asyncio.sleep(every)
             now = time.monotonic()
             ids = [i for i, started in list(self._running.items()) if now - started >= every]
@@ -318,8 +318,6 @@ class RedisConsumer:
         """Stop reading, give in-flight handlers `timeout` seconds; the rest stay pending."""
         self._stopping = True
         self._handlers.wake()
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
         if self._loop_task is not None:
             _, pending = await asyncio.wait(
                 {self._loop_task}, timeout=self._settings.redis_block_ms / 1000 + 0.5
@@ -327,7 +325,11 @@ class RedisConsumer:
             for task in pending:
                 task.cancel()
                 await asyncio.wait({task}, timeout=2)
+        # Handlers still running keep their entries fresh until they end: an entry left idle
+        # past the claim time would be reclaimed by another member while this one applies it.
         await self._handlers.drain(timeout)
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         await self._acks.close()
         if self.broadcast:
             # This instance's own group: nobody else will read it.
