@@ -44,17 +44,17 @@ async def test_a_handler_running_through_a_drain_is_not_given_to_another_instanc
         return handle
 
     settings = contract_settings(drain_timeout=6)
-    async with running_bus(settings, lambda bus: bus.subscribe(kind, handler("A"))) as a:
-        async with running_bus(
-            settings, lambda bus: bus.subscribe(kind, handler("B")), instance="i2"
-        ) as b:
-            await a.bus.publish(kind(n=1))
-            await asyncio.wait_for(started.wait(), 10)
-            leaving = a if effects == ["A"] else b
-            await leaving.bus.stop(settings.drain_timeout)  # returns when the handler ended
-            staying = b if leaving is a else a
-            await staying.bus.publish(kind(n=2))
-            await eventually(lambda: len(effects) == 2, timeout=10, message="the next message")
-            await asyncio.sleep(1.5)  # past another ack wait: a redelivery would show by now
+    async with (
+        running_bus(settings, lambda bus: bus.subscribe(kind, handler("A"))) as a,
+        running_bus(settings, lambda bus: bus.subscribe(kind, handler("B")), instance="i2") as b,
+    ):
+        await a.bus.publish(kind(n=1))
+        await asyncio.wait_for(started.wait(), 10)
+        leaving = a if effects == ["A"] else b
+        await leaving.bus.stop(settings.drain_timeout)  # returns when the handler ended
+        staying = b if leaving is a else a
+        await staying.bus.publish(kind(n=2))
+        await eventually(lambda: len(effects) == 2, timeout=10, message="the next message")
+        await asyncio.sleep(1.5)  # past another ack wait: a redelivery would show by now
     assert effects[0] != effects[1]  # the first went to one instance, the second to the other
     assert len(effects) == 2, effects
