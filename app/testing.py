@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.embedded import NatsServer, ValkeyServer, free_port
+from app.faults import TcpProxy
 from app.settings import Settings
 from app.telemetry import LocalHistogramsReader, keep_histograms_locally
 
@@ -405,3 +406,12 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _SPANS.clear()
     yield _SPANS
     _SPANS.clear()
+
+
+@pytest.fixture
+async def nats_proxy(nats_server: NatsServer) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the test nats-server, for cuts and one-way losses."""
+    proxy = TcpProxy("127.0.0.1", nats_server.port)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,8 @@ from app.errors import PublishError
 from app.example.messages import OrderPlaced, PaymentCaptured
 from app.example.orders import Order, OrderStore
 from app.messages import new_message_id
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["orders"])
 
@@ -91,7 +94,7 @@ async def place_order(
             return JSONResponse(record.response, status_code=record.status or 202)
         plan = record.plan
     order_id, message_id = plan["order_id"], plan["message_id"]
-    await orders.create(Order(order_id=order_id, sku=body.sku, quantity=body.quantity))
+    order = Order(order_id=order_id, sku=body.sku, quantity=body.quantity)
     event = OrderPlaced(
         message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
     )
@@ -99,12 +102,26 @@ async def place_order(
         await bus.publish(event)
     except PublishError:
         if record is None:
-            await orders.delete(order_id)  # nobody can retry this one: leave no stray pending
+            # Nobody can retry this one. The event may have been stored all the same (its ack
+            # was lost): a tombstone keeps it from creating the order the client was refused.
+            await _withdraw(orders, order)
         raise
+    # After the publish: a refused command leaves no pending order behind. The handler creates
+    # the order from the event if it comes first; then this keeps the handler's record.
+    await orders.create(order)
     answer = OrderAccepted(order_id=order_id, message_id=message_id)
     if record is not None and idempotency_key is not None:
         await keys.finish(scope, idempotency_key, record, 202, answer.model_dump())
     return answer
+
+
+async def _withdraw(orders: OrderStore, order: Order) -> None:
+    try:
+        await orders.withdraw(order)
+    except PublishError as exc:
+        # Best effort: with the broker away the event most likely did not reach it either
+        # (publishes never wait in the client's buffer); docs/qos.md says where this stops.
+        log.warning("order %s: tombstone not written: %s", order.order_id, exc)
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {}})

@@ -33,7 +33,8 @@ class Order(BaseModel):
     order_id: str
     sku: str
     quantity: int
-    status: Literal["pending", "confirmed"] = "pending"
+    # withdrawn: its command was answered 503; a late event must not bring it back.
+    status: Literal["pending", "confirmed", "withdrawn"] = "pending"
     paid: int = 0
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
@@ -60,7 +61,8 @@ class OrderStore:
             entry = await retrying(lambda: self._kv.get(order_id), self._budget, "order read")
         except KeyNotFoundError:
             return None
-        return Order.model_validate_json(entry.value or b"{}")
+        order = Order.model_validate_json(entry.value or b"{}")
+        return None if order.status == "withdrawn" else order
 
     async def create(self, order: Order) -> None:
         """Record a new order; a repeat of the same order id keeps the first record."""
@@ -70,8 +72,13 @@ class OrderStore:
                 lambda: self._kv.create(order.order_id, value), self._budget, "order write"
             )
 
-    async def delete(self, order_id: str) -> None:
-        await retrying(lambda: self._kv.delete(order_id), self._budget, "order delete")
+    async def withdraw(self, order: Order) -> None:
+        """Replace the order with a tombstone: it reads as missing, and no change applies to
+        it, so an event of it that reaches the broker after all (a lost ack) cannot bring it
+        back. The tombstone lives as long as any other record of the bucket."""
+        tombstone = order.model_copy(update={"status": "withdrawn", "updated_at": _now()})
+        data = tombstone.model_dump_json().encode()
+        await retrying(lambda: self._kv.put(order.order_id, data), self._budget, "order withdraw")
 
     async def change(self, seed: Order, change: Callable[[Order], Order | None]) -> Order:
         """Apply `change` by compare-and-set, retrying on conflicts. `change` returns None
@@ -84,6 +91,8 @@ class OrderStore:
                 current, revision = Order.model_validate_json(entry.value or b"{}"), entry.revision
             except KeyNotFoundError:
                 current, revision = seed, None
+            if current.status == "withdrawn":
+                return current
             changed = change(current)
             if changed is None:
                 return current

@@ -449,6 +449,10 @@ class _AckInbox:
     ) -> tuple[str, asyncio.Future[Msg]]:
         """Publish; the future gets the PubAck, or TimeoutError after `timeout`. The caller
         calls `forget(token)` once the future is done."""
+        if not self._nc.is_connected:
+            # nats-py would keep the frame in its buffer and send it after a reconnect, maybe
+            # after this publish was reported failed: a message must not land after that.
+            raise nats.errors.ConnectionReconnectingError
         if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
             self._ready = asyncio.ensure_future(self._listen())
         if not self._ready.done():
