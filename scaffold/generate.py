@@ -45,6 +45,7 @@ EXAMPLE_ONLY = (
     "tests/observability/test_end_to_end.py",
     "tests/hardening/test_secrets.py",
     "tests/hardening/test_backpressure.py",
+    "tests/hardening/test_network_faults.py",
 )
 """Left out with the example domain: its package and every test that drives its orders and
 payments (a test in tests/scaffold finds new ones)."""

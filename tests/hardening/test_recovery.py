@@ -2,7 +2,9 @@
 fails only for what a restart can fix."""
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,12 +13,15 @@ from app import supervision
 from app.supervision import Supervision
 from app.testing import eventually, running_app
 
-ORDER = {"sku": "book-1", "quantity": 1}
+JOB_DOMAIN = "tests.hardening.slow_domain"
 
 
 @pytest.fixture
-async def instance(settings_for, nats_server):
-    settings = settings_for(nats_url=nats_server.url, ack_wait=2, publish_deadline=2)
+async def instance(settings_for, nats_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLOW_JOBS_LOG", str(tmp_path / "jobs.log"))
+    settings = settings_for(
+        nats_url=nats_server.url, ack_wait=2, publish_deadline=2, domain=JOB_DOMAIN
+    )
     async with (
         running_app(settings) as (app, url),
         httpx.AsyncClient(base_url=url, timeout=10) as client,
@@ -24,15 +29,16 @@ async def instance(settings_for, nats_server):
         yield app, client
 
 
-async def confirmed(client: httpx.AsyncClient) -> None:
-    accepted = await client.post("/orders", json=ORDER)
+async def handled(client: httpx.AsyncClient, n: int) -> None:
+    """A job goes through the whole path: HTTP, publish, stream, consumer, handler."""
+    accepted = await client.post("/jobs", json={"n": n, "seconds": 0})
     assert accepted.status_code == 202, accepted.text
-    order_id = accepted.json()["order_id"]
+    log = Path(os.environ["SLOW_JOBS_LOG"])
 
-    async def done() -> bool:
-        return bool((await client.get(f"/orders/{order_id}")).json()["status"] == "confirmed")
+    def done() -> bool:
+        return log.exists() and f"done {n} " in log.read_text()
 
-    await eventually(done, message=f"order {order_id} confirmed")
+    await eventually(done, message=f"job {n} handled")
 
 
 async def ready(client: httpx.AsyncClient) -> bool:
@@ -43,7 +49,7 @@ async def test_a_connection_closed_by_a_protocol_error_is_built_again(instance):
     """The server answers a frame over max_payload with -ERR and nats-py closes for good: the
     instance builds its connection, bus, consumers, KV stores and discovery again."""
     app, client = instance
-    await confirmed(client)
+    await handled(client, 1)
     old = app.state.brokers.nc
     over = old.max_payload + 1
     await old._send_command(f"PUB qosmesh.hostile {over}\r\n".encode() + b"x" * over + b"\r\n")
@@ -53,7 +59,7 @@ async def test_a_connection_closed_by_a_protocol_error_is_built_again(instance):
     assert app.state.brokers.nc is not old
     assert app.state.brokers.nc.is_connected
     assert (await client.get("/healthz")).status_code == 200
-    await confirmed(client)  # publish, consume and the read model all on the new connection
+    await handled(client, 2)  # publish and consume on the new connection
     nodes = (await client.get("/nodes")).json()
     assert app.state.discovery.self_info.node_id in str(nodes)
     assert took < 10
@@ -87,7 +93,7 @@ async def test_a_supervised_task_that_died_triggers_a_rebuild(instance):
     await eventually(lambda: app.state.bus is not old_bus, message="the parts built again")
     await eventually(lambda: ready(client), message="ready again")
     assert (await client.get("/healthz")).status_code == 200
-    await confirmed(client)
+    await handled(client, 3)
 
 
 async def test_a_task_dead_past_the_grace_period_fails_healthz(monkeypatch):
