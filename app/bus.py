@@ -184,7 +184,8 @@ class Bus:
                     await handler(message)
                     return True
                 key = f"{consumer}.{message.message_id}"
-                if not await idempotency.claim(key, stale_after=stale_after):
+                claim = await idempotency.claim(key, stale_after=stale_after)
+                if claim is None:
                     dedupe_hits.add(1, {"side": "receiver"})
                     span.set_attribute("qosmesh.duplicate", True)
                     return False
@@ -192,9 +193,9 @@ class Bus:
                     await handler(message)
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        await idempotency.release(key)
+                        await idempotency.release(claim)
                     raise
-                await idempotency.complete(key)
+                await idempotency.complete(claim)  # retried by the store within the budget
                 return True
 
         return on_delivery

@@ -9,6 +9,12 @@ A claim whose holder died (no result within `stale_after` seconds) is taken over
 delivery. A delivery that finds the message being applied elsewhere right now raises
 `ClaimBusy` and is redelivered later, when it finds the claim done or stale.
 
+A claim has an owner: the `Claim` that `claim` returns carries a token (and, on KV, the
+revision written). `release` removes the claim only while it is still that owner's, so a
+delivery whose claim was taken over can never delete the winner's claim or done mark.
+`complete` compares and sets too; when the claim changed hands it still records "done", since
+this delivery's effect has been applied and "done" is then the truth.
+
 Where this stops: a crash after the handler's effect and before the claim is marked done runs
 the handler once more. A handler whose effect must never repeat writes the effect and the
 message id in one atomic step (see the example's payment handler).
@@ -16,19 +22,26 @@ message id in one atomic step (see the example's payment handler).
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from app.errors import QosMeshError
-from app.kv import open_bucket, safe_key
+from app.kv import open_bucket, retrying, safe_key
 from app.settings import Settings
+from app.transports.retry import RetryBudget, with_retries
 
 DONE = "done"
+_WRONG_REVISION = (10071, 10164)  # JetStream: wrong last sequence (per subject)
+REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError)
 _CLAIM_TRIES = 3
 
 
@@ -36,34 +49,43 @@ class ClaimBusy(QosMeshError):
     """Another delivery of the same message is being applied right now; retry later."""
 
 
+@dataclass(slots=True, frozen=True)
+class Claim:
+    """One delivery's hold on a message key."""
+
+    key: str
+    value: str  # "processing <unix time> <token>": unique to this holder
+    revision: int = 0  # on KV, the revision the claim was written at
+
+
 class IdempotencyStore(Protocol):
     """Claims on message keys, remembered for at least the configured TTL."""
 
-    async def claim(self, key: str, stale_after: float) -> bool:
-        """True: apply the message now. False: it was applied already. Raises ClaimBusy."""
+    async def claim(self, key: str, stale_after: float) -> Claim | None:
+        """A Claim: apply the message now. None: it was applied already. Raises ClaimBusy."""
         ...
 
-    async def complete(self, key: str) -> None:
-        """The message was applied: every later claim answers False."""
+    async def complete(self, claim: Claim) -> None:
+        """The message was applied: every later claim answers None."""
         ...
 
-    async def release(self, key: str) -> None:
-        """The handler failed: let the next delivery claim it."""
+    async def release(self, claim: Claim) -> None:
+        """The handler failed: let the next delivery claim it (if the claim is still ours)."""
         ...
 
 
 def _processing() -> str:
-    return f"processing {time.time():.3f}"
+    return f"processing {time.time():.3f} {secrets.token_hex(8)}"
 
 
 def _decide(value: str, stale_after: float) -> bool | None:
     """For an existing claim: False when done, None when it may be taken over, else busy."""
     if value == DONE:
         return False
-    _, _, started = value.partition(" ")
+    parts = value.split(" ")
     try:
-        stale = time.time() - float(started) >= stale_after
-    except ValueError:
+        stale = time.time() - float(parts[1]) >= stale_after
+    except (IndexError, ValueError):
         stale = True
     if stale:
         return None
@@ -77,39 +99,44 @@ class MemoryIdempotencyStore:
         self._ttl = ttl
         self._claims: dict[str, tuple[str, float]] = {}
 
-    async def claim(self, key: str, stale_after: float) -> bool:
+    async def claim(self, key: str, stale_after: float) -> Claim | None:
         existing = self._claims.get(key)
         fresh = existing is not None and time.monotonic() - existing[1] < self._ttl
         if existing is not None and fresh and _decide(existing[0], stale_after) is False:
-            return False
-        self._claims[key] = (_processing(), time.monotonic())
-        return True
+            return None
+        value = _processing()
+        self._claims[key] = (value, time.monotonic())
+        return Claim(key, value)
 
-    async def complete(self, key: str) -> None:
-        self._claims[key] = (DONE, time.monotonic())
+    async def complete(self, claim: Claim) -> None:
+        self._claims[claim.key] = (DONE, time.monotonic())
 
-    async def release(self, key: str) -> None:
-        self._claims.pop(key, None)
+    async def release(self, claim: Claim) -> None:
+        if self._claims.get(claim.key, ("", 0.0))[0] == claim.value:
+            del self._claims[claim.key]
 
 
 class KvIdempotencyStore:
     """A JetStream KV bucket per service; keys expire with the bucket's TTL."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, budget: RetryBudget) -> None:
         self._kv = kv
+        self._budget = budget
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> KvIdempotencyStore:
         ttl = max(settings.idempotency_ttl, settings.duplicate_window)
         bucket = f"{settings.service_name.replace('-', '_')}_processed"
-        return cls(await open_bucket(js, bucket, ttl=ttl, replicas=settings.replicas))
+        kv = await open_bucket(js, bucket, ttl=ttl, replicas=settings.replicas)
+        return cls(kv, RetryBudget.from_settings(settings))
 
-    async def claim(self, key: str, stale_after: float) -> bool:
+    async def claim(self, key: str, stale_after: float) -> Claim | None:
         kv_key = safe_key(key)
         for _ in range(_CLAIM_TRIES):
+            value = _processing()
             try:
-                await self._kv.create(kv_key, _processing().encode())
-                return True
+                revision = await self._kv.create(kv_key, value.encode())
+                return Claim(kv_key, value, revision)
             except KeyWrongLastSequenceError:
                 pass
             try:
@@ -117,19 +144,34 @@ class KvIdempotencyStore:
             except KeyNotFoundError:
                 continue  # released or expired meanwhile: claim it again
             if _decide((entry.value or b"").decode(), stale_after) is False:
-                return False
+                return None
             try:
-                await self._kv.update(kv_key, _processing().encode(), last=entry.revision)
-                return True
+                revision = await self._kv.update(kv_key, value.encode(), last=entry.revision)
+                return Claim(kv_key, value, revision)
             except KeyWrongLastSequenceError:
                 continue
         raise ClaimBusy("claim kept changing under us")
 
-    async def complete(self, key: str) -> None:
-        await self._kv.put(safe_key(key), DONE.encode())
+    async def complete(self, claim: Claim) -> None:
+        """Retried within the publish budget: the effect is applied, "done" must be kept."""
+        await retrying(lambda: self._complete(claim), self._budget, "idempotency mark")
 
-    async def release(self, key: str) -> None:
-        await self._kv.delete(safe_key(key))
+    async def _complete(self, claim: Claim) -> None:
+        try:
+            await self._kv.update(claim.key, DONE.encode(), last=claim.revision)
+        except KeyWrongLastSequenceError:
+            # Taken over (or released by a stale holder) meanwhile; our effect is applied all
+            # the same, so "done" is what the key must say.
+            await self._kv.put(claim.key, DONE.encode())
+
+    async def release(self, claim: Claim) -> None:
+        # Only while the claim is still ours: never another holder's claim or done mark.
+        try:
+            await self._kv.delete(claim.key, last=claim.revision)
+        except BadRequestError as exc:
+            # nats-py names the conflict on update, not on delete: the server's codes say it.
+            if exc.err_code not in _WRONG_REVISION:
+                raise
 
 
 # Claim atomically: take a missing or stale claim, report a done one, refuse a live one.
@@ -140,12 +182,19 @@ if not current then
   return 1
 end
 if current == 'done' then return 0 end
-local started = tonumber(string.match(current, ' (.*)$')) or 0
+local started = tonumber(string.match(current, '^processing (%S+)')) or 0
 if tonumber(ARGV[2]) - started >= tonumber(ARGV[4]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
   return 1
 end
 return 2
+"""
+
+
+# Release only the caller's own claim.
+_REDIS_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -157,23 +206,28 @@ class RedisIdempotencyStore:
         self._redis = redis
         self._prefix = f"qm:processed:{settings.service_name}:"
         self._ttl_ms = int(max(settings.idempotency_ttl, settings.duplicate_window) * 1000)
+        self._budget = RetryBudget.from_settings(settings)
         self._claim = redis.register_script(_REDIS_CLAIM)
+        self._release = redis.register_script(_REDIS_RELEASE)
 
-    async def claim(self, key: str, stale_after: float) -> bool:
+    async def claim(self, key: str, stale_after: float) -> Claim | None:
         now = time.time()
-        args: list[str | int | float] = [
-            f"processing {now:.3f}",
-            f"{now:.3f}",
-            self._ttl_ms,
-            stale_after,
-        ]
+        value = f"processing {now:.3f} {secrets.token_hex(8)}"
+        args: list[str | int | float] = [value, f"{now:.3f}", self._ttl_ms, stale_after]
         result = int(await self._claim(keys=[self._prefix + key], args=args))
         if result == 2:
             raise ClaimBusy("message is being applied by another delivery")
-        return result == 1
+        return Claim(self._prefix + key, value) if result == 1 else None
 
-    async def complete(self, key: str) -> None:
-        await self._redis.set(self._prefix + key, DONE, px=self._ttl_ms)
+    async def complete(self, claim: Claim) -> None:
+        """Unconditional on purpose: whoever holds the claim now, our effect is applied.
+        Retried within the publish budget."""
 
-    async def release(self, key: str) -> None:
-        await self._redis.delete(self._prefix + key)
+        async def mark(_: int, timeout: float) -> None:
+            async with asyncio.timeout(timeout):
+                await self._redis.set(claim.key, DONE, px=self._ttl_ms)
+
+        await with_retries(mark, self._budget, REDIS_TRANSIENT, "redis", "idempotency mark")
+
+    async def release(self, claim: Claim) -> None:
+        await self._release(keys=[claim.key], args=[claim.value])

@@ -283,6 +283,11 @@ class _Consumer:
             if not self._handlers.has_room():
                 await self._handlers.wait_for_room(PULL_EXPIRES)
                 continue
+            if not self._nc.is_connected:
+                # nats-py would buffer the request and send it after the reconnect, on top of
+                # the ones asked then: more messages than free slots.
+                await asyncio.sleep(PULL_GRACE)
+                continue
             batch = min(self._handlers.free(), MAX_BATCH)
             request = {"batch": batch, "expires": int(PULL_EXPIRES * 1e9)}
             try:
@@ -304,7 +309,14 @@ class _Consumer:
         if self._stopping:
             await _settle(msg.nak())  # asked for before the stop: back to the other instances
             return
-        self._handlers.start(self._handle(msg))
+        # Kept alive from its arrival: it may wait for a slot before its handler starts.
+        self._running[id(msg)] = (msg, time.monotonic())
+        self._handlers.start(self._handle(msg), lambda: self._give_back(msg))
+
+    async def _give_back(self, msg: Msg) -> None:
+        """It waited for a slot until the stop: back to the other instances at once."""
+        self._running.pop(id(msg), None)
+        await _settle(msg.nak())
 
     def _on_status(self, headers: dict[str, str]) -> None:
         """A request ended early: 408 (expired) and 409 (dropped) say how many of its messages
@@ -339,7 +351,6 @@ class _Consumer:
         )
         if attempt > 1:
             self._metrics.redelivered.add()
-        self._running[id(msg)] = (msg, time.monotonic())
         started = time.perf_counter()
         try:
             applied = await self._sub.handler(envelope, delivery)

@@ -163,7 +163,13 @@ class RedisConsumer:
                 self._spawn(entry_id, fields, 1)
 
     def _spawn(self, entry_id: bytes, fields: Fields, attempt: int) -> None:
-        self._handlers.start(self._handle(entry_id, fields, attempt))
+        # Kept alive from now: it may wait for a slot before its handler starts.
+        self._running[entry_id] = time.monotonic()
+        self._handlers.start(self._handle(entry_id, fields, attempt), lambda: self._leave(entry_id))
+
+    async def _leave(self, entry_id: bytes) -> None:
+        """It waited for a slot until the stop: left pending for another member to reclaim."""
+        self._running.pop(entry_id, None)
 
     async def _reclaim(self, count: int) -> bool:
         """Take over entries idle for longer than the claim time; True when more may wait."""
@@ -229,13 +235,13 @@ class RedisConsumer:
         max_deliver = self._settings.max_deliver
         envelope = envelope_from(fields, self.key)
         if attempt > max_deliver:
+            self._running.pop(entry_id, None)
             await self._dead_letter(entry_id, fields, "max_deliveries", NO_RESULT, attempt - 1)
             self._metrics.consumed["term"].add(1)
             return
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
             self._metrics.redelivered.add()
-        self._running[entry_id] = time.monotonic()
         started = time.perf_counter()
         try:
             applied = await self._sub.handler(envelope, delivery)

@@ -330,6 +330,22 @@ async def test_handlers_in_parallel_never_exceed_the_concurrency_limit(bus_setti
     assert max(running_counts) == 8
 
 
+async def test_the_concurrency_limit_holds_across_an_outage(bus_settings, nats_proxy):
+    """Pull requests made while disconnected used to wait in nats-py's buffer and all go out
+    on reconnect: a limit of 4 ran 16 handlers. The consumer sits behind a proxy that cuts
+    its connection for 6 s while every slot is busy."""
+    got: list[int] = []
+    running_counts: list[int] = []
+    settings = bus_settings(consumer_concurrency=4, nats_url=nats_proxy.url, ack_wait=5)
+    async with running_bus(bus_settings()) as publisher:
+        await asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(60)))
+    async with running_bus(settings, _collecting(got, running_counts, pause=0.5)):
+        await eventually(lambda: len(got) >= 4, message="every slot busy")
+        nats_proxy.cut(refuse_for=6)
+        await eventually(lambda: len(set(got)) == 60, timeout=60, message="all 60 handled")
+    assert max(running_counts) == 4
+
+
 # -- many at once ----------------------------------------------------------------------------
 
 
