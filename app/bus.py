@@ -113,12 +113,14 @@ class Bus:
             batches.setdefault((qos, transport), []).append(encode(message, qos, subject))
         errors: list[PublishError] = []
         for (qos, transport), envelopes in batches.items():
+            publish = transport.publish
             # Traced, every message needs its own span: the one-by-one path opens them.
             if isinstance(transport, BatchPublisher) and not sending_traced():
                 envelopes = await transport.first_attempts(envelopes, qos, window)
+                publish = transport.publish_rest
             try:
                 # The rest, or what the first attempts did not confirm, with retries and backoff.
-                await publish_concurrently(transport.publish, envelopes, qos, window)
+                await publish_concurrently(publish, envelopes, qos, window)
             except PublishError as exc:
                 errors.append(exc)
         if errors:

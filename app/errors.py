@@ -7,6 +7,7 @@ QosMeshError
 │   └── MessageTooLargeError    headers and body exceed the broker's limit: refused, never sent
 ├── DeadLetterNotFoundError no dead letter with that id
 ├── NotReplayableError      a dead letter kept as a stub (too large to copy whole)
+├── InvalidMessageError     a message that cannot be published as it is (QoS 2 with no id)
 └── DiscoveryError          membership could not be read or written
     └── NoInstanceError     no live instance of the service a peer call names
 
@@ -46,6 +47,10 @@ class NotReplayableError(QosMeshError):
     """The dead letter is a stub (its message was too large to copy whole): nothing to replay."""
 
 
+class InvalidMessageError(QosMeshError, ValueError):
+    """A message that cannot be published as it is, e.g. a QoS 2 message with no message id."""
+
+
 class DeadLetterNotFoundError(QosMeshError):
     """No dead letter is stored under the given id."""
 
@@ -70,6 +75,7 @@ __all__ = [
     "DeadLetterNotFoundError",
     "DecodeError",
     "DiscoveryError",
+    "InvalidMessageError",
     "MessageTooLargeError",
     "NoInstanceError",
     "NotReplayableError",

@@ -84,6 +84,10 @@ class BatchPublisher(Protocol):
         """Send every envelope once, at most `window` awaiting confirmation at once, counting
         the confirmed ones as sent; return those not confirmed."""
 
+    async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
+        """`publish`, for an envelope whose first attempt `first_attempts` made: the attempts
+        of both together are APP_PUBLISH_ATTEMPTS."""
+
 
 class DeadLetter(BaseModel):
     """A message that could not be handled, kept for inspection and replay."""

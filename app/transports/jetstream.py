@@ -122,6 +122,17 @@ class JetStreamTransport:
             SYSTEM,
         )
 
+    async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
+        await publish_reliably(
+            envelope,
+            qos,
+            lambda attempt, timeout: self._send(envelope, attempt, timeout),
+            self._budget,
+            RETRYABLE,
+            SYSTEM,
+            first=2,
+        )
+
     async def first_attempts(
         self, envelopes: Sequence[Envelope], qos: QoS, window: int
     ) -> list[Envelope]:
@@ -132,20 +143,26 @@ class JetStreamTransport:
         timeout = self._budget.attempt_timeout
         inflight: deque[tuple[Envelope, str, asyncio.Future[Msg]]] = deque()
         again: list[Envelope] = []
-        for envelope in envelopes:
-            if len(inflight) >= window:
+        try:
+            for envelope in envelopes:
+                if len(inflight) >= window:
+                    await self._confirm(*inflight.popleft(), qos, again)
+                headers = {MSG_ID: envelope.message_id, **envelope.headers}
+                try:
+                    token, future = await self._acks.send(
+                        envelope.subject, envelope.body, headers, timeout
+                    )
+                except (*RETRYABLE, MessageTooLargeError):  # publish says why, for each
+                    again.append(envelope)
+                    continue
+                inflight.append((envelope, token, future))
+            while inflight:
                 await self._confirm(*inflight.popleft(), qos, again)
-            headers = {MSG_ID: envelope.message_id, **envelope.headers}
-            try:
-                token, future = await self._acks.send(
-                    envelope.subject, envelope.body, headers, timeout
-                )
-            except (*RETRYABLE, MessageTooLargeError):  # publish says why, for each
-                again.append(envelope)
-                continue
-            inflight.append((envelope, token, future))
-        while inflight:
-            await self._confirm(*inflight.popleft(), qos, again)
+        finally:
+            # Cancelled halfway: the acks still awaited are not waited for any more.
+            for _, token, future in inflight:
+                self._acks.forget(token)
+                future.cancel()
         return again
 
     async def _confirm(
@@ -488,6 +505,11 @@ class _AckInbox:
 
     def forget(self, token: str) -> None:
         self._waiting.pop(token, None)
+
+    @property
+    def waiting(self) -> int:
+        """Publishes whose PubAck is still awaited."""
+        return len(self._waiting)
 
     async def _listen(self) -> None:
         prefix = f"{self._nc.new_inbox()}."

@@ -18,6 +18,7 @@ internals used here.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 
@@ -29,11 +30,10 @@ from app.errors import MessageTooLargeError
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SUBJECT_BAD = re.compile(r"[ \t\r\n]")
 _LINE_BREAK = re.compile(r"[\r\n]")
-_KNOWN_LIMIT = 1024  # names and subjects remembered as checked; past it, checked every time
+_KNOWN_LIMIT = 1024  # header names remembered as checked; past it, checked every time
 
 _INTERNALS = hasattr(NatsClient, "_send_command") and hasattr(NatsClient, "_flush_pending")
 _checked_names: set[str] = set()
-_checked_subjects: set[str] = set()
 
 
 def _passes(value: str, checked: set[str], valid: Callable[[str], bool]) -> bool:
@@ -52,7 +52,10 @@ def is_token(name: str) -> bool:
     return _TOKEN.fullmatch(name) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def _subject(subject: str) -> bool:
+    """Whether nats-py would take `subject`; the most recent 4,096 answers are remembered, so
+    a service's own subjects are checked once, and a stream of new ones costs no memory."""
     return bool(subject) and not _SUBJECT_BAD.search(subject)
 
 
@@ -137,6 +140,6 @@ def _fast(nc: NatsClient, subject: str, reply: str, payload: bytes) -> bool:
         and nc.is_connected
         and not nc.is_draining
         and len(payload) <= nc.max_payload
-        and _passes(subject, _checked_subjects, _subject)
-        and (not reply or _passes(reply, _checked_subjects, _subject))
+        and _subject(subject)
+        and (not reply or _subject(reply))
     )

@@ -105,6 +105,17 @@ class RedisStreamsTransport:
             SYSTEM,
         )
 
+    async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
+        await publish_reliably(
+            envelope,
+            qos,
+            lambda attempt, timeout: self._send(envelope, qos, attempt, timeout),
+            self._budget,
+            RETRYABLE,
+            SYSTEM,
+            first=2,
+        )
+
     async def first_attempts(
         self, envelopes: Sequence[Envelope], qos: QoS, window: int
     ) -> list[Envelope]:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from app.errors import PublishError
+from app.errors import InvalidMessageError, PublishError
 from app.messages import Envelope, QoS
 from app.settings import Settings
 from app.telemetry import publish_retries, sent_series
@@ -35,15 +35,23 @@ async def with_retries(
     retry_on: tuple[type[BaseException], ...],
     system: str,
     what: str,
+    first: int = 1,
 ) -> None:
     """Call `send(attempt, timeout)` until it returns, backing off between attempts.
 
-    Raises PublishError when the attempts or the deadline are spent; errors outside `retry_on`
-    propagate at once.
+    `first` > 1 continues after attempts made elsewhere (a batch's first attempt), so that
+    all of them together are `budget.attempts`. Raises PublishError when the attempts or the
+    deadline are spent; errors outside `retry_on` propagate at once.
     """
+    if first > budget.attempts:
+        raise PublishError(f"{what} not confirmed after {budget.attempts} attempt(s)")
     started = time.monotonic()
     last: BaseException | None = None
-    for attempt in range(1, budget.attempts + 1):
+    if first > 1:
+        publish_retries.add(1, {"messaging.system": system})
+        await asyncio.sleep(backoff(first - 1))
+    attempt = first
+    for attempt in range(first, budget.attempts + 1):
         remaining = budget.deadline - (time.monotonic() - started)
         if remaining <= 0:
             break
@@ -73,14 +81,20 @@ async def publish_reliably(
     budget: RetryBudget,
     retry_on: tuple[type[BaseException], ...],
     system: str,
+    first: int = 1,
 ) -> None:
     """A QoS 1+ publish as every acking transport does it: a producer span, `send(attempt,
-    timeout)` retried within the budget, and the sent-messages counter by outcome."""
+    timeout)` retried within the budget (from attempt `first`), and the sent-messages counter
+    by outcome. A QoS 2 message without its publisher's message id is refused: the receiver
+    could not tell its copies apart from other messages."""
+    if qos == QoS.EXACTLY_ONCE and not envelope.message_id:
+        raise InvalidMessageError("a QoS 2 message must carry its publisher's message id")
     # Without a span to open, a plain null context: the generator-based one costs on the hot path.
     span = send_span(envelope, qos, system) if sending_traced() else contextlib.nullcontext()
     try:
         with span:
-            await with_retries(send, budget, retry_on, system, f"message {envelope.message_id}")
+            what = f"message {envelope.message_id}"
+            await with_retries(send, budget, retry_on, system, what, first)
     except Exception:
         sent_series(system, envelope.subject, qos, "error").add()
         raise

@@ -1,17 +1,22 @@
 """QoS 1 and 2 on JetStream against a real nats-server, with faults injected."""
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from app.bus import Bus
-from app.errors import PublishError
-from app.messages import encode
+from app.errors import InvalidMessageError, PublishError
+from app.messages import H_ID, Envelope, QoS, encode
 from app.testing import eventually
+from app.transports.jetstream import JetStreamTransport
 from tests.transports.conftest import Charge, Ping, running_bus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -406,3 +411,69 @@ async def test_publish_many_with_nothing_to_confirm_gives_up_with_publish_error(
                 await running.bus.publish_many([Ping(n=n) for n in range(20)])
         finally:
             nats_server.start()
+
+
+async def test_an_existing_streams_replicas_and_duplicate_window_are_not_overwritten(
+    bus_settings, caplog
+):
+    """Another service (or the previous version) made the stream with a 60 s window: a start
+    with another window logs the difference and leaves the stream alone."""
+    async with running_bus(bus_settings(duplicate_window=60)) as first:
+        await first.bus.publish(Ping(n=1))
+    async with running_bus(bus_settings(duplicate_window=300)) as second:
+        await second.bus.publish(Ping(n=2))
+        info = await second.brokers.js.stream_info("SVC_PING")
+    assert info.config.duplicate_window == 60
+    assert "duplicate_window 60" in caplog.text
+    assert info.state.messages == 2
+
+
+async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, nats_server):
+    """The batch's first attempt counts: 3 attempts in all, not 1 + 3. Every attempt is a
+    message on the subject, so a plain subscriber counts them; the stream refuses them all."""
+    settings = bus_settings(publish_attempts=3, publish_attempt_timeout=0.3, publish_deadline=10)
+    async with running_bus(settings) as running:
+        await running.bus.publish(Ping(n=0))  # the stream exists
+        js = running.brokers.js
+        config = (await js.stream_info("SVC_PING")).config
+        config.max_msg_size = 16  # every publish now gets an error PubAck
+        await js.update_stream(config)
+        seen: list[bytes] = []
+        watcher = await nats.connect(nats_server.url)
+
+        async def note(msg: Msg) -> None:
+            seen.append(msg.data)
+
+        await watcher.subscribe("svc.ping", cb=note)
+        await watcher.flush()
+        with pytest.raises(PublishError, match="10 of 10"):
+            await running.bus.publish_many([Ping(n=n) for n in range(1, 11)])
+        await watcher.flush()
+        await asyncio.sleep(0.2)
+        await watcher.close()
+    assert len(seen) == 10 * 3
+
+
+async def test_a_cancelled_publish_many_leaves_no_ack_waiting(bus_settings, nats_server):
+    async with running_bus(bus_settings(publish_attempt_timeout=5)) as running:
+        await running.bus.publish(Ping(n=0))
+        transport = running.transports.by_name["jetstream"]
+        assert isinstance(transport, JetStreamTransport)
+        os.kill(nats_server.pid, signal.SIGSTOP)  # acks stop coming
+        try:
+            batch = asyncio.create_task(running.bus.publish_many([Ping(n=n) for n in range(50)]))
+            await eventually(lambda: transport._acks.waiting >= 50, message="50 acks awaited")
+            batch.cancel()
+            await asyncio.wait({batch})
+        finally:
+            os.kill(nats_server.pid, signal.SIGCONT)
+        assert transport._acks.waiting == 0
+
+
+async def test_a_qos2_message_without_its_message_id_is_refused_at_publish(bus_settings):
+    async with running_bus(bus_settings()) as running:
+        envelope = encode(Charge(n=1), QoS.EXACTLY_ONCE, "svc.charge")
+        headers = {k: v for k, v in envelope.headers.items() if k != H_ID}
+        anonymous = Envelope(headers=headers, body=envelope.body, subject="svc.charge")
+        with pytest.raises(InvalidMessageError, match="message id"):
+            await running.transports.by_name["jetstream"].publish(anonymous, QoS.EXACTLY_ONCE)
