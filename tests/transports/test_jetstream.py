@@ -363,6 +363,7 @@ async def _stored(js, stream: str) -> list[int]:
     return found
 
 
+@pytest.mark.usefixtures("untraced")
 async def test_publish_many_stores_every_message_once(bus_settings, metrics):
     before = metrics.value("messaging.client.sent.messages", outcome="ok", qos=1)
     async with running_bus(bus_settings()) as running:
@@ -373,6 +374,7 @@ async def test_publish_many_stores_every_message_once(bus_settings, metrics):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("untraced")
 async def test_publish_many_across_a_broker_restart_confirms_every_message(
     bus_settings, nats_server
 ):
@@ -399,6 +401,7 @@ async def test_publish_many_across_a_broker_restart_confirms_every_message(
     assert len(stored) == len(set(stored))  # retries of a stored message were dropped as dups
 
 
+@pytest.mark.usefixtures("untraced")
 async def test_publish_many_with_nothing_to_confirm_gives_up_with_publish_error(
     bus_settings, nats_server
 ):
@@ -428,6 +431,7 @@ async def test_an_existing_streams_replicas_and_duplicate_window_are_not_overwri
     assert info.state.messages == 2
 
 
+@pytest.mark.usefixtures("untraced")
 async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, nats_server):
     """The batch's first attempt counts: 3 attempts in all, not 1 + 3. Every attempt is a
     message on the subject, so a plain subscriber counts them; the stream refuses them all."""
@@ -454,7 +458,7 @@ async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, 
     assert len(seen) == 10 * 3
 
 
-async def test_a_cancelled_publish_many_leaves_no_ack_waiting(bus_settings, nats_server):
+async def test_a_cancelled_publish_many_leaves_no_ack_waiting(bus_settings, nats_server, untraced):
     async with running_bus(bus_settings(publish_attempt_timeout=5)) as running:
         await running.bus.publish(Ping(n=0))
         transport = running.transports.by_name["jetstream"]

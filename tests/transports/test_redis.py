@@ -459,6 +459,7 @@ async def test_a_frozen_redis_fails_publishes_within_the_budget_then_recovers(
     assert {Ping.model_validate_json(f[b"$body"]).n for _, f in entries} >= {0, 2}
 
 
+@pytest.mark.usefixtures("untraced")
 async def test_publish_many_stores_each_message_and_qos2_ones_once(redis_settings, metrics):
     before = metrics.value("messaging.client.sent.messages", outcome="ok", qos=2)
     async with running_bus(redis_settings()) as running:
@@ -475,6 +476,7 @@ async def test_publish_many_stores_each_message_and_qos2_ones_once(redis_setting
     assert metrics.value("messaging.client.sent.messages", outcome="ok", qos=2) - before == 600
 
 
+@pytest.mark.usefixtures("untraced")
 async def test_publish_many_to_a_frozen_redis_gives_up_with_publish_error(
     redis_settings, redis_server
 ):
