@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,8 +16,6 @@ from app.errors import PublishError
 from app.example.messages import OrderPlaced, PaymentCaptured
 from app.example.orders import Order, OrderStore
 from app.messages import new_message_id
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["orders"])
 
@@ -104,7 +101,8 @@ async def place_order(
         if record is None:
             # Nobody can retry this one. The event may have been stored all the same (its ack
             # was lost): a tombstone keeps it from creating the order the client was refused.
-            await _withdraw(orders, order)
+            # Written in the background: the 503 is not held up by a second budget.
+            orders.withdraw_later(order)
         raise
     # After the publish: a refused command leaves no pending order behind. The handler creates
     # the order from the event if it comes first; then this keeps the handler's record.
@@ -113,15 +111,6 @@ async def place_order(
     if record is not None and idempotency_key is not None:
         await keys.finish(scope, idempotency_key, record, 202, answer.model_dump())
     return answer
-
-
-async def _withdraw(orders: OrderStore, order: Order) -> None:
-    try:
-        await orders.withdraw(order)
-    except PublishError as exc:
-        # Best effort: with the broker away the event most likely did not reach it either
-        # (publishes never wait in the client's buffer); docs/qos.md says where this stops.
-        log.warning("order %s: tombstone not written: %s", order.order_id, exc)
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {}})

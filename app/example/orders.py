@@ -3,7 +3,9 @@ compare-and-set so concurrent handlers on different instances never overwrite ea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,10 +18,12 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 from pydantic import BaseModel, Field
 
+from app.errors import PublishError
 from app.kv import open_bucket, retrying
 from app.settings import Settings
 from app.transports.retry import RetryBudget
 
+log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 ORDER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _CAS_TRIES = 20
@@ -47,6 +51,7 @@ class OrderStore:
     def __init__(self, kv: KeyValue, budget: RetryBudget) -> None:
         self._kv = kv
         self._budget = budget
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> OrderStore:
@@ -71,6 +76,19 @@ class OrderStore:
             await retrying(
                 lambda: self._kv.create(order.order_id, value), self._budget, "order write"
             )
+
+    def withdraw_later(self, order: Order) -> None:
+        """`withdraw` in the background, best effort: with the broker away the event most
+        likely did not reach it either (publishes never wait in the client's buffer)."""
+        task = asyncio.create_task(self._withdraw_quietly(order))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _withdraw_quietly(self, order: Order) -> None:
+        try:
+            await self.withdraw(order)
+        except PublishError as exc:
+            log.warning("order %s: tombstone not written: %s", order.order_id, exc)
 
     async def withdraw(self, order: Order) -> None:
         """Replace the order with a tombstone: it reads as missing, and no change applies to
