@@ -1,15 +1,150 @@
-"""What every acking consumer shares: its running handlers, bounded, and its metric series."""
+"""What every acking consumer shares: the one decision of how a delivery is settled, its
+running handlers, bounded, and its metric series.
+
+A transport only talks to its broker: for one delivery it can ack, nak (hand it back for a
+later try), or dead-letter it (copy it to the dead-letter store and settle it there). What a
+handler's end means is decided here, once, for every transport:
+
+- returned: ACK (applied) or DUPLICATE (a QoS 2 repeat; acked too);
+- a message that cannot be read (DecodeError): DEAD at once;
+- BUSY (the QoS 2 claim is held by another delivery right now) and an infrastructure error
+  (a broker or store unavailable): waited out in place, the delivery kept in progress, until
+  the claim frees or goes stale or the infrastructure answers; neither uses up a delivery;
+- any other error: RETRY after a growing delay, or DEAD once the delivery was the last one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from app.messages import QoS
+from app.errors import (
+    BrokerUnavailableError,
+    DiscoveryError,
+    MessageTooLargeError,
+    PublishError,
+)
+from app.idempotency import ClaimBusy
+from app.messages import DecodeError, QoS
 from app.telemetry import consumed_series, process_duration, redeliveries
+from app.transports.base import backoff
+
+log = logging.getLogger(__name__)
+
+NO_RESULT = "delivery limit reached with no handler result (consumer died or timed out)"
+HOLD_CAP = 2.0  # longest pause between two tries of a delivery held in place
+
+
+class Verdict(enum.Enum):
+    ACK = "ack"
+    DUPLICATE = "duplicate"
+    RETRY = "nak"
+    BUSY = "busy"
+    DEAD = "term"
+
+
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    verdict: Verdict
+    delay: float = 0.0  # RETRY and BUSY: seconds until the next try
+    reason: str = ""  # DEAD: why, as the dead-letter store records it
+    error: str = ""
+
+
+def judge(result: bool | BaseException, attempt: int, max_deliver: int) -> Outcome:
+    """What the end of a handler means for its delivery: the one place this is decided."""
+    if result is True:
+        return Outcome(Verdict.ACK)
+    if result is False:
+        return Outcome(Verdict.DUPLICATE)
+    if isinstance(result, DecodeError):
+        return Outcome(Verdict.DEAD, reason=result.reason, error=str(result))
+    if isinstance(result, HELD) and not isinstance(result, MessageTooLargeError):
+        return Outcome(Verdict.BUSY, delay=backoff(attempt, base=0.2, cap=HOLD_CAP))
+    if attempt >= max_deliver:
+        return Outcome(Verdict.DEAD, reason="max_deliveries", error=describe(result))
+    return Outcome(Verdict.RETRY, delay=backoff(attempt, base=0.2, cap=10.0))
+
+
+HELD: tuple[type[BaseException], ...] = (
+    ClaimBusy,
+    PublishError,
+    BrokerUnavailableError,
+    DiscoveryError,
+    ConnectionError,
+    TimeoutError,
+)
+"""Waiting, not failing: the QoS 2 claim is busy, or a broker or store the handler needs did
+not answer (an oversized message it publishes is its own fault, and fails as usual)."""
+
+
+class Delivery(Protocol):
+    """What a transport does with one delivery, once the router has decided."""
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float) -> None:
+        """Hand it back: it comes again after `delay` seconds, as its next delivery."""
+        ...
+
+    async def dead_letter(self, reason: str, error: str) -> None:
+        """Copy it to the dead-letter store and settle it there (or leave it to come again
+        when the copy fails)."""
+        ...
+
+
+async def run_delivery(
+    handle: Callable[[], Awaitable[bool]],
+    attempt: int,
+    max_deliver: int,
+    stopping: Callable[[], bool],
+    hold_for: float,
+) -> Outcome:
+    """Run the handler until its outcome can be settled: BUSY and infrastructure errors are
+    tried again in place (the transport keeps the delivery alive meanwhile) for up to
+    `hold_for` seconds, or until the consumer stops; then the delivery is handed back."""
+    tries = 0
+    held_until = time.monotonic() + hold_for
+    while True:
+        result: bool | BaseException
+        try:
+            result = await handle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = exc
+        outcome = judge(result, attempt, max_deliver)
+        if outcome.verdict is not Verdict.BUSY:
+            return outcome
+        if stopping() or time.monotonic() > held_until:
+            return Outcome(Verdict.RETRY, delay=outcome.delay)
+        tries += 1
+        if tries == 1:
+            log.info("delivery held, trying again in place: %r", result)
+        await asyncio.sleep(backoff(tries, base=0.2, cap=HOLD_CAP))
+
+
+async def settle(delivery: Delivery, outcome: Outcome, metrics: ConsumerMetrics) -> None:
+    """Carry out `outcome` on `delivery` and count it."""
+    verdict = outcome.verdict
+    if verdict is Verdict.ACK or verdict is Verdict.DUPLICATE:
+        await delivery.ack()
+    elif verdict is Verdict.DEAD:
+        await delivery.dead_letter(outcome.reason, outcome.error)
+    else:
+        await delivery.nak(outcome.delay)
+    metrics.consumed[verdict.value].add(1)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
 
 
 class ConsumerMetrics:

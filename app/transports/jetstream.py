@@ -35,13 +35,21 @@ from nats.js.api import (
 from opentelemetry.metrics import Observation
 
 from app.errors import MessageTooLargeError
-from app.messages import H_ATTEMPT, DecodeError, Envelope, QoS
+from app.messages import H_ATTEMPT, Envelope, QoS
 from app.settings import Settings
 from app.supervision import supervised
 from app.telemetry import dedupe_hits, sent_series, watch_pending
 from app.transports import nats_wire
-from app.transports.base import Delivery, Subscription, backoff
-from app.transports.consuming import ConsumerMetrics, HandlerTasks
+from app.transports.base import Delivery, Subscription
+from app.transports.consuming import (
+    NO_RESULT,
+    ConsumerMetrics,
+    HandlerTasks,
+    Outcome,
+    Verdict,
+    run_delivery,
+    settle,
+)
 from app.transports.deadlines import Deadlines
 from app.transports.jetstream_dlq import JetStreamDeadLetters
 from app.transports.jetstream_streams import ensure_stream, stream_name
@@ -57,6 +65,8 @@ PENDING_REFRESH = 5.0
 PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after a reconnect
 PULL_GRACE = 0.5
 MAX_BATCH = 256
+HOLD_ACK_WAITS = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
+SERVER_MARGIN = 5  # server deliveries beyond APP_MAX_DELIVER, for deliveries lost to crashes
 
 
 class JetStreamTransport:
@@ -259,7 +269,9 @@ class _Consumer:
             durable_name=self._sub.name,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._settings.ack_wait,
-            max_deliver=self._settings.max_deliver,
+            # The router dead-letters at APP_MAX_DELIVER; the server's count runs further, so
+            # a delivery lost to a crash or an outage does not end in a dead letter by itself.
+            max_deliver=self._settings.max_deliver + SERVER_MARGIN,
             filter_subject=self._sub.subject,
             max_ack_pending=max(1000, self._handlers.limit * 4),
             deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
@@ -363,37 +375,41 @@ class _Consumer:
     async def _handle(self, msg: Msg) -> None:
         attempt = _delivery_count(msg)
         envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
+        settings = self._settings
         delivery = Delivery(
-            "jetstream", msg.subject, attempt, self._settings.max_deliver, envelope.message_id
+            "jetstream", msg.subject, attempt, settings.max_deliver, envelope.message_id
         )
+        settlement = _Settlement(self, msg, envelope, attempt)
+        if attempt > settings.max_deliver:
+            # The server gives more deliveries than the router (a margin for deliveries lost
+            # to crashes and outages): the last one ended with no handler result.
+            self._running.pop(id(msg), None)
+            await settle(
+                settlement, Outcome(Verdict.DEAD, 0, "max_deliveries", NO_RESULT), self._metrics
+            )
+            return
         if attempt > 1:
             self._metrics.redelivered.add()
         started = time.perf_counter()
         try:
-            applied = await self._sub.handler(envelope, delivery)
-        except DecodeError as exc:
-            outcome = "term"
-            await self._dead_letter(msg, envelope, exc.reason, str(exc), attempt)
+            outcome = await run_delivery(
+                lambda: self._sub.handler(envelope, delivery),
+                attempt,
+                settings.max_deliver,
+                lambda: self._stopping,
+                settings.ack_wait * HOLD_ACK_WAITS,
+            )
         except asyncio.CancelledError:
-            outcome = "nak"
             with contextlib.suppress(Exception):
                 await msg.nak()
+            self._metrics.consumed["nak"].add(1)
             raise
-        except Exception as exc:
-            if attempt >= self._settings.max_deliver:
-                outcome = "term"
-                await self._dead_letter(msg, envelope, "max_deliveries", _describe(exc), attempt)
-            else:
-                outcome = "nak"
-                log.info("handler failed for %s (try %d): %s", envelope.message_id, attempt, exc)
-                await _settle(msg.nak(delay=backoff(attempt, base=0.2, cap=10.0)))
-        else:
-            outcome = "ack" if applied else "duplicate"
-            await _settle(msg.ack())
         finally:
             self._running.pop(id(msg), None)
             self._metrics.durations.record(time.perf_counter() - started)
-        self._metrics.consumed[outcome].add(1)
+        if outcome.verdict is Verdict.RETRY:
+            log.info("handler failed for %s (try %d)", envelope.message_id, attempt)
+        await settle(settlement, outcome, self._metrics)
 
     async def _keep_alive(self, every: float) -> None:
         """Every `every` seconds, tell the server that the handlers running that long are still
@@ -406,7 +422,7 @@ class _Consumer:
                 if now - started >= every:
                     await _settle(msg.in_progress())
 
-    async def _dead_letter(
+    async def dead_letter(
         self, msg: Msg, envelope: Envelope, reason: str, error: str, attempt: int
     ) -> None:
         """Copy to the dead-letter stream, then term; if the copy fails, the server's
@@ -444,6 +460,27 @@ class _Consumer:
         # Messages of a request still open after this are redelivered once ack_wait has passed.
         with contextlib.suppress(Exception):
             await self._inbox_sub.unsubscribe()
+
+
+class _Settlement:
+    """One JetStream delivery as the router settles it."""
+
+    __slots__ = ("_attempt", "_consumer", "_envelope", "_msg")
+
+    def __init__(self, consumer: _Consumer, msg: Msg, envelope: Envelope, attempt: int) -> None:
+        self._consumer = consumer
+        self._msg = msg
+        self._envelope = envelope
+        self._attempt = attempt
+
+    async def ack(self) -> None:
+        await _settle(self._msg.ack())
+
+    async def nak(self, delay: float) -> None:
+        await _settle(self._msg.nak(delay=delay))
+
+    async def dead_letter(self, reason: str, error: str) -> None:
+        await self._consumer.dead_letter(self._msg, self._envelope, reason, error, self._attempt)
 
 
 class _AckInbox:
@@ -554,7 +591,3 @@ async def _settle(reply: Awaitable[None]) -> None:
         await reply
     except Exception as exc:
         log.warning("could not settle a delivery: %s", exc)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:1000]

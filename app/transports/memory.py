@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from app.errors import DeadLetterNotFoundError
-from app.messages import H_QOS, H_TYPE, DecodeError, Envelope, QoS
+from app.messages import H_QOS, H_TYPE, Envelope, QoS
 from app.settings import Settings
 from app.telemetry import dead_letters, sent_messages
 from app.tracing import send_span
@@ -24,8 +24,10 @@ from app.transports.base import (
     DeadLetterPage,
     Delivery,
     Subscription,
-    backoff,
 )
+from app.transports.consuming import ConsumerMetrics, Verdict, run_delivery, settle
+
+HOLD_SECONDS = 5.0  # a busy claim or missing broker is waited out this long before a retry
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class MemoryTransport:
         self._turn: dict[tuple[str, str], itertools.count[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.dead_letters = MemoryDeadLetters(self)
+        self._consumer_metrics: dict[str, ConsumerMetrics] = {}
 
     async def start(self) -> None:
         return None
@@ -64,26 +67,57 @@ class MemoryTransport:
 
     async def _deliver(self, subscription: Subscription, envelope: Envelope, qos: QoS) -> None:
         tries = 1 if qos == QoS.AT_MOST_ONCE else self._max_deliver
-        error = ""
         for attempt in range(1, tries + 1):
             delivery = Delivery("memory", envelope.subject, attempt, tries, envelope.message_id)
-            try:
-                await subscription.handler(envelope, delivery)
+            outcome = await run_delivery(
+                lambda: subscription.handler(envelope, delivery),  # noqa: B023 - awaited here
+                attempt,
+                tries,
+                lambda: False,
+                HOLD_SECONDS,
+            )
+            settlement = _Settlement(self, envelope, qos, attempt)
+            await settle(settlement, outcome, self._metrics(subscription, qos))
+            if outcome.verdict is not Verdict.RETRY:
                 return
-            except DecodeError as exc:
-                self.dead_letters.add(envelope, exc.reason, str(exc), attempt)
-                return
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.info("handler failed for %s (try %d): %s", envelope.message_id, attempt, exc)
-            if attempt < tries:
-                await asyncio.sleep(backoff(attempt, base=0.01, cap=0.2))
-        if qos != QoS.AT_MOST_ONCE:
-            self.dead_letters.add(envelope, "max_deliveries", error, tries)
+            log.info("handler failed for %s (try %d)", envelope.message_id, attempt)
+            await asyncio.sleep(min(outcome.delay, 0.2))
+
+    def _metrics(self, subscription: Subscription, qos: QoS) -> ConsumerMetrics:
+        metrics = self._consumer_metrics.get(subscription.name)
+        if metrics is None:
+            metrics = ConsumerMetrics("memory", subscription.subject, qos, subscription.subject)
+            self._consumer_metrics[subscription.name] = metrics
+        return metrics
 
     async def stop(self, timeout: float) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+class _Settlement:
+    """One in-process delivery as the router settles it: a retry is the delivery loop's next
+    turn; QoS 0 has no dead letters (a failure is logged and counted)."""
+
+    __slots__ = ("_attempt", "_envelope", "_qos", "_transport")
+
+    def __init__(self, transport: MemoryTransport, envelope: Envelope, qos: QoS, attempt: int):
+        self._transport = transport
+        self._envelope = envelope
+        self._qos = qos
+        self._attempt = attempt
+
+    async def ack(self) -> None:
+        return None
+
+    async def nak(self, delay: float) -> None:
+        return None
+
+    async def dead_letter(self, reason: str, error: str) -> None:
+        if self._qos == QoS.AT_MOST_ONCE:
+            log.info("QoS 0 message %s not handled: %s", self._envelope.message_id, error)
+            return
+        self._transport.dead_letters.add(self._envelope, reason, error, self._attempt)
 
 
 class MemoryDeadLetters:

@@ -17,19 +17,26 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app.messages import DecodeError
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports.base import Delivery, Subscription, backoff
 from app.transports.batching import Batcher
-from app.transports.consuming import ConsumerMetrics, HandlerTasks
+from app.transports.consuming import (
+    NO_RESULT,
+    ConsumerMetrics,
+    HandlerTasks,
+    Outcome,
+    Verdict,
+    run_delivery,
+    settle,
+)
 from app.transports.redis_dlq import Fields, RedisDeadLetters, envelope_from
 
 log = logging.getLogger(__name__)
 
 SYSTEM = "redis"
 BROKER_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-NO_RESULT = "delivery limit reached with no handler result (consumer died or timed out)"
+HOLD_CLAIM_IDLES = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
 
 
 def parse_autoclaim(reply: Any) -> tuple[bytes, list[tuple[bytes, Fields]], list[bytes]]:
@@ -234,41 +241,36 @@ class RedisConsumer:
     async def _handle(self, entry_id: bytes, fields: Fields, attempt: int) -> None:
         max_deliver = self._settings.max_deliver
         envelope = envelope_from(fields, self.key)
+        settlement = _Settlement(self, entry_id, fields, attempt)
         if attempt > max_deliver:
             self._running.pop(entry_id, None)
-            await self._dead_letter(entry_id, fields, "max_deliveries", NO_RESULT, attempt - 1)
-            self._metrics.consumed["term"].add(1)
+            settlement.deliveries = attempt - 1
+            await settle(
+                settlement, Outcome(Verdict.DEAD, 0, "max_deliveries", NO_RESULT), self._metrics
+            )
             return
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
             self._metrics.redelivered.add()
         started = time.perf_counter()
         try:
-            applied = await self._sub.handler(envelope, delivery)
-        except DecodeError as exc:
-            outcome = "term"
-            await self._dead_letter(entry_id, fields, exc.reason, str(exc), attempt)
-        except asyncio.CancelledError:
-            raise  # left pending: another member reclaims it after the claim time
-        except Exception as exc:
-            if attempt >= max_deliver:
-                outcome = "term"
-                await self._dead_letter(entry_id, fields, "max_deliveries", _describe(exc), attempt)
-            else:
-                outcome = "nak"
-                log.info("handler failed for %s (try %d): %s", envelope.message_id, attempt, exc)
-                self._retry_later(entry_id, attempt)
-        else:
-            outcome = "ack" if applied else "duplicate"
-            await self._ack(entry_id)
-        finally:
+            outcome = await run_delivery(
+                lambda: self._sub.handler(envelope, delivery),
+                attempt,
+                max_deliver,
+                lambda: self._stopping,
+                self._claim_idle * HOLD_CLAIM_IDLES,
+            )
+        finally:  # cancelled: left pending, another member reclaims it after the claim time
             self._running.pop(entry_id, None)
             self._metrics.durations.record(time.perf_counter() - started)
-        self._metrics.consumed[outcome].add(1)
+        if outcome.verdict is Verdict.RETRY:
+            log.info("handler failed for %s (try %d)", envelope.message_id, attempt)
+        await settle(settlement, outcome, self._metrics)
 
-    def _retry_later(self, entry_id: bytes, attempt: int) -> None:
+    def retry_later(self, entry_id: bytes, delay: float) -> None:
         # Sooner than the claim time, so this member retries before another one reclaims it.
-        pause = backoff(attempt, base=0.2, cap=min(10.0, self._claim_idle / 2))
+        pause = min(delay, self._claim_idle / 2)
         min_idle = int(pause * 500)  # an entry claimed by another member meanwhile is younger
         heapq.heappush(self._retries, (time.monotonic() + pause, entry_id, min_idle))
         self._handlers.wake()
@@ -294,7 +296,7 @@ class RedisConsumer:
         await self._redis.xack(self.key, self.group, *ids)
         return [None] * len(ids)
 
-    async def _ack(self, entry_id: bytes) -> None:
+    async def ack(self, entry_id: bytes) -> None:
         """XACK, sent together with the acks of handlers that finish meanwhile."""
         try:
             await self._acks.submit(entry_id)
@@ -302,7 +304,7 @@ class RedisConsumer:
             # Still pending: it is reclaimed and handled again, as QoS 1 allows.
             log.warning("could not ack %s on %s: %s", entry_id, self.key, exc)
 
-    async def _dead_letter(
+    async def dead_letter(
         self, entry_id: bytes, fields: Fields, reason: str, error: str, deliveries: int
     ) -> None:
         try:
@@ -345,5 +347,24 @@ class RedisConsumer:
                 log.debug("could not remove group %s: %s", self.group, exc)
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:1000]
+class _Settlement:
+    """One Redis Streams delivery as the router settles it."""
+
+    __slots__ = ("_consumer", "_entry_id", "_fields", "deliveries")
+
+    def __init__(self, consumer: RedisConsumer, entry_id: bytes, fields: Fields, attempt: int):
+        self._consumer = consumer
+        self._entry_id = entry_id
+        self._fields = fields
+        self.deliveries = attempt
+
+    async def ack(self) -> None:
+        await self._consumer.ack(self._entry_id)
+
+    async def nak(self, delay: float) -> None:
+        self._consumer.retry_later(self._entry_id, delay)
+
+    async def dead_letter(self, reason: str, error: str) -> None:
+        await self._consumer.dead_letter(
+            self._entry_id, self._fields, reason, error, self.deliveries
+        )
