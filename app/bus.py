@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from app.errors import ConfigurationError, PublishError
-from app.idempotency import IdempotencyStore
+from app.idempotency import HeldClaims, IdempotencyStore
 from app.messages import (
     DecodeError,
     Envelope,
@@ -62,6 +62,8 @@ class Bus:
         self._subscriptions: list[tuple[Transport, Subscription]] = []
         self._started = False
         self._stopped = False
+        self._claims = HeldClaims()
+        self._renewing: asyncio.Task[None] | None = None
         # Per message type: the QoS, transport and subject (settings are fixed for a bus).
         self._routes: dict[type[Message], tuple[QoS, Transport, str]] = {}
 
@@ -171,7 +173,11 @@ class Bus:
         transport: str,
     ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
         idempotency = self._idempotency.get(transport)
-        stale_after = self._settings.ack_wait
+        # A claim is stale once a delivery of its message could be handed to another
+        # consumer: after the ack wait on JetStream, after the claim idle time on Redis.
+        stale_after = (
+            self._settings.redis_claim_idle if transport == "redis" else self._settings.ack_wait
+        )
         max_bytes = self._settings.max_message_bytes
         if qos == QoS.EXACTLY_ONCE and idempotency is None:
             raise ConfigurationError(f"transport {transport!r} has no idempotency store for QoS 2")
@@ -191,13 +197,15 @@ class Bus:
                     dedupe_hits.add(1, {"side": "receiver"})
                     span.set_attribute("qosmesh.duplicate", True)
                     return False
+                ticket = self._claims.hold(idempotency, claim, stale_after)
                 try:
                     await handler(message)
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        await idempotency.release(claim)
+                        await idempotency.release(self._claims.let_go(ticket))
                     raise
-                await idempotency.complete(claim)  # retried by the store within the budget
+                # Retried by the store within the budget.
+                await idempotency.complete(self._claims.let_go(ticket))
                 return True
 
         return on_delivery
@@ -208,6 +216,7 @@ class Bus:
         for transport in self._transports.values():
             await transport.start()
         self._started = True
+        self._renewing = asyncio.create_task(self._claims.renew(), name="renew claims")
         record_zeros(
             (SYSTEMS.get(transport.name, transport.name), sub.subject, int(sub.qos))
             for transport, sub in self._subscriptions
@@ -220,6 +229,8 @@ class Bus:
             return
         self._stopped = True
         await asyncio.gather(*(t.stop(timeout) for t in self._transports.values()))
+        if self._renewing is not None:
+            self._renewing.cancel()
 
     @property
     def dead_letters(self) -> list[DeadLetterStore]:

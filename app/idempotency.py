@@ -23,10 +23,12 @@ message id in one atomic step (see the example's payment handler).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -38,6 +40,8 @@ from app.errors import QosMeshError
 from app.kv import open_bucket, retrying, safe_key
 from app.settings import Settings
 from app.transports.retry import RetryBudget, with_retries
+
+log = logging.getLogger(__name__)
 
 DONE = "done"
 _WRONG_REVISION = (10071, 10164)  # JetStream: wrong last sequence (per subject)
@@ -73,9 +77,59 @@ class IdempotencyStore(Protocol):
         """The handler failed: let the next delivery claim it (if the claim is still ours)."""
         ...
 
+    async def refresh(self, claim: Claim) -> Claim | None:
+        """The handler still runs: the claim, renewed so it does not go stale; None when it
+        is no longer ours."""
+        ...
+
+
+class HeldClaims:
+    """The claims of the QoS 2 handlers running now, renewed by one sweep, so a claim never
+    goes stale while its handler runs (a slow handler is not a dead one)."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, list[Any]] = {}  # ticket -> [store, claim, stale_after, renewed]
+        self._tickets = itertools.count()
+
+    def hold(self, store: IdempotencyStore, claim: Claim, stale_after: float) -> int:
+        ticket = next(self._tickets)
+        self._held[ticket] = [store, claim, stale_after, time.monotonic()]
+        return ticket
+
+    def let_go(self, ticket: int) -> Claim:
+        """The claim as last renewed; no longer renewed."""
+        claim: Claim = self._held.pop(ticket)[1]
+        return claim
+
+    async def renew(self) -> None:
+        """Runs until cancelled."""
+        while True:
+            period = min((held[2] / 3 for held in self._held.values()), default=1.0)
+            await asyncio.sleep(max(0.05, period))
+            now = time.monotonic()
+            for ticket, held in list(self._held.items()):
+                store, claim, stale_after, renewed = held
+                if now - renewed < stale_after / 3:
+                    continue
+                try:
+                    fresh = await store.refresh(claim)
+                except Exception as exc:
+                    log.warning("claim %s not renewed: %s", claim.key, exc)
+                    continue
+                if fresh is None:
+                    log.warning("claim %s was taken over while its handler ran", claim.key)
+                if ticket in self._held:
+                    self._held[ticket][1:] = [fresh or claim, stale_after, now]
+
 
 def _processing() -> str:
     return f"processing {time.time():.3f} {secrets.token_hex(8)}"
+
+
+def _renewed(value: str) -> str:
+    """The same holder's claim (same token), started now."""
+    token = value.rsplit(" ", 1)[-1]
+    return f"processing {time.time():.3f} {token}"
 
 
 def _decide(value: str, stale_after: float) -> bool | None:
@@ -114,6 +168,13 @@ class MemoryIdempotencyStore:
     async def release(self, claim: Claim) -> None:
         if self._claims.get(claim.key, ("", 0.0))[0] == claim.value:
             del self._claims[claim.key]
+
+    async def refresh(self, claim: Claim) -> Claim | None:
+        if self._claims.get(claim.key, ("", 0.0))[0] != claim.value:
+            return None
+        fresh = Claim(claim.key, _renewed(claim.value))
+        self._claims[claim.key] = (fresh.value, time.monotonic())
+        return fresh
 
 
 class KvIdempotencyStore:
@@ -164,6 +225,14 @@ class KvIdempotencyStore:
             # the same, so "done" is what the key must say.
             await self._kv.put(claim.key, DONE.encode())
 
+    async def refresh(self, claim: Claim) -> Claim | None:
+        value = _renewed(claim.value)
+        try:
+            revision = await self._kv.update(claim.key, value.encode(), last=claim.revision)
+        except KeyWrongLastSequenceError:
+            return None
+        return Claim(claim.key, value, revision)
+
     async def release(self, claim: Claim) -> None:
         # Only while the claim is still ours: never another holder's claim or done mark.
         try:
@@ -198,6 +267,16 @@ return 0
 """
 
 
+# Renew only the caller's own claim.
+_REDIS_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class RedisIdempotencyStore:
     """Keys `qm:processed:<service>:<key>` in Redis, each expiring after the idempotency TTL, so
     a message path on Redis alone keeps its QoS 2 guarantee without NATS."""
@@ -209,6 +288,7 @@ class RedisIdempotencyStore:
         self._budget = RetryBudget.from_settings(settings)
         self._claim = redis.register_script(_REDIS_CLAIM)
         self._release = redis.register_script(_REDIS_RELEASE)
+        self._refresh = redis.register_script(_REDIS_REFRESH)
 
     async def claim(self, key: str, stale_after: float) -> Claim | None:
         now = time.time()
@@ -231,3 +311,8 @@ class RedisIdempotencyStore:
 
     async def release(self, claim: Claim) -> None:
         await self._release(keys=[claim.key], args=[claim.value])
+
+    async def refresh(self, claim: Claim) -> Claim | None:
+        value = _renewed(claim.value)
+        renewed = await self._refresh(keys=[claim.key], args=[claim.value, value, self._ttl_ms])
+        return Claim(claim.key, value) if int(renewed) else None

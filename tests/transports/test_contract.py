@@ -5,8 +5,10 @@ from collections.abc import Callable
 
 import pytest
 
+from app.messages import Envelope, QoS, encode
 from app.settings import Settings
 from app.testing import eventually
+from app.transports.redis_dlq import DEDUPE_ID
 from tests.transports.conftest import Charge, Ping, bus_settings, running_bus
 from tests.transports.test_redis import redis_settings
 
@@ -58,3 +60,44 @@ async def test_a_handler_running_through_a_drain_is_not_given_to_another_instanc
         await asyncio.sleep(1.5)  # past another ack wait: a redelivery would show by now
     assert effects[0] != effects[1]  # the first went to one instance, the second to the other
     assert len(effects) == 2, effects
+
+
+async def test_a_copy_waiting_on_a_busy_claim_is_not_dead_lettered(contract_settings):
+    """Two copies of one QoS 2 message (the broker's dedupe window passed, say): while one
+    instance applies it, the other's copy waits for the claim instead of spending its
+    deliveries on it, then is settled as a duplicate. Applied once, no dead letter."""
+    effects: list[str] = []
+    first = asyncio.Event()
+
+    def handler(name: str):
+        async def handle(message: Charge) -> None:
+            effects.append(name)
+            first.set()
+            await asyncio.sleep(2.5)
+
+        return handle
+
+    settings = contract_settings(max_deliver=3)
+    async with (
+        running_bus(settings, lambda bus: bus.subscribe(Charge, handler("A"))) as a,
+        running_bus(settings, lambda bus: bus.subscribe(Charge, handler("B")), instance="i2"),
+    ):
+        charge = Charge(n=1)
+        await a.bus.publish(charge)
+        await asyncio.wait_for(first.wait(), 10)
+        transport = a.transports.by_name[settings.qos2_transport]
+        again = encode(charge, QoS.EXACTLY_ONCE, a.bus.subject(Charge))
+        copy = Envelope(
+            headers={**again.headers, "Nats-Msg-Id": "copy-2"},
+            body=again.body,
+            subject=again.subject,
+            extra={DEDUPE_ID: "copy-2"},
+        )
+        await transport.publish(copy, QoS.EXACTLY_ONCE)  # a second copy in the stream
+        store = transport.dead_letters
+        assert store is not None
+
+        await asyncio.sleep(4)  # the copy waited out the claim and was settled by now
+        dead = (await store.list(10, None)).total
+    assert effects in (["A"], ["B"])
+    assert dead == 0

@@ -61,3 +61,21 @@ async def test_a_late_complete_of_a_lost_claim_still_records_done(store):
     await store.complete(loser)  # its effect is applied: "done" is the truth
     await store.release(winner)
     assert await store.claim("m1", stale_after=STALE) is None
+
+
+async def test_a_renewed_claim_does_not_go_stale_and_stays_its_holders(store):
+    held = await store.claim("m1", stale_after=STALE)
+    for _ in range(3):
+        await asyncio.sleep(STALE / 2)
+        held = await store.refresh(held)
+        assert held is not None
+    with pytest.raises(ClaimBusy):
+        await store.claim("m1", stale_after=STALE)  # 0.45 s after the claim: renewed, not stale
+    await store.complete(held)
+    assert await store.claim("m1", stale_after=STALE) is None
+
+
+async def test_a_claim_taken_over_cannot_be_renewed(store):
+    loser, winner = await taken_over(store)
+    assert await store.refresh(loser) is None
+    assert await store.refresh(winner) is not None
