@@ -37,6 +37,8 @@ class MemoryTransport:
 
     def __init__(self, settings: Settings) -> None:
         self._max_deliver = settings.max_deliver
+        self._concurrency = settings.consumer_concurrency
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._subscriptions: dict[str, list[Subscription]] = defaultdict(list)
         self._turn: dict[tuple[str, str], itertools.count[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -66,6 +68,13 @@ class MemoryTransport:
         sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
 
     async def _deliver(self, subscription: Subscription, envelope: Envelope, qos: QoS) -> None:
+        slots = self._slots.get(subscription.name)
+        if slots is None:
+            slots = self._slots[subscription.name] = asyncio.Semaphore(self._concurrency)
+        async with slots:  # at most APP_CONSUMER_CONCURRENCY handlers per subscription
+            await self._run(subscription, envelope, qos)
+
+    async def _run(self, subscription: Subscription, envelope: Envelope, qos: QoS) -> None:
         tries = 1 if qos == QoS.AT_MOST_ONCE else self._max_deliver
         for attempt in range(1, tries + 1):
             delivery = Delivery("memory", envelope.subject, attempt, tries, envelope.message_id)

@@ -1,10 +1,11 @@
-"""A consumer process for crash tests: handles Ping on a real nats-server and appends each
+"""A consumer process for crash tests: handles Ping with the given settings and appends each
 handled number to a file, one line per delivery, before the ack.
 
-    python -m tests.transports.consumer_proc NATS_URL OUT_FILE DATA_DIR
+    python -m tests.transports.consumer_proc SETTINGS_JSON OUT_FILE
 """
 
 import asyncio
+import json
 import os
 import sys
 
@@ -12,21 +13,14 @@ from app.settings import Settings
 from tests.transports.conftest import Ping, running_bus
 
 
-async def main(url: str, out: str, data_dir: str) -> None:
+async def main(settings_json: str, out: str) -> None:
     settings = Settings.model_validate(
-        {
-            "nats_url": url,
-            "service_name": "svc",
-            "ack_wait": 2,
-            "max_deliver": 20,
-            "consumer_concurrency": 8,
-            "data_dir": data_dir,
-        }
+        {"max_deliver": 20, "consumer_concurrency": 8, **json.loads(settings_json)}
     )
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     async def handle(message: Ping) -> None:
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.005)
         os.write(fd, f"{message.n}\n".encode())
 
     async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)):
@@ -35,4 +29,4 @@ async def main(url: str, out: str, data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:3]))

@@ -3,8 +3,6 @@
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,51 +18,6 @@ from app.transports.jetstream import JetStreamTransport
 from tests.transports.conftest import Charge, Ping, running_bus
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_consumer(url: str, out: Path, data_dir: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.transports.consumer_proc", url, str(out), str(data_dir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def handled(out: Path) -> list[int]:
-    if not out.exists():
-        return []
-    return [int(line) for line in out.read_text().split()]
-
-
-@pytest.mark.slow
-async def test_every_message_is_handled_after_the_consumer_is_killed(
-    bus_settings, nats_server, tmp_path
-):
-    """1,000 messages; the consumer is SIGKILLed mid-stream and started again."""
-    out = tmp_path / "handled.txt"
-    async with running_bus(bus_settings()) as publisher:
-        await asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(1000)))
-
-    consumer = start_consumer(nats_server.url, out, tmp_path)
-    await eventually(lambda: len(handled(out)) >= 200, timeout=30)
-    consumer.kill()
-    consumer.wait()
-    at_kill = len(handled(out))
-    assert at_kill < 1000, "the consumer finished before it could be killed"
-
-    consumer = start_consumer(nats_server.url, out, tmp_path)
-    try:
-        await eventually(lambda: set(handled(out)) == set(range(1000)), timeout=60)
-    finally:
-        consumer.kill()
-        consumer.wait()
-    seen = handled(out)
-    duplicates = len(seen) - len(set(seen))
-    print(f"\nkilled after {at_kill} handled; {len(seen)} deliveries, {duplicates} duplicates")
 
 
 @pytest.mark.slow
@@ -101,27 +54,6 @@ async def test_publishes_during_a_broker_restart_are_acked_or_raise(bus_settings
     print(f"\n{len(acked)} acked, {len(refused)} refused")
     assert len(acked) + len(refused) == 300
     assert set(acked) <= stored
-
-
-async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(bus_settings):
-    attempts: list[int] = []
-
-    async def handle(message: Ping) -> None:
-        attempts.append(message.n)
-        raise ValueError("cannot handle")
-
-    async with running_bus(bus_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
-        await running.bus.publish(Ping(n=1))
-        store = running.transports.by_name["jetstream"].dead_letters
-        assert store is not None
-        await eventually(lambda: _total(store), timeout=15)
-        page = await store.list(10, None)
-    assert attempts == [1, 1, 1]
-    item = page.items[0]
-    assert item.deliveries == 3
-    assert item.error == "ValueError: cannot handle"
-    assert item.type == "Ping"
-    assert item.subject == "svc.ping"
 
 
 async def _total(store) -> bool:
@@ -208,50 +140,6 @@ async def test_a_consumer_that_dies_on_the_last_delivery_still_dead_letters(bus_
     assert "delivery limit reached" in item.error
 
 
-async def test_qos2_effects_apply_once_despite_duplicates(bus_settings, metrics):
-    """Each message published twice, one delivery forced to repeat after its effect, and one
-    republished under a fresh Nats-Msg-Id: every effect happens exactly once."""
-    effects: list[int] = []
-    forced: set[str] = set()
-    charges = [Charge(n=n) for n in range(20)]
-    repeat = charges[3].message_id
-
-    async def handle(message: Charge) -> None:
-        effects.append(message.n)
-
-    def setup(bus: Bus) -> None:
-        bus.subscribe(Charge, handle)
-        _, subscription = bus._subscriptions[0]
-        inner = subscription.handler
-
-        async def ack_lost_once(envelope, delivery):
-            applied = await inner(envelope, delivery)
-            if envelope.message_id == repeat and repeat not in forced:
-                forced.add(repeat)
-                raise ConnectionError("ack lost after the effect")
-            return applied
-
-        object.__setattr__(subscription, "handler", ack_lost_once)
-
-    before = metrics.value("qosmesh.dedupe.hits", side="receiver")
-    async with running_bus(bus_settings(), setup) as running:
-        for charge in charges:
-            await running.bus.publish(charge)
-            await running.bus.publish(charge)
-        # charge 7 again, as a publisher would send it after the broker's dedupe window
-        again = encode(charges[7], charges[7].qos, "svc.charge")
-        await running.brokers.js.publish(
-            "svc.charge", again.body, headers={**again.headers, "Nats-Msg-Id": "fresh-id"}
-        )
-        await eventually(lambda: sorted(set(effects)) == list(range(20)), timeout=15)
-        await eventually(
-            lambda: metrics.value("qosmesh.dedupe.hits", side="receiver") - before >= 2
-        )
-        await asyncio.sleep(0.5)
-    assert sorted(effects) == list(range(20))
-    assert forced == {repeat}
-
-
 async def test_qos1_broadcast_reaches_every_instance_and_competing_reaches_one(bus_settings):
     got: dict[str, list[int]] = {"b1": [], "b2": [], "c1": [], "c2": []}
 
@@ -323,32 +211,6 @@ async def test_a_deleted_consumer_is_created_again(bus_settings, nats_server):
         for n in range(1, 11):
             await running.bus.publish(Ping(n=n))
         await eventually(lambda: set(got) == set(range(11)), timeout=15)
-
-
-async def test_handlers_in_parallel_never_exceed_the_concurrency_limit(bus_settings):
-    got: list[int] = []
-    running_counts: list[int] = []
-    settings = bus_settings(consumer_concurrency=8)
-    async with running_bus(settings, _collecting(got, running_counts, pause=0.02)) as running:
-        await asyncio.gather(*(running.bus.publish(Ping(n=n)) for n in range(200)))
-        await eventually(lambda: len(set(got)) == 200, timeout=30)
-    assert max(running_counts) == 8
-
-
-async def test_the_concurrency_limit_holds_across_an_outage(bus_settings, nats_proxy):
-    """Pull requests made while disconnected used to wait in nats-py's buffer and all go out
-    on reconnect: a limit of 4 ran 16 handlers. The consumer sits behind a proxy that cuts
-    its connection for 6 s while every slot is busy."""
-    got: list[int] = []
-    running_counts: list[int] = []
-    settings = bus_settings(consumer_concurrency=4, nats_url=nats_proxy.url, ack_wait=5)
-    async with running_bus(bus_settings()) as publisher:
-        await asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(60)))
-    async with running_bus(settings, _collecting(got, running_counts, pause=0.5)):
-        await eventually(lambda: len(got) >= 4, message="every slot busy")
-        nats_proxy.cut(refuse_for=6)
-        await eventually(lambda: len(set(got)) == 60, timeout=60, message="all 60 handled")
-    assert max(running_counts) == 4
 
 
 # -- many at once ----------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +12,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.brokers import _pack_with_hiredis
-from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.errors import PublishError
 from app.messages import encode
@@ -67,83 +64,6 @@ async def pending_count(client: aioredis.Redis, key: str = "svc.ping", group: st
 
 async def _total(store) -> bool:
     return bool((await store.list(1, None)).total)
-
-
-def start_consumer(nats_url: str, redis_url: str, out: Path, data: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.transports.redis_consumer_proc",
-            nats_url,
-            redis_url,
-            str(out),
-            str(data),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def handled(out: Path) -> list[int]:
-    return [int(line) for line in out.read_text().split()] if out.exists() else []
-
-
-@pytest.mark.slow
-async def test_a_killed_consumers_pending_entries_are_reclaimed_by_another(
-    redis_settings, nats_server, redis_server, tmp_path
-):
-    """3,000 messages, two consumer processes; one is SIGKILLed mid-stream holding entries."""
-    out = tmp_path / "handled.txt"
-    doomed = start_consumer(nats_server.url, redis_server.url, out, tmp_path / "a")
-    survivor = start_consumer(nats_server.url, redis_server.url, out, tmp_path / "b")
-    # 3,000 publishes at once on a loaded machine: a budget that rides out slow moments.
-    settings = redis_settings(publish_attempt_timeout=2, publish_deadline=15, publish_attempts=8)
-    async with running_bus(settings) as publisher:
-        client = publisher.brokers.redis
-        assert client is not None
-        publishing = asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(3000)))
-
-        async def held() -> dict[str, int]:
-            consumers = await client.xinfo_consumers("svc.ping", "svc")
-            return {c["name"].decode(): int(c["pending"]) for c in consumers}
-
-        async def doomed_holds_entries() -> bool:
-            pending = await held()
-            return sum(n for name, n in pending.items() if f"-{doomed.pid}-" in name) >= 4
-
-        try:
-            await eventually(lambda: len(handled(out)) >= 300, timeout=30)
-            # Kill it while it holds entries (handlers take 10 ms, 8 at a time): those must
-            # come back through another consumer's reclaim.
-            await eventually(doomed_holds_entries, timeout=10, interval=0.001)
-            doomed.kill()
-            doomed.wait()
-            at_kill = len(set(handled(out)))
-            pending = await held()
-            held_by_doomed = sum(n for name, n in pending.items() if f"-{doomed.pid}-" in name)
-            await publishing
-            assert at_kill < 3000, "the consumers finished before one could be killed"
-            assert held_by_doomed > 0, pending
-
-            await eventually(lambda: set(handled(out)) == set(range(3000)), timeout=30)
-            await eventually(lambda: _settled(client), timeout=10)
-        finally:
-            for proc in (doomed, survivor):
-                proc.kill()
-                proc.wait()
-    seen = handled(out)
-    duplicates = len(seen) - len(set(seen))
-    print(
-        f"\nkilled holding {held_by_doomed} entries after {at_kill} handled; "
-        f"{len(seen)} deliveries, {duplicates} duplicates"
-    )
-    # At least once: the doomed entries come again; under CPU starvation an entry of a live but
-    # stalled consumer may also pass the claim time and be handled twice, which QoS 1 allows.
 
 
 async def _settled(client) -> bool:
@@ -199,32 +119,6 @@ async def test_publishes_during_a_redis_crash_are_acked_or_raise_and_consuming_r
     assert retries > 0, "the crash did not happen while publishing"
     assert len(acked) + len(refused) == 300
     assert set(acked) <= stored
-
-
-async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(redis_settings):
-    attempts: list[int] = []
-
-    async def handle(message: Ping) -> None:
-        attempts.append(message.n)
-        raise ValueError("cannot handle")
-
-    async with running_bus(redis_settings(), lambda bus: bus.subscribe(Ping, handle)) as running:
-        await running.bus.publish(Ping(n=1))
-        store = transport(running).dead_letters
-        await eventually(lambda: _total(store), timeout=15)
-        page = await DeadLetters(running.bus.dead_letters).list(10)
-        client = running.brokers.redis
-        assert client is not None
-        assert await pending_count(client) == 0
-    assert attempts == [1, 1, 1]
-    item = page.items[0]
-    assert item.dlq_id.startswith("rd-")
-    assert item.transport == "redis"
-    assert item.deliveries == 3
-    assert item.reason == "max_deliveries"
-    assert item.error == "ValueError: cannot handle"
-    assert item.type == "Ping"
-    assert item.subject == "svc.ping"
 
 
 async def test_replay_brings_a_dead_letter_back_with_its_message_id(redis_settings):
@@ -369,53 +263,6 @@ async def test_a_deleted_group_is_created_again_and_consumption_resumes(redis_se
     assert groups == [b"svc"]
     assert consumer.groups_recreated == 1
     assert sorted(done) == list(range(10)), "entries before the deletion came again"
-
-
-async def test_qos2_effects_apply_once_despite_duplicates(redis_settings, metrics):
-    """Each message published twice (the publisher's dedupe drops the second), one delivery
-    forced to repeat after its effect, and one re-added past the publisher's dedupe: every
-    effect happens exactly once."""
-    effects: list[int] = []
-    forced: set[str] = set()
-    charges = [Charge(n=n) for n in range(20)]
-    repeat = charges[3].message_id
-
-    async def handle(message: Charge) -> None:
-        effects.append(message.n)
-
-    def setup(bus: Bus) -> None:
-        bus.subscribe(Charge, handle)
-        _, subscription = bus._subscriptions[0]
-        inner = subscription.handler
-
-        async def ack_lost_once(envelope, delivery):
-            applied = await inner(envelope, delivery)
-            if envelope.message_id == repeat and repeat not in forced:
-                forced.add(repeat)
-                raise ConnectionError("ack lost after the effect")
-            return applied
-
-        object.__setattr__(subscription, "handler", ack_lost_once)
-
-    publisher_hits = metrics.value("qosmesh.dedupe.hits", side="publisher")
-    receiver_hits = metrics.value("qosmesh.dedupe.hits", side="receiver")
-    async with running_bus(redis_settings(), setup) as running:
-        await asyncio.gather(*(running.bus.publish(c) for c in charges))
-        await asyncio.gather(*(running.bus.publish(c) for c in charges))
-        client = running.brokers.redis
-        assert client is not None
-        # charge 7 again, as a publisher would send it after the dedupe window
-        await client.xadd("svc.charge", raw_fields(charges[7]))
-        await eventually(lambda: sorted(set(effects)) == list(range(20)), timeout=15)
-        await eventually(
-            lambda: metrics.value("qosmesh.dedupe.hits", side="receiver") - receiver_hits >= 2
-        )
-        await asyncio.sleep(0.5)
-        stored = await client.xlen("svc.charge")
-    assert sorted(effects) == list(range(20))
-    assert forced == {repeat}
-    assert stored == 21
-    assert metrics.value("qosmesh.dedupe.hits", side="publisher") - publisher_hits == 20
 
 
 async def test_concurrent_publishes_share_a_few_pipelined_connections(redis_settings, metrics):
