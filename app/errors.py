@@ -14,6 +14,7 @@ QosMeshError
 ValueError
 └── DecodeError             bytes on the wire that are not a message we can read
     └── UnknownVersionError an envelope or schema version we do not speak
+        └── NewerSchemaError    a schema newer than ours: retried, for a rolling deploy
 (these two live with the contracts in app.messages, which import nothing of the app)
 """
 

@@ -155,6 +155,11 @@ class UnknownVersionError(DecodeError):
     reason = "unknown_version"
 
 
+class NewerSchemaError(UnknownVersionError):
+    """A schema newer than this instance knows: during a rolling deploy an instance of the new
+    version will read it, so it is handed back for later, not dead-lettered at once."""
+
+
 def decode_message(envelope: Envelope, types: dict[str, type[Message]]) -> Message:
     """The message in `envelope`, or a DecodeError saying why it can never be read."""
     version = envelope.headers.get(H_VERSION)
@@ -164,8 +169,10 @@ def decode_message(envelope: Envelope, types: dict[str, type[Message]]) -> Messa
     if message_type is None:
         raise DecodeError(f"no handler for type {envelope.type_name!r}", "unknown_type")
     schema = envelope.headers.get(H_SCHEMA, "1")
-    if not schema.isdigit() or int(schema) > message_type.schema_version:
+    if not schema.isdigit():
         raise UnknownVersionError(f"{message_type.type_name()} schema {schema!r}")
+    if int(schema) > message_type.schema_version:
+        raise NewerSchemaError(f"{message_type.type_name()} schema {schema!r}")
     try:
         return message_type.model_validate_json(envelope.body)
     except ValidationError as exc:

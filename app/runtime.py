@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.brokers import Brokers, open_brokers
+from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.discovery import Discovery, open_discovery
@@ -92,8 +93,21 @@ class Supervisor:
         self.rebuilds = 0
 
     async def start(self) -> Runtime:
-        """Build the first runtime (its errors stop the start) and begin watching it."""
-        runtime = await self._build()
+        """Build the first runtime and begin watching it. A broker that answers slowly for a
+        moment (a new replicated stream electing its leader, a loaded cluster) is waited out
+        for up to APP_NATS_CONNECT_TIMEOUT; anything else stops the start."""
+        give_up = time.monotonic() + self._settings.nats_connect_timeout
+        delay = 0.25
+        while True:
+            try:
+                runtime = await self._build()
+                break
+            except BROKER_ERRORS as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("start: a broker did not answer (%r); trying again", exc)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_CAP, delay * 2)
         self._task = supervised(self._watch(), "supervisor")
         return runtime
 

@@ -6,7 +6,8 @@ later try), or dead-letter it (copy it to the dead-letter store and settle it th
 handler's end means is decided here, once, for every transport:
 
 - returned: ACK (applied) or DUPLICATE (a QoS 2 repeat; acked too);
-- a message that cannot be read (DecodeError): DEAD at once;
+- a message that cannot be read (DecodeError): DEAD at once; one of a newer schema than this
+  instance knows (a rolling deploy): RETRY with a longer delay, DEAD on its last delivery;
 - BUSY (the QoS 2 claim is held by another delivery right now) and an infrastructure error
   (a broker or store unavailable): waited out in place, the delivery kept in progress, until
   the claim frees or goes stale or the infrastructure answers; neither uses up a delivery;
@@ -32,7 +33,7 @@ from app.errors import (
     PublishError,
 )
 from app.idempotency import ClaimBusy
-from app.messages import DecodeError, QoS
+from app.messages import DecodeError, NewerSchemaError, QoS
 from app.telemetry import consumed_series, process_duration, redeliveries
 from app.transports.base import backoff
 
@@ -64,6 +65,9 @@ def judge(result: bool | BaseException, attempt: int, max_deliver: int) -> Outco
         return Outcome(Verdict.ACK)
     if result is False:
         return Outcome(Verdict.DUPLICATE)
+    if isinstance(result, NewerSchemaError) and attempt < max_deliver:
+        # A rolling deploy: give the instances of the new version time to take it.
+        return Outcome(Verdict.RETRY, delay=backoff(attempt, base=1.0, cap=30.0))
     if isinstance(result, DecodeError):
         return Outcome(Verdict.DEAD, reason=result.reason, error=str(result))
     if isinstance(result, HELD) and not isinstance(result, MessageTooLargeError):

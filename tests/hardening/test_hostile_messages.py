@@ -61,7 +61,11 @@ async def test_hostile_messages_are_dead_lettered_with_their_reason(bus_settings
             "unknown_version",
         ]
     )
-    assert all(item.deliveries == 1 for item in items)
+    # Unreadable: dead at once. A newer schema is handed back for the instances of the new
+    # version (a rolling deploy) and dead only on its last delivery.
+    newer = [item for item in items if "schema" in item.error]
+    assert [item.deliveries for item in newer] == [settings.max_deliver]
+    assert all(item.deliveries == 1 for item in items if item not in newer)
     assert metrics.value("qosmesh.dead_letters", reason="oversized") >= 1
 
 
