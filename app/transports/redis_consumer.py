@@ -36,6 +36,30 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "redis"
 BROKER_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_GONE, _THEIRS, _MINE, _TRIMMED = range(4)
+# A failed entry's retry: claimed only if this consumer still owns it (another member may have
+# reclaimed it meanwhile and be running it now), in one step, so nothing can slip in between.
+RETRY_CLAIM = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 then return {0} end
+if pending[1][2] ~= ARGV[2] then return {1} end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])
+if #claimed == 0 or not claimed[1] or not claimed[1][2] then return {3} end
+return {2, pending[1][4] + 1, claimed[1][2]}
+"""
+# Reset the idle time of the entries still this consumer's; one another member took over is
+# left to it (XCLAIM alone would take it back).
+KEEP_MINE = """
+local kept = 0
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #pending > 0 and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
 HOLD_CLAIM_IDLES = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
 
 
@@ -69,6 +93,8 @@ class RedisConsumer:
         instance: str,
     ) -> None:
         self._redis = redis
+        self._retry_claim = redis.register_script(RETRY_CLAIM)
+        self._keep_mine = redis.register_script(KEEP_MINE)
         self._sub = subscription
         self._settings = settings
         self._dlq = dlq
@@ -78,7 +104,7 @@ class RedisConsumer:
         self.name = subscription.name if self.broadcast else f"{subscription.name}@{instance}"
         self._claim_idle = settings.redis_claim_idle
         self._handlers = HandlerTasks(settings.consumer_concurrency)
-        self._retries: list[tuple[float, bytes, int]] = []  # (due, entry id, min idle ms)
+        self._retries: list[tuple[float, bytes]] = []  # (due, entry id)
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -212,29 +238,31 @@ class RedisConsumer:
         return {r[0]["message_id"]: int(r[0]["times_delivered"]) for r in replies if r}
 
     async def _claim_due_retries(self) -> None:
-        """Claim back, for another try, the failed entries whose backoff has passed."""
+        """Claim back, for another try, the failed entries whose backoff has passed: each only
+        while it is still this member's, checked and claimed in one step on the server."""
         now = time.monotonic()
-        due: list[tuple[bytes, int]] = []
+        due: list[bytes] = []
         while self._retries and self._retries[0][0] <= now and len(due) < self._handlers.free():
-            _, entry_id, min_idle = heapq.heappop(self._retries)
-            due.append((entry_id, min_idle))
+            due.append(heapq.heappop(self._retries)[1])
         if not due:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for entry_id, min_idle in due:
-                pipe.xclaim(self.key, self.group, self.name, min_idle, [entry_id])
-                pipe.xpending_range(self.key, self.group, entry_id, entry_id, 1)
+            for entry_id in due:
+                await self._retry_claim(
+                    keys=[self.key], args=[self.group, self.name, entry_id], client=pipe
+                )
             replies = await pipe.execute()
-        for (entry_id, _), claimed, pending in zip(due, replies[::2], replies[1::2], strict=True):
-            live = [(i, f) for i, f in claimed if i is not None and f]
-            if live and pending and pending[0]["consumer"].decode() == self.name:
-                self._spawn(entry_id, live[0][1], int(pending[0]["times_delivered"]))
-            elif not pending or (claimed and not live):
+        for entry_id, reply in zip(due, replies, strict=True):
+            state = int(reply[0])
+            if state == _MINE:
+                fields = dict(zip(reply[2][::2], reply[2][1::2], strict=True))
+                self._spawn(entry_id, fields, int(reply[1]))
+            elif state == _TRIMMED:
                 # Trimmed while it waited for its retry: nobody can deliver it any more.
                 self.trimmed += 1
                 self._metrics.consumed["trimmed"].add(1)
                 await self._redis.xack(self.key, self.group, entry_id)
-            # else: another member reclaimed it; it is theirs now.
+            # else: settled meanwhile, or another member reclaimed it: theirs now.
 
     # -- one delivery --------------------------------------------------------------------------
 
@@ -269,10 +297,8 @@ class RedisConsumer:
         await settle(settlement, outcome, self._metrics)
 
     def retry_later(self, entry_id: bytes, delay: float) -> None:
-        # Sooner than the claim time, so this member retries before another one reclaims it.
-        pause = min(delay, self._claim_idle / 2)
-        min_idle = int(pause * 500)  # an entry claimed by another member meanwhile is younger
-        heapq.heappush(self._retries, (time.monotonic() + pause, entry_id, min_idle))
+        # The keep-alive sweep keeps it this member's until then (no other reclaims it).
+        heapq.heappush(self._retries, (time.monotonic() + delay, entry_id))
         self._handlers.wake()
 
     async def _keep_alive(self, every: float) -> None:
@@ -283,12 +309,13 @@ class RedisConsumer:
             await asyncio.sleep(every)
             now = time.monotonic()
             ids = [i for i, started in list(self._running.items()) if now - started >= every]
+            ids += [entry_id for _, entry_id in self._retries]  # waiting for their retry
             if ids:
                 await self._touch(ids)
 
     async def _touch(self, ids: list[Any]) -> None:
         try:
-            await self._redis.xclaim(self.key, self.group, self.name, 0, ids, justid=True)
+            await self._keep_mine(keys=[self.key], args=[self.group, self.name, *ids])
         except Exception as exc:
             log.debug("keep-alive for %d entries of %s failed: %s", len(ids), self.key, exc)
 

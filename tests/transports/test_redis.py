@@ -365,3 +365,37 @@ def test_commands_packed_by_hiredis_are_the_bytes_redis_py_would_send(args):
     packed = client.connection_pool.connection_class()
     assert type(packed).__name__ == "HiredisConnection"
     assert b"".join(packed.pack_command(*args)) == b"".join(plain.pack_command(*args))
+
+
+async def test_a_retry_never_takes_an_entry_another_member_now_runs(redis_settings, redis_server):
+    """This member fails an entry; before its retry is due another member holds it (it took
+    it over while this one was frozen, say) and keeps it alive: the retry leaves it alone,
+    and so does the keep-alive. Once the other goes quiet past the claim idle time, the entry
+    comes back here through the ordinary reclaim."""
+    client = aioredis.from_url(redis_server.url)
+    runs: list[float] = []
+
+    async def handle(message: Ping) -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            (entry,) = await client.xpending_range("svc.ping", "svc", "-", "+", 1)
+            await client.xclaim("svc.ping", "svc", "other", 0, [entry["message_id"]])
+            raise ValueError("fails, and meanwhile another member has it")
+
+    settings = redis_settings(redis_claim_idle=1.0)
+    async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
+        await running.bus.publish(Ping(n=1))
+        await eventually(lambda: len(runs) == 1, message="the first run")
+        (entry,) = await client.xpending_range("svc.ping", "svc", "-", "+", 1)
+        # The other member touches what it runs every claim idle / 3: an entry of its may sit
+        # idle for two of those periods, past this member's retry pause.
+        await asyncio.sleep(0.6)
+        assert len(runs) == 1, "the retry took an entry another member was running"
+        for _ in range(9):  # its keep-alive, for 1.8 s more
+            await client.xclaim("svc.ping", "svc", "other", 0, [entry["message_id"]], justid=True)
+            await asyncio.sleep(0.2)
+        assert len(runs) == 1, "the retry took an entry another member was running"
+        owner = (await client.xpending_range("svc.ping", "svc", "-", "+", 1))[0]["consumer"]
+        assert owner == b"other"
+        await eventually(lambda: len(runs) == 2, timeout=10, message="reclaimed once quiet")
+    await client.aclose()
