@@ -240,6 +240,11 @@ dedupe_hits = Counter(
 dead_letters = Counter(
     "qosmesh.dead_letters", unit="{message}", description="Messages dead-lettered, by reason"
 )
+consumer_gaps = Counter(
+    "qosmesh.consumer.gap",
+    unit="{message}",
+    description="Messages a re-created consumer could not resume from: gone from the stream",
+)
 discovery_events = Counter(
     "qosmesh.discovery.events",
     unit="{event}",

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
@@ -38,7 +39,7 @@ from app.errors import MessageTooLargeError
 from app.messages import H_ATTEMPT, Envelope, QoS
 from app.settings import Settings
 from app.supervision import supervised
-from app.telemetry import dedupe_hits, sent_series, watch_pending
+from app.telemetry import consumer_gaps, dedupe_hits, sent_series, watch_pending
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription
 from app.transports.consuming import (
@@ -66,6 +67,7 @@ PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after
 PULL_GRACE = 0.5
 MAX_BATCH = 256
 HOLD_ACK_WAITS = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
+CONSUMER_EXISTS = 10148  # JetStream: a consumer of that name exists with another config
 SERVER_MARGIN = 5  # server deliveries beyond APP_MAX_DELIVER, for deliveries lost to crashes
 
 
@@ -252,6 +254,8 @@ class _Consumer:
         self._requested = 0  # messages asked for and not yet arrived
         self._requests_end = 0.0  # by then every request has been answered or has expired
         self._missing = False  # the server says the consumer is gone: create it again
+        self._missing_since = 0.0
+        self._last_seq = 0  # the highest stream sequence delivered to this instance
         self._handlers = HandlerTasks(settings.consumer_concurrency, lambda: self._requested)
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -355,6 +359,8 @@ class _Consumer:
         if left.isdigit():
             self._requested = max(0, self._requested - int(left))
         gone = status == "503" or "deleted" in headers.get("Description", "").lower()
+        if gone and not self._missing:
+            self._missing_since = time.time()
         if gone and not self._stopping:
             self._requested = 0
             self._missing = True
@@ -363,17 +369,55 @@ class _Consumer:
         self._handlers.wake()
 
     async def _recreate(self) -> None:
+        """The durable consumer was deleted: create it again where it stopped. From the
+        oldest sequence this instance holds unacked, else the one after the last it was
+        given; a gap (the stream dropped those meanwhile) is counted and logged. Knowing
+        neither, from shortly before the deletion was noticed: never the whole stream again."""
         await asyncio.sleep(0.5)
+        config = self.config()
+        running = [_stream_seq(msg) for msg, _ in self._running.values()]
+        start = min([seq for seq in running if seq], default=self._last_seq + 1)
         try:
-            await self._js.add_consumer(self._stream, self.config())
+            if self._last_seq or running:
+                first = (await self._js.stream_info(self._stream)).state.first_seq
+                if first > start:
+                    self._gap(start, first)
+                    start = first
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = start
+                where = f"from sequence {start}"
+            else:
+                since = self._missing_since - self._settings.ack_wait - PULL_EXPIRES
+                config.deliver_policy = DeliverPolicy.BY_START_TIME
+                config.opt_start_time = datetime.fromtimestamp(since, UTC)
+                where = f"from {config.opt_start_time.isoformat()}"
+            await self._js.add_consumer(self._stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != CONSUMER_EXISTS:
+                log.warning("consumer %s is gone and cannot be created: %s", self._sub.name, exc)
+                return
+            where = "by another instance"  # it got there first: attach to theirs
         except Exception as exc:
             log.warning("consumer %s is gone and cannot be created: %s", self._sub.name, exc)
             return
-        log.warning("consumer %s was gone: created again", self._sub.name)
+        log.warning("consumer %s was gone: created again %s", self._sub.name, where)
         self._missing = False
+
+    def _gap(self, start: int, first: int) -> None:
+        lost = first - start
+        consumer_gaps.add(lost, {"messaging.system": SYSTEM, "consumer": self._sub.name})
+        log.error(
+            "consumer %s created again after its stream dropped sequences %d-%d: %d messages "
+            "were never delivered to it",
+            self._sub.name,
+            start,
+            first - 1,
+            lost,
+        )
 
     async def _handle(self, msg: Msg) -> None:
         attempt = _delivery_count(msg)
+        self._last_seq = max(self._last_seq, _stream_seq(msg))
         envelope = Envelope(headers=dict(msg.headers or {}), body=msg.data, subject=msg.subject)
         settings = self._settings
         delivery = Delivery(
@@ -572,6 +616,14 @@ def pub_ack(reply: Msg) -> dict[str, Any]:
 
 def _no_ack() -> TimeoutError:
     return TimeoutError("no PubAck in time")
+
+
+def _stream_seq(msg: Msg) -> int:
+    """The delivery's stream sequence, off its ack subject (0 when it has another form)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5])
+    return 0
 
 
 def _delivery_count(msg: Msg) -> int:

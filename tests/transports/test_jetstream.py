@@ -213,6 +213,42 @@ async def test_a_deleted_consumer_is_created_again(bus_settings, nats_server):
         await eventually(lambda: set(got) == set(range(11)), timeout=15)
 
 
+async def test_a_deleted_consumer_resumes_where_it_stopped_not_from_the_start(bus_settings):
+    """Created again from the sequence after the last it was given: the 20 handled before the
+    deletion do not come again (the stream keeps them for days)."""
+    got: list[int] = []
+    async with running_bus(bus_settings(), _collecting(got)) as running:
+        for n in range(20):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: len(got) == 20, message="20 handled")
+        await running.brokers.js.delete_consumer("SVC_PING", "svc__ping")
+        for n in range(20, 25):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: set(got) == set(range(25)), timeout=15, message="all 25")
+        await asyncio.sleep(1)
+    assert sorted(got) == list(range(25))
+
+
+async def test_a_gap_left_by_a_deleted_consumer_is_counted_not_skipped_silently(
+    bus_settings, metrics
+):
+    got: list[int] = []
+    async with running_bus(bus_settings(), _collecting(got)) as running:
+        js = running.brokers.js
+        for n in range(5):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: len(got) == 5, message="5 handled")
+        config = (await js.stream_info("SVC_PING")).config
+        config.max_msgs = 3
+        await js.update_stream(config)
+        await js.delete_consumer("SVC_PING", "svc__ping")
+        for n in range(5, 15):  # sequences 6-15; the stream keeps 13-15
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: set(got) >= {12, 13, 14}, timeout=15, message="the kept 3")
+    assert sorted(got) == [0, 1, 2, 3, 4, 12, 13, 14]
+    assert metrics.value("qosmesh.consumer.gap", consumer="svc__ping") == 7
+
+
 # -- many at once ----------------------------------------------------------------------------
 
 
