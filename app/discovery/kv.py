@@ -30,6 +30,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.25
+CONFIRM_SLACK = 1.5  # heartbeat intervals without a confirmed put: the broker is frozen
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0)
 
 
@@ -340,16 +341,30 @@ class KvDiscovery:
     # -- the sweep fallback -------------------------------------------------------------------
 
     async def _sweep(self) -> None:
-        """Drop nodes not heard of for a TTL; paused while the broker is away or a resync is
-        pending, since silence then says nothing about the peers."""
+        """Drop nodes not heard of for a TTL; paused while the broker is away, frozen or a
+        resync is pending, since silence then says nothing about the peers. The broker counts
+        as frozen when it has not confirmed this node's own heartbeat within about one
+        interval (a SIGSTOPped server keeps its connections open). After a pause every node
+        gets a fresh TTL: their heartbeats were as stuck as ours."""
         nc = self._brokers.nc
+        paused = False
         while not self._closed:
             await asyncio.sleep(SWEEP_INTERVAL)
+            confirmed = self._confirmed_at
             if (
                 not nc.is_connected
                 or self._resync_needed
                 or nc.stats["reconnects"] != self._reconnects_seen
+                or confirmed is None
+                or time.monotonic() - confirmed > self.heartbeat_seconds * CONFIRM_SLACK
             ):
+                paused = True
+                continue
+            if paused:
+                paused = False
+                resumed = time.monotonic()
+                for key in self._last_heard:
+                    self._last_heard[key] = resumed
                 continue
             cutoff = time.monotonic() - self.ttl
             for key, heard in list(self._last_heard.items()):

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 
 import nats
 import nats.js.errors
@@ -85,6 +87,31 @@ async def test_sweep_drops_a_crashed_node_from_a_bucket_without_markers(
     await eventually(lambda: events.left(b.node_id) == ["expired"], timeout=TTL + 1)
     assert not a.sees(b.node_id)
     assert a.sees(a.node_id)
+
+
+async def test_a_frozen_broker_makes_no_node_leave_in_sweep_mode(
+    nats_server: NatsServer, start_node, record
+):
+    """SIGSTOP the broker for longer than the TTL: the connections stay open and nothing is
+    heard, from the peers or of our own heartbeat. Silence then says nothing: no leave, and
+    no leave once the broker is back either."""
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
+    )
+    await nc.close()
+    a = await start_node()
+    b = await start_node()
+    assert not a.discovery.limit_markers
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    events = record(a)
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGSTOP)
+    await asyncio.sleep(TTL * 2.5)
+    os.kill(nats_server.pid, signal.SIGCONT)
+    await asyncio.sleep(TTL * 2)  # heartbeats resume; a late false leave would show by now
+    assert events.left(b.node_id) == []
+    assert a.sees(b.node_id)
 
 
 async def test_bad_values_in_the_bucket_are_skipped_with_a_warning(start_node, caplog):
