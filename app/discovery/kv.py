@@ -246,7 +246,7 @@ class KvDiscovery:
         watcher = await asyncio.wait_for(kv.watchall(), timeout=5)
         self._watcher = watcher
         snapshot: dict[str, NodeInfo] = {}
-        heard: dict[str, float] = {}
+        written: dict[str, datetime] = {}
         async with asyncio.timeout(10):
             async for entry in watcher:
                 if entry is None:
@@ -254,12 +254,14 @@ class KvDiscovery:
                 node = self._decode(entry)
                 if node is None:
                     snapshot.pop(entry.key, None)
+                    written.pop(entry.key, None)
                     continue
                 snapshot[entry.key] = node
-                heard[entry.key] = self._heard_at(entry.created)
+                if isinstance(entry.created, datetime):
+                    written[entry.key] = entry.created
             else:
                 raise DiscoveryError("watch stopped while loading the snapshot")
-        self._last_heard = heard
+        self._last_heard = self._ages(snapshot, written)
         missing = [key for key in self._view.known_keys() if key not in snapshot] if grace else []
         self._view.replace(snapshot, keep=missing)
         if missing:
@@ -332,11 +334,22 @@ class KvDiscovery:
             log.warning("discovery: skipping bad value under %r: %s", entry.key, exc)
             return None
 
-    def _heard_at(self, created: object) -> float:
-        """The monotonic time a value was written, from the server's timestamp (bounded by
-        the TTL, so clock skew cannot make a node look older than the bucket allows)."""
-        age = now().timestamp() - created.timestamp() if isinstance(created, datetime) else 0.0
-        return time.monotonic() - min(max(age, 0.0), self.ttl)
+    def _ages(
+        self, snapshot: dict[str, NodeInfo], written: dict[str, datetime]
+    ) -> dict[str, float]:
+        """When each node of a snapshot was last heard of, on this host's monotonic clock.
+
+        Ages come from the server's timestamps alone: measured against the newest of them
+        (this node's own registration, written just before the watch began), never against
+        this host's wall clock, so a host whose clock is off makes nobody look old."""
+        reference = max(written.values(), default=None)
+        heard_now = time.monotonic()
+        heard: dict[str, float] = {}
+        for key in snapshot:
+            created = written.get(key)
+            age = (reference - created).total_seconds() if reference and created else 0.0
+            heard[key] = heard_now - min(max(age, 0.0), self.ttl)
+        return heard
 
     # -- the sweep fallback -------------------------------------------------------------------
 
