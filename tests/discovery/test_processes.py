@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import nats
 import pytest
+from nats.js.api import KeyValueConfig, StorageType
 
 from app.testing import NatsServer, ServiceProcess, eventually
 from tests.discovery.conftest import TTL, node_id, status, view
@@ -106,3 +108,38 @@ async def test_nats_restart_leaves_every_view_whole_and_the_bucket_full(
             await nc.close()
         assert {key.split(".", 1)[1] for key in keys} == ids
         stop_all(services)
+
+
+FAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="needs Debian's faketime (.ci/run installs it)")
+async def test_a_host_whose_clock_runs_ahead_drops_nobody_in_sweep_mode(
+    service_process, nats_server
+):
+    """Sweep mode (no limit markers): one instance's clock runs 30 s ahead, more than the
+    TTL. Ages come from the server's timestamps, so it sees the other instance as alive all
+    along instead of expiring it at once and seeing it join again on its next heartbeat."""
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
+    )
+    await nc.close()
+    env = {"APP_NATS_URL": nats_server.url, "APP_NODE_TTL": str(TTL)}
+    # Rare heartbeats: the skewed instance sweeps several times between two of them.
+    steady = service_process({**env, "APP_HEARTBEAT_INTERVAL": str(TTL * 0.9)}, wait="/readyz")
+    ahead = service_process(
+        {**env, "LD_PRELOAD": str(FAKETIME), "FAKETIME": "+30s"},
+        wait="/readyz",
+    )
+    async with httpx.AsyncClient() as client:
+        other = await node_id(client, steady)
+        await eventually(lambda: _sees(client, ahead, other), timeout=5, message="steady seen")
+        for _ in range(int(TTL * 3 / 0.2)):  # three TTLs
+            assert other in await view(client, ahead), "the skewed instance dropped its peer"
+            await asyncio.sleep(0.2)
+    assert "node left" not in ahead.log(400)
+
+
+async def _sees(client: httpx.AsyncClient, service: ServiceProcess, other: str) -> bool:
+    return other in await view(client, service)
