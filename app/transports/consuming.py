@@ -23,8 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from app.errors import (
     BrokerUnavailableError,
@@ -33,9 +32,9 @@ from app.errors import (
     PublishError,
 )
 from app.idempotency import ClaimBusy
-from app.messages import DecodeError, NewerSchemaError, QoS
+from app.messages import DecodeError, Envelope, NewerSchemaError, QoS
 from app.telemetry import consumed_series, process_duration, redeliveries
-from app.transports.base import backoff
+from app.transports.base import Delivery, backoff
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +50,26 @@ class Verdict(enum.Enum):
     DEAD = "term"
 
 
-@dataclass(slots=True, frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """A named tuple: built for every delivery, where a frozen dataclass costs several times
+    as much."""
+
     verdict: Verdict
     delay: float = 0.0  # RETRY and BUSY: seconds until the next try
     reason: str = ""  # DEAD: why, as the dead-letter store records it
     error: str = ""
 
 
+ACKED = Outcome(Verdict.ACK)
+DUPLICATE = Outcome(Verdict.DUPLICATE)
+
+
 def judge(result: bool | BaseException, attempt: int, max_deliver: int) -> Outcome:
     """What the end of a handler means for its delivery: the one place this is decided."""
     if result is True:
-        return Outcome(Verdict.ACK)
+        return ACKED
     if result is False:
-        return Outcome(Verdict.DUPLICATE)
+        return DUPLICATE
     if isinstance(result, NewerSchemaError) and attempt < max_deliver:
         # A rolling deploy: give the instances of the new version time to take it.
         return Outcome(Verdict.RETRY, delay=backoff(attempt, base=1.0, cap=30.0))
@@ -89,7 +94,7 @@ HELD: tuple[type[BaseException], ...] = (
 not answer (an oversized message it publishes is its own fault, and fails as usual)."""
 
 
-class Delivery(Protocol):
+class Settlement(Protocol):
     """What a transport does with one delivery, once the router has decided."""
 
     async def ack(self) -> None: ...
@@ -105,37 +110,46 @@ class Delivery(Protocol):
 
 
 async def run_delivery(
-    handle: Callable[[], Awaitable[bool]],
-    attempt: int,
-    max_deliver: int,
+    handler: Callable[[Envelope, Delivery], Awaitable[bool]],
+    envelope: Envelope,
+    delivery: Delivery,
     stopping: Callable[[], bool],
     hold_for: float,
 ) -> Outcome:
     """Run the handler until its outcome can be settled: BUSY and infrastructure errors are
     tried again in place (the transport keeps the delivery alive meanwhile) for up to
     `hold_for` seconds, or until the consumer stops; then the delivery is handed back."""
+    try:
+        if await handler(envelope, delivery):  # the common case, with nothing else to decide
+            return ACKED
+        return DUPLICATE
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        outcome = judge(exc, delivery.attempt, delivery.max_attempts)
+    if outcome.verdict is not Verdict.BUSY:
+        return outcome
     tries = 0
     held_until = time.monotonic() + hold_for
-    while True:
-        result: bool | BaseException
-        try:
-            result = await handle()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            result = exc
-        outcome = judge(result, attempt, max_deliver)
-        if outcome.verdict is not Verdict.BUSY:
-            return outcome
+    while outcome.verdict is Verdict.BUSY:
         if stopping() or time.monotonic() > held_until:
             return Outcome(Verdict.RETRY, delay=outcome.delay)
         tries += 1
         if tries == 1:
-            log.info("delivery held, trying again in place: %r", result)
+            log.info("delivery %s held, trying again in place", delivery.message_id)
         await asyncio.sleep(backoff(tries, base=0.2, cap=HOLD_CAP))
+        result: bool | BaseException
+        try:
+            result = await handler(envelope, delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = exc
+        outcome = judge(result, delivery.attempt, delivery.max_attempts)
+    return outcome
 
 
-async def settle(delivery: Delivery, outcome: Outcome, metrics: ConsumerMetrics) -> None:
+async def settle(delivery: Settlement, outcome: Outcome, metrics: ConsumerMetrics) -> None:
     """Carry out `outcome` on `delivery` and count it."""
     verdict = outcome.verdict
     if verdict is Verdict.ACK or verdict is Verdict.DUPLICATE:

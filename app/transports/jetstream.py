@@ -437,9 +437,9 @@ class _Consumer:
         started = time.perf_counter()
         try:
             outcome = await run_delivery(
-                lambda: self._sub.handler(envelope, delivery),
-                attempt,
-                settings.max_deliver,
+                self._sub.handler,
+                envelope,
+                delivery,
                 lambda: self._stopping,
                 settings.ack_wait * HOLD_ACK_WAITS,
             )

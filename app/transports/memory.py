@@ -79,9 +79,9 @@ class MemoryTransport:
         for attempt in range(1, tries + 1):
             delivery = Delivery("memory", envelope.subject, attempt, tries, envelope.message_id)
             outcome = await run_delivery(
-                lambda: subscription.handler(envelope, delivery),  # noqa: B023 - awaited here
-                attempt,
-                tries,
+                subscription.handler,
+                envelope,
+                delivery,
                 lambda: False,
                 HOLD_SECONDS,
             )

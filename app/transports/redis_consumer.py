@@ -283,9 +283,9 @@ class RedisConsumer:
         started = time.perf_counter()
         try:
             outcome = await run_delivery(
-                lambda: self._sub.handler(envelope, delivery),
-                attempt,
-                max_deliver,
+                self._sub.handler,
+                envelope,
+                delivery,
                 lambda: self._stopping,
                 self._claim_idle * HOLD_CLAIM_IDLES,
             )
