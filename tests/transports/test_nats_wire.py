@@ -77,3 +77,14 @@ async def test_a_closed_client_refuses_as_nats_py_does(nats_server):
     await nc.close()
     with pytest.raises(nats.errors.ConnectionClosedError):
         await nats_wire.publish(nc, "wire.closed", b"", ENVELOPE)
+
+
+def test_subject_checks_are_remembered_in_a_bounded_lru():
+    """Publishes with a new reply subject each (every awaited PubAck) neither grow memory nor
+    push out the service's own subjects for long: at most the newest 4,096 answers are kept."""
+    check = nats_wire._subject
+    assert check.cache_info().maxsize == 4096
+    for n in range(5000):
+        assert check(f"_INBOX.reply.{n}")
+    assert check.cache_info().currsize == 4096
+    assert not check("has space")
