@@ -124,7 +124,7 @@ class JetStreamTransport:
     async def subscribe(self, subscription: Subscription) -> None:
         self._subscriptions.append(subscription)
 
-    async def publish(self, envelope: Envelope, qos: QoS) -> None:
+    async def publish(self, envelope: Envelope, qos: QoS, first: int = 1) -> None:
         await publish_reliably(
             envelope,
             qos,
@@ -132,18 +132,11 @@ class JetStreamTransport:
             self._budget,
             RETRYABLE,
             SYSTEM,
+            first,
         )
 
     async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
-        await publish_reliably(
-            envelope,
-            qos,
-            lambda attempt, timeout: self._send(envelope, attempt, timeout),
-            self._budget,
-            RETRYABLE,
-            SYSTEM,
-            first=2,
-        )
+        await self.publish(envelope, qos, first=2)
 
     async def first_attempts(
         self, envelopes: Sequence[Envelope], qos: QoS, window: int
