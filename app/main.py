@@ -39,7 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         supervision = Supervision()
         use(supervision)  # every task the instance starts from here reports to it
         app.state.supervision = supervision
-        supervisor = Supervisor(app, settings, domain, instance_id, supervision)
+        app.state.supervisor = supervisor = Supervisor(
+            app, settings, domain, instance_id, supervision
+        )
         readiness = Readiness()
         readiness.add(supervisor.readiness)
         try:

@@ -112,3 +112,25 @@ async def test_a_task_dead_past_the_grace_period_fails_healthz(monkeypatch):
     assert time.monotonic() - started >= 0.1
     record.forget()
     assert record.dead_for_long() == []
+
+
+async def test_healthz_fails_for_a_dead_task_nothing_started_again(instance, monkeypatch):
+    """The supervisor is held (as while draining) and a supervised task dies: past the grace
+    period, liveness fails with the task's name, so Kubernetes restarts the pod."""
+    app, client = instance
+    monkeypatch.setattr(supervision, "HEALTH_GRACE", 0.3)
+    app.state.supervisor.hold()
+
+    async def crash() -> None:
+        raise RuntimeError("a loop hit a bug")
+
+    app.state.supervision.start(crash(), "consume doomed")
+    await asyncio.sleep(0.1)
+    assert (await client.get("/healthz")).status_code == 200  # within the grace period
+
+    async def failing() -> bool:
+        response = await client.get("/healthz")
+        dead = response.json().get("dead_tasks")
+        return bool(response.status_code == 503 and dead == ["consume doomed"])
+
+    await eventually(failing, timeout=5, message="/healthz 503 naming the task")
