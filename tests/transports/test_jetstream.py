@@ -229,6 +229,30 @@ async def test_a_deleted_consumer_resumes_where_it_stopped_not_from_the_start(bu
     assert sorted(got) == list(range(25))
 
 
+async def test_a_broadcast_consumer_removed_while_idle_resumes_where_it_stopped(bus_settings):
+    """The server drops an instance's own broadcast consumer after its inactivity threshold
+    (a long disconnect, say): created again, it neither misses what came meanwhile nor
+    replays what it had."""
+    got: list[int] = []
+
+    def setup(bus: Bus) -> None:
+        async def on_ping(message: Ping) -> None:
+            got.append(message.n)
+
+        bus.subscribe(Ping, on_ping, broadcast=True)
+
+    async with running_bus(bus_settings(), setup, instance="i7") as running:
+        for n in range(5):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: len(got) == 5, message="5 handled")
+        await running.brokers.js.delete_consumer("SVC_PING", "svc__ping__i7")
+        for n in range(5, 10):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: set(got) == set(range(10)), timeout=15, message="all 10")
+        await asyncio.sleep(1)
+    assert sorted(got) == list(range(10))
+
+
 async def test_a_gap_left_by_a_deleted_consumer_is_counted_not_skipped_silently(
     bus_settings, metrics
 ):
