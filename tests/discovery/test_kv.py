@@ -114,6 +114,29 @@ async def test_a_frozen_broker_makes_no_node_leave_in_sweep_mode(
     assert a.sees(b.node_id)
 
 
+async def test_a_short_broker_restart_makes_no_node_leave_in_sweep_mode(
+    nats_server: NatsServer, start_node, record
+):
+    """The server is down for most of a TTL: the keys are still there afterwards but old.
+    They get the same grace as missing ones: nobody leaves."""
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
+    )
+    await nc.close()
+    a = await start_node()
+    b = await start_node()
+    assert not a.discovery.limit_markers
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    events = record(a)
+    nats_server.stop()
+    await asyncio.sleep(TTL * 0.8)
+    nats_server.start()
+    await asyncio.sleep(TTL * 2)
+    assert events.left(b.node_id) == []
+    assert a.sees(b.node_id)
+
+
 async def test_bad_values_in_the_bucket_are_skipped_with_a_warning(start_node, caplog):
     a = await start_node()
     kv = await a.brokers.js.key_value("qosmesh_nodes")
