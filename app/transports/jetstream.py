@@ -67,7 +67,6 @@ PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after
 PULL_GRACE = 0.5
 MAX_BATCH = 256
 HOLD_ACK_WAITS = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
-CONSUMER_EXISTS = 10148  # JetStream: a consumer of that name exists with another config
 SERVER_MARGIN = 5  # server deliveries beyond APP_MAX_DELIVER, for deliveries lost to crashes
 
 
@@ -362,39 +361,50 @@ class _Consumer:
         self._handlers.wake()
 
     async def _recreate(self) -> None:
-        """The durable consumer was deleted: create it again where it stopped. From the
-        oldest sequence this instance holds unacked, else the one after the last it was
-        given; a gap (the stream dropped those meanwhile) is counted and logged. Knowing
-        neither, from shortly before the deletion was noticed: never the whole stream again."""
+        """The server said the consumer is gone. It may only have been unreachable (its
+        stream electing a leader answers 503 too): then it is used as it is. If it was
+        deleted, it is created again where it stopped: from the oldest sequence this instance
+        holds unacked, else the one after the last it was given; a gap (the stream dropped
+        those meanwhile) is counted and logged. Knowing neither, from shortly before the
+        deletion was noticed: never the whole stream again."""
         await asyncio.sleep(0.5)
-        config = self.config()
-        running = [_stream_seq(msg) for msg, _ in self._running.values()]
-        start = min([seq for seq in running if seq], default=self._last_seq + 1)
         try:
-            if self._last_seq or running:
-                first = (await self._js.stream_info(self._stream)).state.first_seq
-                if first > start:
-                    self._gap(start, first)
-                    start = first
-                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-                config.opt_start_seq = start
-                where = f"from sequence {start}"
-            else:
-                since = self._missing_since - self._settings.ack_wait - PULL_EXPIRES
-                config.deliver_policy = DeliverPolicy.BY_START_TIME
-                config.opt_start_time = datetime.fromtimestamp(since, UTC)
-                where = f"from {config.opt_start_time.isoformat()}"
-            await self._js.add_consumer(self._stream, config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != CONSUMER_EXISTS:
-                log.warning("consumer %s is gone and cannot be created: %s", self._sub.name, exc)
+            if await self._exists():
+                self._missing = False
                 return
-            where = "by another instance"  # it got there first: attach to theirs
-        except Exception as exc:
+            where = await self._create_where_it_stopped()
+        except Exception as exc:  # tried again on the next turn of the loop
             log.warning("consumer %s is gone and cannot be created: %s", self._sub.name, exc)
             return
         log.warning("consumer %s was gone: created again %s", self._sub.name, where)
         self._missing = False
+
+    async def _exists(self) -> bool:
+        try:
+            await self._js.consumer_info(self._stream, self._sub.name)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    async def _create_where_it_stopped(self) -> str:
+        config = self.config()
+        running = [_stream_seq(msg) for msg, _ in self._running.values()]
+        start = min([seq for seq in running if seq], default=self._last_seq + 1)
+        if self._last_seq or running:
+            first = (await self._js.stream_info(self._stream)).state.first_seq
+            if first > start:
+                self._gap(start, first)
+                start = first
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start
+            where = f"from sequence {start}"
+        else:
+            since = self._missing_since - self._settings.ack_wait - PULL_EXPIRES
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.fromtimestamp(since, UTC)
+            where = f"from {config.opt_start_time.isoformat()}"
+        await self._js.add_consumer(self._stream, config)
+        return where
 
     def _gap(self, start: int, first: int) -> None:
         lost = first - start

@@ -9,6 +9,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from app.bus import Bus
 from app.errors import InvalidMessageError, PublishError
@@ -227,6 +228,26 @@ async def test_a_deleted_consumer_resumes_where_it_stopped_not_from_the_start(bu
         await eventually(lambda: set(got) == set(range(25)), timeout=15, message="all 25")
         await asyncio.sleep(1)
     assert sorted(got) == list(range(25))
+
+
+async def test_a_consumer_reported_gone_but_still_there_is_used_as_it_is(bus_settings):
+    """A stream electing a new leader answers pull requests with 503, as for a deleted
+    consumer. The consumer still exists: consumption goes on with it, unchanged (creating it
+    anew with another start policy would be refused, and pulling would stop for good)."""
+    got: list[int] = []
+    async with running_bus(bus_settings(), _collecting(got)) as running:
+        await running.bus.publish(Ping(n=0))
+        await eventually(lambda: got == [0], message="the first handled")
+        transport = running.transports.by_name["jetstream"]
+        assert isinstance(transport, JetStreamTransport)
+        (consumer,) = transport._consumers
+        consumer._on_status({"Status": "503"})  # what a pull gets during a leader election
+        await asyncio.sleep(2.6)  # the pull requests made before it have expired
+        for n in range(1, 6):
+            await running.bus.publish(Ping(n=n))
+        await eventually(lambda: sorted(got) == list(range(6)), timeout=10, message="all 6")
+        info = await running.brokers.js.consumer_info("SVC_PING", "svc__ping")
+    assert info.config.deliver_policy == DeliverPolicy.ALL
 
 
 async def test_a_broadcast_consumer_removed_while_idle_resumes_where_it_stopped(bus_settings):
