@@ -14,13 +14,13 @@ from tests.transports.conftest import Ping, running_bus
 
 
 async def main(settings_json: str, out: str) -> None:
-    settings = Settings.model_validate(
-        {"max_deliver": 20, "consumer_concurrency": 8, **json.loads(settings_json)}
-    )
+    values = json.loads(settings_json)
+    pause = float(values.pop("handler_seconds", 0.005))
+    settings = Settings.model_validate({"max_deliver": 20, "consumer_concurrency": 8, **values})
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     async def handle(message: Ping) -> None:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(pause)
         os.write(fd, f"{message.n}\n".encode())
 
     async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)):

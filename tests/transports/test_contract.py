@@ -183,7 +183,10 @@ async def test_every_message_is_handled_after_a_consumer_process_is_killed(
     deliveries: the other handles every message (its broker redelivers or it reclaims)."""
     settings = contract_settings(publish_attempt_timeout=2, publish_deadline=15)
     out = tmp_path / "handled.txt"
+    # 30 ms handlers, 8 at a time in each process: 1,000 take about 2 s, so the kill at 200
+    # lands mid-stream even when this process is starved of CPU.
     wire = settings.model_dump(mode="json", exclude={"port", "data_dir"})
+    wire["handler_seconds"] = 0.03
     if settings.redis_url is not None:  # dumped masked, as every secret
         wire["redis_url"] = settings.redis_url.get_secret_value()
     doomed = start_consumer({**wire, "data_dir": str(tmp_path / "a")}, out)
@@ -191,7 +194,9 @@ async def test_every_message_is_handled_after_a_consumer_process_is_killed(
     try:
         async with running_bus(settings) as publisher:
             publishing = asyncio.gather(*(publisher.bus.publish(Ping(n=n)) for n in range(1000)))
-            await eventually(lambda: len(handled(out)) >= 200, timeout=30, message="200 handled")
+            await eventually(
+                lambda: len(handled(out)) >= 200, timeout=30, interval=0.01, message="200 handled"
+            )
             doomed.kill()
             doomed.wait()
             at_kill = len(set(handled(out)))
