@@ -71,11 +71,7 @@ async def test_crashed_node_expires_through_limit_markers(start_node, record):
 async def test_sweep_drops_a_crashed_node_from_a_bucket_without_markers(
     nats_server: NatsServer, start_node, record, caplog
 ):
-    nc = await nats.connect(nats_server.url)
-    await nc.jetstream().create_key_value(
-        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
-    )
-    await nc.close()
+    await bucket_without_markers(nats_server)
     caplog.set_level(logging.INFO, logger="app.discovery")
     a = await start_node()
     b = await start_node()
@@ -95,11 +91,7 @@ async def test_a_frozen_broker_makes_no_node_leave_in_sweep_mode(
     """SIGSTOP the broker for longer than the TTL: the connections stay open and nothing is
     heard, from the peers or of our own heartbeat. Silence then says nothing: no leave, and
     no leave once the broker is back either."""
-    nc = await nats.connect(nats_server.url)
-    await nc.jetstream().create_key_value(
-        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
-    )
-    await nc.close()
+    await bucket_without_markers(nats_server)
     a = await start_node()
     b = await start_node()
     assert not a.discovery.limit_markers
@@ -119,11 +111,7 @@ async def test_a_short_broker_restart_makes_no_node_leave_in_sweep_mode(
 ):
     """The server is down for most of a TTL: the keys are still there afterwards but old.
     They get the same grace as missing ones: nobody leaves."""
-    nc = await nats.connect(nats_server.url)
-    await nc.jetstream().create_key_value(
-        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
-    )
-    await nc.close()
+    await bucket_without_markers(nats_server)
     a = await start_node()
     b = await start_node()
     assert not a.discovery.limit_markers
@@ -209,3 +197,12 @@ async def test_after_a_nats_restart_views_are_whole_and_survivors_never_left(
 
     await eventually(registered_again, timeout=3)
     assert await a.discovery.readiness() == {"discovery": "ok"}
+
+
+async def bucket_without_markers(nats_server: NatsServer) -> None:
+    """The discovery bucket as an older server makes it (no limit markers): sweep mode."""
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
+    )
+    await nc.close()
