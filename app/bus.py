@@ -13,9 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from app.claims import ClaimStore, HeldClaims
+from app.dead_letters import DeadLetterStore
 from app.errors import ConfigurationError, PublishError
-from app.idempotency import HeldClaims, IdempotencyStore
 from app.messages import (
+    DeadLetterReason,
     DecodeError,
     Envelope,
     Message,
@@ -24,16 +26,16 @@ from app.messages import (
     encode,
     snake_case,
 )
+from app.observability.instruments import dedupe_hits, record_zeros
+from app.observability.spans import process_span, sending_traced
 from app.settings import Settings
-from app.telemetry import dedupe_hits, record_zeros
-from app.tracing import process_span, sending_traced
 from app.transports.base import (
     BatchPublisher,
-    DeadLetterStore,
     Delivery,
     Subscription,
     Transport,
 )
+from app.transports.registry import SPECS, spec_of
 from app.transports.retry import publish_concurrently
 
 log = logging.getLogger(__name__)
@@ -41,23 +43,18 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 MessageHandler = Callable[[M], Awaitable[None]]
 
-# Transports that persist, ack and retry: the only ones that may carry QoS 1 and 2.
-RELIABLE = frozenset({"jetstream", "redis", "memory"})
-# `messaging.system` of each transport, as the OpenTelemetry conventions name them.
-SYSTEMS = {"jetstream": "nats", "nats": "nats"}
-
 
 class Bus:
     def __init__(
         self,
         settings: Settings,
         transports: Mapping[str, Transport],
-        idempotency: Mapping[str, IdempotencyStore],
+        claim_stores: Mapping[str, ClaimStore],
         instance_id: str,
     ) -> None:
         self._settings = settings
         self._transports = dict(transports)
-        self._idempotency = idempotency
+        self._claim_stores = claim_stores
         self._instance_id = instance_id
         self._subscriptions: list[tuple[Transport, Subscription]] = []
         self._started = False
@@ -77,10 +74,11 @@ class Bus:
             QoS.EXACTLY_ONCE: self._settings.qos2_transport,
         }
         name = override.transport if override and override.transport else levels[qos]
-        if qos > QoS.AT_MOST_ONCE and name not in RELIABLE:
+        if qos > QoS.AT_MOST_ONCE and not spec_of(name).reliable:
+            reliable = ", ".join(sorted(n for n, spec in SPECS.items() if spec.reliable))
             raise ConfigurationError(
                 f"{message_type.type_name()} is QoS {int(qos)} but transport {name!r} has no "
-                "persistence, ack or retry: use jetstream or redis"
+                f"persistence, ack or retry: use one of {reliable}"
             )
         transport = self._transports.get(name)
         if transport is None:
@@ -172,40 +170,40 @@ class Bus:
         consumer: str,
         transport: str,
     ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
-        idempotency = self._idempotency.get(transport)
-        # A claim is stale once a delivery of its message could be handed to another
-        # consumer: after the ack wait on JetStream, after the claim idle time on Redis.
-        stale_after = (
-            self._settings.redis_claim_idle if transport == "redis" else self._settings.ack_wait
-        )
+        claims = self._claim_stores.get(transport)
+        # A claim is stale once a delivery of its message could be handed to another consumer.
+        stale_after = spec_of(transport).redelivery_after(self._settings)
         max_bytes = self._settings.max_message_bytes
-        if qos == QoS.EXACTLY_ONCE and idempotency is None:
-            raise ConfigurationError(f"transport {transport!r} has no idempotency store for QoS 2")
+        if qos == QoS.EXACTLY_ONCE and claims is None:
+            raise ConfigurationError(f"transport {transport!r} has no claim store for QoS 2")
+
+        system = spec_of(transport).system
 
         async def on_delivery(envelope: Envelope, delivery: Delivery) -> bool:
-            system = SYSTEMS.get(delivery.transport, delivery.transport)
             with process_span(envelope, qos, system, delivery.attempt) as span:
                 if len(envelope.body) > max_bytes:
-                    raise DecodeError(f"body of {len(envelope.body)} bytes", "oversized")
+                    raise DecodeError(
+                        f"body of {len(envelope.body)} bytes", DeadLetterReason.OVERSIZED
+                    )
                 message = decode_message(envelope, types)
-                if idempotency is None or qos < QoS.EXACTLY_ONCE:
+                if claims is None or qos < QoS.EXACTLY_ONCE:
                     await handler(message)
                     return True
                 key = f"{consumer}.{message.message_id}"
-                claim = await idempotency.claim(key, stale_after=stale_after)
+                claim = await claims.claim(key, stale_after=stale_after)
                 if claim is None:
                     dedupe_hits.add(1, {"side": "receiver"})
                     span.set_attribute("qosmesh.duplicate", True)
                     return False
-                ticket = self._claims.hold(idempotency, claim, stale_after)
+                ticket = self._claims.hold(claims, claim, stale_after)
                 try:
                     await handler(message)
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        await idempotency.release(self._claims.let_go(ticket))
+                        await claims.release(self._claims.let_go(ticket))
                     raise
                 # Retried by the store within the budget.
-                await idempotency.complete(self._claims.let_go(ticket))
+                await claims.complete(self._claims.let_go(ticket))
                 return True
 
         return on_delivery
@@ -218,7 +216,7 @@ class Bus:
         self._started = True
         self._renewing = asyncio.create_task(self._claims.renew(), name="renew claims")
         record_zeros(
-            (SYSTEMS.get(transport.name, transport.name), sub.subject, int(sub.qos))
+            (spec_of(transport.name).system, sub.subject, int(sub.qos))
             for transport, sub in self._subscriptions
         )
 

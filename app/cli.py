@@ -13,16 +13,24 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app import dlq_cli
+from app.errors import ConfigurationError
+from app.services import services_of
 from app.settings import Settings, describe_validation_error
+from app.transports.registry import wanted
 
 
 def load_settings() -> Settings | None:
     """Settings from the environment, or None after printing one line per bad variable."""
     try:
-        return Settings()
+        settings = Settings()
+        wanted(settings)  # every transport named must be one the registry knows
     except ValidationError as exc:
         print(describe_validation_error(exc), file=sys.stderr)
         return None
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return None
+    return settings
 
 
 class DrainingServer(uvicorn.Server):
@@ -34,7 +42,7 @@ class DrainingServer(uvicorn.Server):
         self.app = app
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        drain = getattr(self.app.state, "drain", None)
+        drain = services_of(self.app).drain
         if drain is not None:
             drain.begin_from_signal()
         super().handle_exit(sig, frame)

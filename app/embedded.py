@@ -100,8 +100,19 @@ class ServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it listens."""
         if self.running:
             return
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self.listening():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ConfigurationError(f"{self.name} did not listen within {timeout}s")
+            time.sleep(0.01)
+
+    def spawn(self) -> None:
+        """Start the process without waiting; `listening()` tells when it is up."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.store_dir / f"{self.name}.log", "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(
@@ -112,16 +123,14 @@ class ServerProcess:
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-        deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
-            if self._proc.poll() is not None:
-                raise ConfigurationError(
-                    f"{self.name} exited with code {self._proc.returncode}: {self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise ConfigurationError(f"{self.name} did not listen within {timeout}s")
-            time.sleep(0.01)
+
+    def listening(self) -> bool:
+        """Whether the server accepts connections; raises if it exited."""
+        if self._proc is not None and self._proc.poll() is not None:
+            raise ConfigurationError(
+                f"{self.name} exited with code {self._proc.returncode}: {self.log_tail()}"
+            )
+        return port_open(self.host, self.port)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM), escalating to SIGKILL after `timeout` seconds."""

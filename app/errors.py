@@ -3,6 +3,7 @@
 QosMeshError
 ├── ConfigurationError      settings that cannot work (bad value, conflicting broker config)
 ├── BrokerUnavailableError  a broker could not be reached or refused us at start
+│   └── StoreUnavailableError   a store a delivery needs did not answer: it waits, unspent
 ├── PublishError            the broker did not confirm a publish within the retry budget
 │   └── MessageTooLargeError    headers and body exceed the broker's limit: refused, never sent
 ├── DeadLetterNotFoundError no dead letter with that id
@@ -31,6 +32,12 @@ class ConfigurationError(QosMeshError):
 
 class BrokerUnavailableError(QosMeshError):
     """A broker could not be reached, or refused the connection, at start."""
+
+
+class StoreUnavailableError(BrokerUnavailableError):
+    """The store a delivery needs (the QoS 2 idempotency store) did not answer: a broker
+    restarting or electing a leader. The delivery waits for it in place, without spending one
+    of its deliveries, as for any broker that is away."""
 
 
 class PublishError(QosMeshError):

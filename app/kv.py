@@ -19,7 +19,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from app.transports.retry import RetryBudget, with_retries
+from app.retries import RetryBudget, with_retries
 
 T = TypeVar("T")
 
@@ -80,5 +80,5 @@ async def retrying(op: Callable[[], Awaitable[T]], budget: RetryBudget, what: st
         async with asyncio.timeout(timeout):
             result.append(await op())
 
-    await with_retries(attempt, budget, TRANSIENT, "nats", what)
+    await with_retries(attempt, budget, TRANSIENT, "nats", what, operation=what)
     return result[0]

@@ -19,8 +19,9 @@ from app.api.health import Readiness
 from app.discovery.models import new_node_id
 from app.errors import ConfigurationError
 from app.lifecycle import Drain
-from app.observability import instrument_app, setup_telemetry, shutdown_telemetry
+from app.observability.setup import instrument_app, setup_telemetry, shutdown_telemetry
 from app.runtime import Supervisor
+from app.services import Services
 from app.settings import DEFAULT_DOMAIN, Settings
 from app.supervision import Supervision, use
 
@@ -34,20 +35,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     setup_telemetry(settings, instance_id)
     domain = load_domain(settings.domain)
 
+    services = Services(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        supervision = Supervision()
+        services.supervision = supervision = Supervision()
         use(supervision)  # every task the instance starts from here reports to it
-        app.state.supervision = supervision
-        app.state.supervisor = supervisor = Supervisor(
-            app, settings, domain, instance_id, supervision
-        )
+        services.supervisor = supervisor = Supervisor(settings, domain, instance_id, supervision)
         readiness = Readiness()
         readiness.add(supervisor.readiness)
         try:
             await supervisor.start()
-            app.state.readiness = readiness
-            app.state.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
+            services.readiness = readiness
+            services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
             log.info("service started", extra={"service": settings.service_name})
             yield
             log.info("service stopping", extra={"service": settings.service_name})
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             shutdown_telemetry()
 
     app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
-    app.state.settings = settings
+    app.state.services = services
     problems.install(app, settings.max_body_bytes)
     openapi.install(app)
     instrument_app(app)

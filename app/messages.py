@@ -18,9 +18,9 @@ from __future__ import annotations
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,7 +32,6 @@ H_ID = "qm-id"
 H_TYPE = "qm-type"
 H_SCHEMA = "qm-schema"
 H_QOS = "qm-qos"
-H_ATTEMPT = "qm-attempt"
 H_CORRELATION = "qm-correlation-id"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -112,7 +111,9 @@ class Envelope:
     headers: dict[str, str]
     body: bytes
     subject: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    dedupe_id: str = ""
+    """The id the Redis publisher dedupes a QoS 2 message on, when it is not the message id (a
+    dead letter replayed inside the dedupe window); JetStream's is the `Nats-Msg-Id` header."""
 
     @property
     def message_id(self) -> str:
@@ -125,8 +126,8 @@ class Envelope:
 
 def encode(message: Message, qos: QoS, subject: str) -> Envelope:
     """The envelope of `message`. Headers that would only say the default are left out (every
-    header costs on both ends): `qm-qos` when 1, `qm-schema` when 1, `qm-attempt` on a first
-    attempt, `qm-correlation-id` when it is the message id."""
+    header costs on both ends): `qm-qos` when 1, `qm-schema` when 1, `qm-correlation-id` when it
+    is the message id."""
     headers = {H_VERSION: ENVELOPE_VERSION, H_ID: message.message_id, H_TYPE: message.type_name()}
     if qos != QoS.AT_LEAST_ONCE:
         headers[H_QOS] = _QOS_TEXT[qos]
@@ -138,12 +139,24 @@ def encode(message: Message, qos: QoS, subject: str) -> Envelope:
     return Envelope(headers=headers, body=body, subject=subject)
 
 
+class DeadLetterReason(StrEnum):
+    """Why a message is in a dead-letter store: the `reason` of a dead letter and of the
+    `qosmesh.dead_letters` counter."""
+
+    MAX_DELIVERIES = "max_deliveries"  # its handler failed on every delivery
+    TERMINATED = "terminated"  # the broker gave up on it (JetStream: acked with TERM)
+    UNDECODABLE = "undecodable"  # not an envelope, or a body that does not validate
+    UNKNOWN_VERSION = "unknown_version"  # an envelope or schema version nobody here speaks
+    UNKNOWN_TYPE = "unknown_type"  # a type the consumer has no handler for
+    OVERSIZED = "oversized"  # larger than APP_MAX_MESSAGE_BYTES
+
+
 class DecodeError(ValueError):
-    """Bytes that can never become a message; `reason` is `undecodable` or `unknown_type`."""
+    """Bytes that can never become a message, and the reason it is dead-lettered for."""
 
-    reason = "undecodable"
+    reason = DeadLetterReason.UNDECODABLE
 
-    def __init__(self, detail: str, reason: str | None = None) -> None:
+    def __init__(self, detail: str, reason: DeadLetterReason | None = None) -> None:
         super().__init__(detail)
         if reason:
             self.reason = reason
@@ -152,7 +165,7 @@ class DecodeError(ValueError):
 class UnknownVersionError(DecodeError):
     """An envelope or message schema version this code does not speak."""
 
-    reason = "unknown_version"
+    reason = DeadLetterReason.UNKNOWN_VERSION
 
 
 class NewerSchemaError(UnknownVersionError):
@@ -167,7 +180,9 @@ def decode_message(envelope: Envelope, types: dict[str, type[Message]]) -> Messa
         raise UnknownVersionError(f"envelope version {version!r}")
     message_type = types.get(envelope.type_name)
     if message_type is None:
-        raise DecodeError(f"no handler for type {envelope.type_name!r}", "unknown_type")
+        raise DecodeError(
+            f"no handler for type {envelope.type_name!r}", DeadLetterReason.UNKNOWN_TYPE
+        )
     schema = envelope.headers.get(H_SCHEMA, "1")
     if not schema.isdigit():
         raise UnknownVersionError(f"{message_type.type_name()} schema {schema!r}")

@@ -4,8 +4,8 @@ nats-py can close a connection for good: after a protocol error (the server's an
 over its payload limit, for one) it does not reconnect. Everything that holds the connection
 then holds a dead one: the bus and its consumers, the KV stores, discovery. The supervisor
 watches for that, and for a supervised task that died, and builds all of them again, retrying
-until the brokers can be reached. The HTTP endpoints read the parts from `app.state` on every
-request, so they use the new ones at once.
+until the brokers can be reached. The HTTP endpoints take the parts from `Services`, which asks
+the supervisor for its current runtime on every request, so they use the new ones at once.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-
-from fastapi import FastAPI
 
 from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
@@ -62,7 +60,7 @@ async def open_runtime(
         # Closed after the messaging stops, so handlers may call peers while draining.
         peers = await stack.enter_async_context(PeerClient(discovery))
         transports = await build_transports(settings, brokers)
-        bus = Bus(settings, transports.by_name, transports.idempotency, instance_id)
+        bus = Bus(settings, transports.by_name, transports.claim_stores, instance_id)
         state = await domain.setup(bus, brokers, settings) if domain is not None else None
         await bus.start()
         stack.push_async_callback(bus.stop, settings.drain_timeout)
@@ -75,13 +73,11 @@ class Supervisor:
 
     def __init__(
         self,
-        app: FastAPI,
         settings: Settings,
         domain: ModuleType | None,
         instance_id: str,
         supervision: Supervision,
     ) -> None:
-        self._app = app
         self._settings = settings
         self._domain = domain
         self._instance_id = instance_id
@@ -90,7 +86,6 @@ class Supervisor:
         self._task: asyncio.Task[None] | None = None
         self._holding = False
         self.current: Runtime | None = None
-        self.rebuilds = 0
 
     async def start(self) -> Runtime:
         """Build the first runtime and begin watching it. A broker that answers slowly for a
@@ -140,15 +135,6 @@ class Supervisor:
             await stack.aclose()
             raise
         self._stack, self.current = stack, runtime
-        state = self._app.state
-        state.brokers, state.discovery, state.peers = (
-            runtime.brokers,
-            runtime.discovery,
-            runtime.peers,
-        )
-        state.bus, state.dead_letters = runtime.bus, runtime.dead_letters
-        if self._domain is not None:
-            state.domain = runtime.domain
         return runtime
 
     async def _close(self) -> None:
@@ -191,6 +177,5 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 delay = min(RETRY_CAP, delay * 2)
                 continue
-            self.rebuilds += 1
             log.info("broker connections and their parts built again")
             return

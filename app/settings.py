@@ -21,7 +21,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DOMAIN = "app.example"
-TransportName = Literal["memory", "nats", "jetstream", "redis"]
+TransportName = Annotated[str, Field(min_length=1, max_length=64)]
+"""A transport the registry knows (app/transports/registry.py): `jetstream`, `redis`, `nats`,
+`memory`, or one the service registers; an unknown name stops the start, naming the variable."""
 
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MIN_ADMIN_TOKEN = 16
@@ -118,10 +120,6 @@ class Settings(BaseSettings):
     def public_url(self) -> str:
         """The base URL peers use to reach this instance."""
         return self.advertise_url or f"http://{self.host}:{self.port}"
-
-    @property
-    def heartbeat_seconds(self) -> float:
-        return self.heartbeat_interval or self.node_ttl / 3
 
     @property
     def nats_servers(self) -> list[str]:

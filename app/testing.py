@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app.embedded import NatsServer, ValkeyServer, free_port
 from app.faults import TcpProxy
+from app.observability.instruments import LocalHistogramsReader, keep_histograms_locally
 from app.settings import Settings
-from app.telemetry import LocalHistogramsReader, keep_histograms_locally
 
 __all__ = [
     "NatsCluster",
@@ -193,7 +193,9 @@ class NatsCluster:
     `start(i)` bring back the same cluster member with its data.
     """
 
-    def __init__(self, root: Path, size: int = 3, name: str = "qosmesh-test") -> None:
+    def __init__(
+        self, root: Path, size: int = 3, name: str = "qosmesh-test", advertise: bool = True
+    ) -> None:
         self.name = name
         cluster_ports = [free_port() for _ in range(size)]
         self.nodes: list[NatsServer] = []
@@ -202,7 +204,7 @@ class NatsCluster:
             store.mkdir(parents=True, exist_ok=True)
             routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports if p != port]
             config = store / "node.conf"
-            config.write_text(_node_config(f"n{index}", name, port, routes))
+            config.write_text(_node_config(f"n{index}", name, port, routes, advertise))
             self.nodes.append(NatsServer(store, extra_args=["-c", str(config)]))
 
     @property
@@ -285,7 +287,11 @@ class NatsCluster:
         raise TimeoutError(f"JetStream cluster not ready within {timeout}s: {last!r}")
 
 
-def _node_config(server_name: str, cluster: str, port: int, routes: list[str]) -> str:
+def _node_config(
+    server_name: str, cluster: str, port: int, routes: list[str], advertise: bool
+) -> str:
+    """`advertise=False` keeps clients on the URLs they were given (a proxy in front of each
+    node, say) rather than the node addresses the cluster would tell them."""
     route_list = ", ".join(f'"{route}"' for route in routes)
     return (
         f'server_name: "{server_name}"\n'
@@ -293,6 +299,7 @@ def _node_config(server_name: str, cluster: str, port: int, routes: list[str]) -
         f'  name: "{cluster}"\n'
         f'  listen: "127.0.0.1:{port}"\n'
         f"  routes: [{route_list}]\n"
+        f"  no_advertise: {'false' if advertise else 'true'}\n"
         f"}}\n"
     )
 

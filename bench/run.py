@@ -17,8 +17,8 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 
 from app.embedded import NatsServer, ValkeyServer, find_binary, valkey_binary
-from app.observability import PrometheusReader
-from app.telemetry import keep_histograms_locally
+from app.observability.instruments import keep_histograms_locally
+from app.observability.setup import PrometheusReader
 from bench.cases import discovery_rows, http_rows, nats_rows, redis_rows
 from bench.cases.common import Env
 from bench.report import Table, machine_info, render_markdown, render_text

@@ -24,6 +24,7 @@ COPIED = (
     "README.md",
     "app",
     "bench",
+    "constraints.txt",
     "dev.py",
     "docs",
     "helm",
@@ -40,7 +41,9 @@ SCAFFOLD_ONLY = ("tests/scaffold", "docs/scaffold.md")
 
 EXAMPLE_ONLY = (
     "app/example",
+    "app/chaos",
     "tests/example",
+    "tests/chaos",
     "tests/cluster",
     "tests/observability/test_end_to_end.py",
     "tests/hardening/test_secrets.py",
@@ -50,14 +53,21 @@ EXAMPLE_ONLY = (
 """Left out with the example domain: its package and every test that drives its orders and
 payments (a test in tests/scaffold finds new ones)."""
 
+CHAOS_PARAGRAPH = (
+    "`python3 dev.py chaos` runs seeded fault schedules (kills, freezes, cut links, overlapping)\n"
+    "against three real instances and their brokers and checks every client request's history; CI\n"
+    "runs three fixed seeds of it (docs/reliability.md).\n"
+)
+"""The README's paragraph on the harness, left out with the example."""
+
 HELM_ONLY = ("helm", "tests/deploy/conftest.py", "tests/deploy/test_chart.py")
 """Left out with the Helm chart: the chart and its render tests."""
 
 SHARED_NAMES = ("qosmesh_nodes", "QOSMESH_ADVISORIES")
 """Names every service of an environment shares, so they keep the template's name: the
 discovery bucket (APP_DISCOVERY_BUCKET), and the stream capturing the server's delivery
-advisories (app/transports/jetstream_dlq.py), whose subjects cover every stream on the server:
-a second stream on them under another name would be refused as overlapping."""
+advisories (app/transports/jetstream/dead_letters.py), whose subjects cover every stream on the
+server: a second stream on them under another name would be refused as overlapping."""
 
 DOCKER_IMAGES = {
     "3.11": "python:3.11.14-slim-bookworm",
@@ -222,6 +232,13 @@ def _readme(text: str, options: Options) -> str:
         text = _replace(text, "| APP_DOMAIN | app.example |", "| APP_DOMAIN |  |", "README.md")
         text = "".join(line for line in text.splitlines(True) if "  example/" not in line)
         text = text.replace("; tests/example/ for the example domain", "")
+        # The fault-schedule harness goes with the example it drives (docs/reliability.md stays).
+        text = _replace(text, CHAOS_PARAGRAPH, "", "README.md")
+        text = "".join(
+            line
+            for line in text.splitlines(True)
+            if "  chaos/" not in line and "dev.py chaos" not in line
+        )
     return text
 
 

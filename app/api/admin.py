@@ -10,12 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from app.dead_letters import DeadLetters
-from app.transports.base import DeadLetterDetail, DeadLetterPage
+from app.api.deps import DeadLettersDep, SettingsDep
+from app.dead_letters import DeadLetterDetail, DeadLetterPage
 
 
-def require_admin(request: Request) -> None:
-    token = request.app.state.settings.admin_token
+async def require_admin(request: Request, settings: SettingsDep) -> None:
+    token = settings.admin_token
     if token is None:
         raise HTTPException(404, "Not Found")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -24,13 +24,8 @@ def require_admin(request: Request) -> None:
         raise HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
-def dead_letters(request: Request) -> DeadLetters:
-    store: DeadLetters = request.app.state.dead_letters
-    return store
-
-
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
-Store = Annotated[DeadLetters, Depends(dead_letters)]
+Store = DeadLettersDep
 
 
 @router.get("/dlq")

@@ -8,10 +8,10 @@ import time
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.nodes import DiscoveryDep
+from app.api.deps import DiscoveryDep, PeersDep
 from app.discovery import NodeInfo
 from app.peers import PeerClient
 
@@ -33,16 +33,6 @@ class ClusterHealth(BaseModel):
 
     self_id: str = Field(alias="self", description="node_id of the instance that answered")
     instances: list[InstanceHealth]
-
-
-def get_peers(request: Request) -> PeerClient:
-    peers: PeerClient | None = getattr(request.app.state, "peers", None)
-    if peers is None:
-        raise HTTPException(status_code=503, detail="the peer client is not running")
-    return peers
-
-
-PeersDep = Annotated[PeerClient, Depends(get_peers)]
 
 
 @router.get("/health", response_model=ClusterHealth)

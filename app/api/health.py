@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.supervision import Supervision
+from app.api.deps import ServicesDep
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
 
@@ -34,11 +34,11 @@ class Readiness:
 
 
 @router.get("/healthz", responses={503: {"description": "a supervised task died for good"}})
-async def healthz(request: Request) -> JSONResponse:
+async def healthz(services: ServicesDep) -> JSONResponse:
     """Liveness: the process serves HTTP, and no supervised task has been dead for longer than
     the grace period without being started again. An unreachable broker does not fail it: a
     restart would not bring the broker back, and the instance reconnects by itself."""
-    supervision: Supervision | None = getattr(request.app.state, "supervision", None)
+    supervision = services.supervision
     dead = supervision.dead_for_long() if supervision is not None else []
     if dead:
         return JSONResponse({"status": "failed", "dead_tasks": dead}, status_code=503)
@@ -46,9 +46,9 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 @router.get("/readyz", responses={503: {"description": "a check failed"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness: every broker, and every component, is usable right now."""
-    readiness: Readiness | None = getattr(request.app.state, "readiness", None)
+    readiness = services.readiness
     checks = await readiness.evaluate() if readiness else {"startup": "pending"}
     ready = bool(checks) and all(value == "ok" for value in checks.values())
     return JSONResponse(

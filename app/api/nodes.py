@@ -6,11 +6,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.discovery import Discovery, NodeInfo
+from app.api.deps import DiscoveryDep
+from app.discovery import NodeInfo
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -22,16 +23,6 @@ class NodeList(BaseModel):
 
     self_id: str = Field(alias="self", description="node_id of the instance that answered")
     nodes: list[NodeInfo]
-
-
-def get_discovery(request: Request) -> Discovery:
-    discovery: Discovery | None = getattr(request.app.state, "discovery", None)
-    if discovery is None:
-        raise HTTPException(status_code=503, detail="discovery is not running")
-    return discovery
-
-
-DiscoveryDep = Annotated[Discovery, Depends(get_discovery)]
 
 
 @router.get("", response_model=NodeList)

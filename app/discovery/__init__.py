@@ -1,6 +1,6 @@
 """Membership: every instance registers in the environment's KV bucket and watches it."""
 
-from app.discovery.base import Discovery, NodeEvent, NodeJoined, NodeLeft, NodeUpdated, Subscription
+from app.discovery.base import Discovery, NodeEvent, NodeEvents, NodeJoined, NodeLeft, NodeUpdated
 from app.discovery.kv import KvDiscovery, open_discovery
 from app.discovery.memory import MemoryDiscovery, MemoryRegistry
 from app.discovery.models import NodeInfo
@@ -11,10 +11,10 @@ __all__ = [
     "MemoryDiscovery",
     "MemoryRegistry",
     "NodeEvent",
+    "NodeEvents",
     "NodeInfo",
     "NodeJoined",
     "NodeLeft",
     "NodeUpdated",
-    "Subscription",
     "open_discovery",
 ]

@@ -39,7 +39,7 @@ class NodeLeft:
 NodeEvent = NodeJoined | NodeUpdated | NodeLeft
 
 
-class Subscription(Protocol):
+class NodeEvents(Protocol):
     """Events in the order they happened; ends when the subscriber falls too far behind or
     discovery closes. Close it when done."""
 
@@ -66,7 +66,7 @@ class Discovery(Protocol):
 
     def get(self, node_id: str) -> NodeInfo | None: ...
 
-    def subscribe(self) -> Subscription:
+    def subscribe(self) -> NodeEvents:
         """A stream that starts with a `NodeJoined` for every current node, then follows."""
         ...
 

@@ -43,7 +43,7 @@ def server_supports_markers(nc: NatsClient) -> bool:
         return False
 
 
-async def open_bucket(
+async def open_discovery_bucket(
     nc: NatsClient, js: JetStreamContext, settings: Settings, *, limit_markers: bool = True
 ) -> Bucket:
     """The bucket named by APP_DISCOVERY_BUCKET; an existing one is never reconfigured.

@@ -17,11 +17,12 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from app import __version__
 from app.brokers import Brokers
-from app.discovery.bucket import Bucket, open_bucket
+from app.discovery.bucket import Bucket, open_discovery_bucket
 from app.discovery.models import BadNodeValue, NodeInfo, decode_node, new_node_id, now
 from app.discovery.view import NodeView, ViewSubscription
 from app.errors import DiscoveryError
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.25
 CONFIRM_SLACK = 1.5  # heartbeat intervals without a confirmed put: the broker is frozen
+ECHO_BEATS = 3  # confirmed heartbeats of our own not seen on the watch: it has stalled
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0)
 
 
@@ -66,6 +68,7 @@ class KvDiscovery:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._last_heard: dict[str, float] = {}
         self._confirmed_at: float | None = None
+        self._echoed_at: float | None = None  # our own put last seen through the watch
         self._write_lock = asyncio.Lock()
         self._beat_now = asyncio.Event()
         self._resync_needed = False
@@ -147,13 +150,14 @@ class KvDiscovery:
                 attempt += 1
         self._spawn(self._heartbeat())
         self._spawn(self._follow())
-        if not self.limit_markers:
-            self._spawn(self._sweep())
+        self._spawn(self._sweep())
         self._brokers.on_reconnect(self._on_reconnect)
 
     async def _open(self) -> None:
         nc, js = self._brokers.nc, self._brokers.js
-        self._bucket = await open_bucket(nc, js, self._settings, limit_markers=self._limit_markers)
+        self._bucket = await open_discovery_bucket(
+            nc, js, self._settings, limit_markers=self._limit_markers
+        )
         mode = "limit markers" if self._bucket.limit_markers else "local sweep"
         log.info(
             "discovery: bucket %s, ttl %ss, heartbeat every %.2fs, crash detection by %s "
@@ -226,7 +230,25 @@ class KvDiscovery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_seconds)
             self._beat_now.clear()
-            await self._put()
+            if await self._put() and self._watch_stalled():
+                log.warning(
+                    "discovery watch stalled: this node's confirmed heartbeats stopped coming "
+                    "back through it; watching again"
+                )
+                await self._restart_watch()
+
+    def _watch_stalled(self) -> bool:
+        """Whether the broker confirmed several of our heartbeats that the watch never brought
+        back: its consumer is gone and the client was not told (a lost reset of nats-py's
+        ordered consumer), so nothing more would ever arrive on it."""
+        confirmed, echoed = self._confirmed_at, self._echoed_at
+        return (
+            self._watcher is not None
+            and not self._resync_needed
+            and confirmed is not None
+            and echoed is not None
+            and confirmed - echoed > self.heartbeat_seconds * ECHO_BEATS
+        )
 
     # -- following the bucket -----------------------------------------------------------------
 
@@ -262,6 +284,7 @@ class KvDiscovery:
             else:
                 raise DiscoveryError("watch stopped while loading the snapshot")
         self._last_heard = self._ages(snapshot, written)
+        self._echoed_at = time.monotonic()
         missing = [key for key in self._view.known_keys() if key not in snapshot] if grace else []
         self._view.replace(snapshot, keep=missing)
         if missing:
@@ -301,6 +324,10 @@ class KvDiscovery:
                 return
 
     async def _on_reconnect(self) -> None:
+        await self._restart_watch()
+
+    async def _restart_watch(self) -> None:
+        """End the current watch; `_follow` then resyncs from a fresh snapshot."""
         if self._closed:
             return
         self._resync_needed = True
@@ -323,6 +350,8 @@ class KvDiscovery:
         node = self._decode(entry)
         if node is not None:
             self._last_heard[entry.key] = time.monotonic()
+            if entry.key == self._info.key:
+                self._echoed_at = self._last_heard[entry.key]
             self._view.put(node)
 
     def _decode(self, entry: KeyValue.Entry) -> NodeInfo | None:
@@ -358,7 +387,11 @@ class KvDiscovery:
         resync is pending, since silence then says nothing about the peers. The broker counts
         as frozen when it has not confirmed this node's own heartbeat within about one
         interval (a SIGSTOPped server keeps its connections open). After a pause every node
-        gets a fresh TTL: their heartbeats were as stuck as ours."""
+        gets a fresh TTL: their heartbeats were as stuck as ours.
+
+        With limit markers the server's marker drops a node at its TTL, and the sweep is only
+        the backstop for a marker that never comes (a stream leader that changed as the key
+        expired, a purge): it asks the bucket (`_drop_unmarked`)."""
         nc = self._brokers.nc
         paused = False
         while not self._closed:
@@ -373,6 +406,10 @@ class KvDiscovery:
             ):
                 paused = True
                 continue
+            if self.limit_markers:
+                paused = False
+                await self._drop_unmarked()
+                continue
             if paused:
                 paused = False
                 resumed = time.monotonic()
@@ -384,6 +421,26 @@ class KvDiscovery:
                 if heard < cutoff and key != self._info.key:
                     del self._last_heard[key]
                     self._view.remove(key, "expired")
+
+    async def _drop_unmarked(self) -> None:
+        """A node silent for a TTL whose key the bucket no longer holds has expired, and its
+        marker is not coming: drop it now. The bucket decides, so a silent node whose key is
+        still there (not expired yet, or alive) stays; a broker that does not answer leaves
+        everything for the next round."""
+        cutoff = time.monotonic() - self.ttl
+        kv = self._require_bucket().kv
+        for key, heard in list(self._last_heard.items()):
+            if heard >= cutoff or key == self._info.key:
+                continue
+            try:
+                await asyncio.wait_for(kv.get(key), timeout=min(1.0, self.heartbeat_seconds))
+            except KeyNotFoundError:  # expired or deleted (KeyDeletedError is one)
+                if self._last_heard.get(key) == heard:  # not heard of meanwhile
+                    del self._last_heard[key]
+                    log.warning("no expiry marker came for %s: its key is gone, dropped", key)
+                    self._view.remove(key, "expired")
+            except Exception:
+                return
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from app.discovery.base import LeaveReason, NodeEvent, NodeJoined, NodeLeft, NodeUpdated
 from app.discovery.models import NodeInfo
-from app.telemetry import discovery_events, meter
+from app.observability.instruments import discovery_events, meter
 
 log = logging.getLogger(__name__)
 

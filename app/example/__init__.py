@@ -6,21 +6,14 @@ finds it through `router` and `setup` (see app/main.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from app.api.idempotency import IdempotencyKeys
+from app.api.idempotency_keys import IdempotencyKeys
 from app.brokers import Brokers
 from app.bus import Bus
 from app.example import handlers
 from app.example.api import router
 from app.example.orders import OrderStore
+from app.example.state import Example
 from app.settings import Settings
-
-
-@dataclass(slots=True)
-class Example:
-    orders: OrderStore
-    keys: IdempotencyKeys
 
 
 async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:

@@ -5,16 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import broker_available
-from app.api.idempotency import IdempotencyKeys, fingerprint
-from app.bus import Bus
+from app.api.deps import BusDep, broker_available
+from app.api.idempotency_keys import fingerprint
 from app.errors import PublishError
 from app.example.messages import OrderPlaced, PaymentCaptured
-from app.example.orders import Order, OrderStore
+from app.example.orders import Order
+from app.example.state import ExampleDep
 from app.messages import new_message_id
 
 router = APIRouter(tags=["orders"])
@@ -65,11 +64,6 @@ class OrderView(BaseModel):
     updated_at: datetime
 
 
-def _deps(request: Request) -> tuple[Bus, OrderStore, IdempotencyKeys]:
-    state = request.app.state
-    return state.bus, state.domain.orders, state.domain.keys
-
-
 @router.post(
     "/orders",
     status_code=202,
@@ -78,19 +72,17 @@ def _deps(request: Request) -> tuple[Bus, OrderStore, IdempotencyKeys]:
     dependencies=Commands,
 )
 async def place_order(
-    body: PlaceOrder, request: Request, idempotency_key: IdempotencyKey = None
+    body: PlaceOrder, bus: BusDep, example: ExampleDep, idempotency_key: IdempotencyKey = None
 ) -> Any:
     """Record the order as pending, then publish `OrderPlaced` (QoS 1) for a handler to confirm."""
-    bus, orders, keys = _deps(request)
-    scope = "POST /orders"
+    orders = example.orders
     plan = {"order_id": new_message_id(), "message_id": new_message_id()}
-    record = None
-    if idempotency_key is not None:
-        record = await keys.begin(scope, idempotency_key, fingerprint(body.model_dump()), plan)
-        if record.answered:
-            return JSONResponse(record.response, status_code=record.status or 202)
-        plan = record.plan
-    order_id, message_id = plan["order_id"], plan["message_id"]
+    command = await example.keys.command(
+        "POST /orders", idempotency_key, fingerprint(body.model_dump()), plan
+    )
+    if command.replay is not None:
+        return command.replay
+    order_id, message_id = command.plan["order_id"], command.plan["message_id"]
     order = Order(order_id=order_id, sku=body.sku, quantity=body.quantity)
     event = OrderPlaced(
         message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
@@ -98,7 +90,7 @@ async def place_order(
     try:
         await bus.publish(event)
     except PublishError:
-        if record is None:
+        if not command.keyed:
             # Nobody can retry this one. The event may have been stored all the same (its ack
             # was lost): a tombstone keeps it from creating the order the client was refused.
             # Written in the background: the 503 is not held up by a second budget.
@@ -107,16 +99,12 @@ async def place_order(
     # After the publish: a refused command leaves no pending order behind. The handler creates
     # the order from the event if it comes first; then this keeps the handler's record.
     await orders.create(order)
-    answer = OrderAccepted(order_id=order_id, message_id=message_id)
-    if record is not None and idempotency_key is not None:
-        await keys.finish(scope, idempotency_key, record, 202, answer.model_dump())
-    return answer
+    return await command.answer(202, OrderAccepted(order_id=order_id, message_id=message_id))
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {}})
-async def get_order(order_id: str, request: Request) -> Any:
-    _, orders, _ = _deps(request)
-    order = await orders.get(order_id)
+async def get_order(order_id: str, example: ExampleDep) -> Any:
+    order = await example.orders.get(order_id)
     if order is None:
         raise HTTPException(404, "Order not found")
     return order
@@ -132,19 +120,22 @@ async def get_order(order_id: str, request: Request) -> Any:
 async def capture_payment(
     order_id: str,
     body: CapturePayment,
-    request: Request,
+    bus: BusDep,
+    example: ExampleDep,
     idempotency_key: RequiredIdempotencyKey,
 ) -> Any:
     """Publish `PaymentCaptured` (QoS 2); the key is the payment id, applied once."""
-    bus, orders, keys = _deps(request)
-    if await orders.get(order_id) is None:
+    if await example.orders.get(order_id) is None:
         raise HTTPException(404, "Order not found")
-    scope = "POST /orders/{order_id}/payments"
-    fp = fingerprint(order_id, body.model_dump())
-    record = await keys.begin(scope, idempotency_key, fp, {"message_id": new_message_id()})
-    if record.answered:
-        return JSONResponse(record.response, status_code=record.status or 202)
-    message_id = record.plan["message_id"]
+    command = await example.keys.command(
+        "POST /orders/{order_id}/payments",
+        idempotency_key,
+        fingerprint(order_id, body.model_dump()),
+        {"message_id": new_message_id()},
+    )
+    if command.replay is not None:
+        return command.replay
+    message_id = command.plan["message_id"]
     await bus.publish(
         PaymentCaptured(
             message_id=message_id,
@@ -154,5 +145,4 @@ async def capture_payment(
         )
     )
     answer = PaymentAccepted(order_id=order_id, payment_id=idempotency_key, message_id=message_id)
-    await keys.finish(scope, idempotency_key, record, 202, answer.model_dump())
-    return answer
+    return await command.answer(202, answer)

@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 
 from app.errors import PublishError
 from app.kv import open_bucket, retrying
+from app.retries import RetryBudget
 from app.settings import Settings
-from app.transports.retry import RetryBudget
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)

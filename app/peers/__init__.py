@@ -4,16 +4,16 @@ chosen from the discovery view, with failover when a retry cannot do harm."""
 from app.errors import NoInstanceError
 from app.peers.balancing import Balancer, PreferLocal, RandomChoice, RoundRobin
 from app.peers.client import PeerClient
-from app.peers.transport import NODE_EXTENSION, DiscoveryTransport, RetryBudget
+from app.peers.transport import NODE_EXTENSION, CallBudget, DiscoveryTransport
 
 __all__ = [
     "NODE_EXTENSION",
     "Balancer",
+    "CallBudget",
     "DiscoveryTransport",
     "NoInstanceError",
     "PeerClient",
     "PreferLocal",
     "RandomChoice",
-    "RetryBudget",
     "RoundRobin",
 ]

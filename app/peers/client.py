@@ -10,7 +10,7 @@ import httpx
 from app.discovery.base import Discovery
 from app.discovery.models import NodeInfo
 from app.peers.balancing import Balancer, BalancingName, balancer_named
-from app.peers.transport import NODE_EXTENSION, DiscoveryTransport, RetryBudget
+from app.peers.transport import NODE_EXTENSION, CallBudget, DiscoveryTransport
 
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=1.0)
 
@@ -27,7 +27,7 @@ class PeerClient(httpx.AsyncClient):
         discovery: Discovery,
         *,
         balancing: BalancingName | Balancer = "round_robin",
-        budget: RetryBudget | None = None,
+        budget: CallBudget | None = None,
         cooldown: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,

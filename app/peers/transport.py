@@ -42,7 +42,7 @@ _MAYBE_RECEIVED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProto
 
 
 @dataclass(frozen=True, slots=True)
-class RetryBudget:
+class CallBudget:
     """At most `attempts` instances per call, and no new attempt after `seconds` from the
     first one (an attempt in flight still runs to the client's own timeout)."""
 
@@ -73,13 +73,13 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
         *,
         balancer: Balancer | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        budget: RetryBudget | None = None,
+        budget: CallBudget | None = None,
         cooldown: float = 2.0,
     ) -> None:
         self._discovery = discovery
         self._balancer = balancer or RoundRobin()
         self._inner = transport or httpx.AsyncHTTPTransport()
-        self._budget = budget or RetryBudget()
+        self._budget = budget or CallBudget()
         self._cooldown = cooldown
         self._cooling: dict[str, float] = {}
 

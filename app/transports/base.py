@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from pydantic import BaseModel
-
+from app.dead_letters import DeadLetterStore
 from app.messages import Envelope, QoS
 
 Handler = Callable[[Envelope, "Delivery"], Awaitable[bool]]
@@ -87,66 +84,3 @@ class BatchPublisher(Protocol):
     async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
         """`publish`, for an envelope whose first attempt `first_attempts` made: the attempts
         of both together are APP_PUBLISH_ATTEMPTS."""
-
-
-class DeadLetter(BaseModel):
-    """A message that could not be handled, kept for inspection and replay."""
-
-    dlq_id: str
-    message_id: str
-    type: str
-    subject: str
-    transport: str
-    reason: str
-    error: str
-    deliveries: int
-    dead_at: datetime
-    stub: bool = False  # too large to keep whole: the record and the first KiB, not replayable
-
-
-class DeadLetterDetail(DeadLetter):
-    headers: dict[str, str]
-    body: str
-
-
-class DeadLetterPage(BaseModel):
-    items: list[DeadLetter]
-    total: int
-    next_cursor: str | None = None
-
-
-class DeadLetterStore(Protocol):
-    """Where a transport keeps its dead letters; ids are opaque and carry the transport's prefix."""
-
-    prefix: str
-
-    async def list(self, limit: int, cursor: str | None) -> DeadLetterPage:
-        """Newest first; `cursor` is the `next_cursor` of the previous page."""
-        ...
-
-    async def get(self, dlq_id: str) -> DeadLetterDetail:
-        """Raises DeadLetterNotFoundError."""
-        ...
-
-    async def delete(self, dlq_id: str) -> None: ...
-
-    async def replay(self, dlq_id: str) -> str:
-        """Send the message back through its normal path (same message id); returns that id."""
-        ...
-
-
-def backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
-    """Exponential backoff with jitter for the `attempt`-th retry (1-based): half of the
-    exponential step is fixed, half random, so retries spread without collapsing to zero."""
-    step = min(cap, base * 2 ** (attempt - 1))
-    return float(step / 2 + random.uniform(0, step / 2))  # noqa: S311
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An ISO 8601 time stored in a header or field, or None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None

@@ -25,24 +25,27 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
+from app.claims import ClaimBusy
 from app.errors import (
     BrokerUnavailableError,
     DiscoveryError,
     MessageTooLargeError,
     PublishError,
 )
-from app.idempotency import ClaimBusy
-from app.messages import DecodeError, Envelope, NewerSchemaError, QoS
-from app.telemetry import consumed_series, process_duration, redeliveries
-from app.transports.base import Delivery, backoff
+from app.messages import DeadLetterReason, DecodeError, Envelope, NewerSchemaError, QoS
+from app.observability.instruments import consumed_series, process_duration, redeliveries
+from app.retries import backoff
+from app.transports.base import Delivery
 
 log = logging.getLogger(__name__)
 
-NO_RESULT = "delivery limit reached with no handler result (consumer died or timed out)"
 HOLD_CAP = 2.0  # longest pause between two tries of a delivery held in place
 
 
-class Verdict(enum.Enum):
+class Verdict(enum.StrEnum):
+    """How a delivery is settled, as the `outcome` of messaging.client.consumed.messages (BUSY
+    is never settled: it is waited out)."""
+
     ACK = "ack"
     DUPLICATE = "duplicate"
     RETRY = "nak"
@@ -56,12 +59,17 @@ class Outcome(NamedTuple):
 
     verdict: Verdict
     delay: float = 0.0  # RETRY and BUSY: seconds until the next try
-    reason: str = ""  # DEAD: why, as the dead-letter store records it
+    reason: DeadLetterReason = DeadLetterReason.MAX_DELIVERIES  # DEAD: why, as stored
     error: str = ""
 
 
 ACKED = Outcome(Verdict.ACK)
 DUPLICATE = Outcome(Verdict.DUPLICATE)
+NO_RESULT = Outcome(
+    Verdict.DEAD,
+    error="delivery limit reached with no handler result (consumer died or timed out)",
+)
+"""The last delivery came with no handler having ended on it: given up on."""
 
 
 def judge(result: bool | BaseException, attempt: int, max_deliver: int) -> Outcome:
@@ -78,7 +86,7 @@ def judge(result: bool | BaseException, attempt: int, max_deliver: int) -> Outco
     if isinstance(result, HELD) and not isinstance(result, MessageTooLargeError):
         return Outcome(Verdict.BUSY, delay=backoff(attempt, base=0.2, cap=HOLD_CAP))
     if attempt >= max_deliver:
-        return Outcome(Verdict.DEAD, reason="max_deliveries", error=describe(result))
+        return Outcome(Verdict.DEAD, error=describe(result))
     return Outcome(Verdict.RETRY, delay=backoff(attempt, base=0.2, cap=10.0))
 
 
@@ -103,7 +111,7 @@ class Settlement(Protocol):
         """Hand it back: it comes again after `delay` seconds, as its next delivery."""
         ...
 
-    async def dead_letter(self, reason: str, error: str) -> None:
+    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
         """Copy it to the dead-letter store and settle it there (or leave it to come again
         when the copy fails)."""
         ...

@@ -12,20 +12,21 @@ import itertools
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from app.claims import MemoryClaimStore
+from app.dead_letters import DeadLetter, DeadLetterDetail, DeadLetterPage
 from app.errors import DeadLetterNotFoundError
-from app.messages import H_QOS, H_TYPE, Envelope, QoS
+from app.messages import H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
+from app.observability.instruments import dead_letters, sent_messages
+from app.observability.spans import send_span
 from app.settings import Settings
-from app.telemetry import dead_letters, sent_messages
-from app.tracing import send_span
-from app.transports.base import (
-    DeadLetter,
-    DeadLetterDetail,
-    DeadLetterPage,
-    Delivery,
-    Subscription,
-)
+from app.transports.base import Delivery, Subscription
 from app.transports.consuming import ConsumerMetrics, Verdict, run_delivery, settle
+from app.transports.spec import Built, TransportSpec
+
+if TYPE_CHECKING:
+    from app.brokers import Brokers
 
 HOLD_SECONDS = 5.0  # a busy claim or missing broker is waited out this long before a retry
 
@@ -59,12 +60,12 @@ class MemoryTransport:
         for group, members in groups.items():
             turn = self._turn.setdefault((envelope.subject, str(group)), itertools.count())
             targets.append(members[next(turn) % len(members)])
-        with send_span(envelope, qos, "memory"):
+        with send_span(envelope, qos, self.name):
             for subscription in targets:
                 task = asyncio.create_task(self._deliver(subscription, envelope, qos))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        attrs = {"messaging.system": "memory", "messaging.destination.name": envelope.subject}
+        attrs = {"messaging.system": self.name, "messaging.destination.name": envelope.subject}
         sent_messages.add(1, {**attrs, "qos": int(qos), "outcome": "ok"})
 
     async def _deliver(self, subscription: Subscription, envelope: Envelope, qos: QoS) -> None:
@@ -77,7 +78,7 @@ class MemoryTransport:
     async def _run(self, subscription: Subscription, envelope: Envelope, qos: QoS) -> None:
         tries = 1 if qos == QoS.AT_MOST_ONCE else self._max_deliver
         for attempt in range(1, tries + 1):
-            delivery = Delivery("memory", envelope.subject, attempt, tries, envelope.message_id)
+            delivery = Delivery(self.name, envelope.subject, attempt, tries, envelope.message_id)
             outcome = await run_delivery(
                 subscription.handler,
                 envelope,
@@ -95,7 +96,7 @@ class MemoryTransport:
     def _metrics(self, subscription: Subscription, qos: QoS) -> ConsumerMetrics:
         metrics = self._consumer_metrics.get(subscription.name)
         if metrics is None:
-            metrics = ConsumerMetrics("memory", subscription.subject, qos, subscription.subject)
+            metrics = ConsumerMetrics(self.name, subscription.subject, qos, subscription.subject)
             self._consumer_metrics[subscription.name] = metrics
         return metrics
 
@@ -122,7 +123,7 @@ class _Settlement:
     async def nak(self, delay: float) -> None:
         return None
 
-    async def dead_letter(self, reason: str, error: str) -> None:
+    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
         if self._qos == QoS.AT_MOST_ONCE:
             log.info("QoS 0 message %s not handled: %s", self._envelope.message_id, error)
             return
@@ -146,7 +147,7 @@ class MemoryDeadLetters:
             message_id=envelope.message_id,
             type=envelope.headers.get(H_TYPE, ""),
             subject=envelope.subject,
-            transport="memory",
+            transport=self._transport.name,
             reason=reason,
             error=error,
             deliveries=deliveries,
@@ -156,7 +157,12 @@ class MemoryDeadLetters:
         )
         self._items[number] = (detail, envelope)
         dead_letters.add(
-            1, {"messaging.system": "memory", "destination": envelope.subject, "reason": reason}
+            1,
+            {
+                "messaging.system": self._transport.name,
+                "destination": envelope.subject,
+                "reason": reason,
+            },
         )
 
     def _number(self, dlq_id: str) -> int:
@@ -188,3 +194,11 @@ class MemoryDeadLetters:
         _, envelope = self._items.pop(number)
         await self._transport.publish(envelope, QoS(int(envelope.headers.get(H_QOS, "1"))))
         return envelope.message_id
+
+
+async def _build(settings: Settings, brokers: Brokers) -> Built:
+    return Built(MemoryTransport(settings), MemoryClaimStore(settings.idempotency_ttl))
+
+
+SPEC = TransportSpec("memory", "memory", reliable=True, needs_redis=False, build=_build)
+"""In-process: for tests and a single instance; it keeps nothing across a restart."""

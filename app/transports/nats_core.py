@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -15,10 +16,15 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from app.errors import MessageTooLargeError
 from app.messages import Envelope, QoS
-from app.telemetry import consumed_series, process_duration, qos0_lost, sent_series
-from app.tracing import send_span, sending_traced
+from app.observability.instruments import consumed_series, process_duration, qos0_lost, sent_series
+from app.observability.spans import send_span, sending_traced
+from app.settings import Settings
 from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription
+from app.transports.spec import Built, TransportSpec
+
+if TYPE_CHECKING:
+    from app.brokers import Brokers
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +110,11 @@ class NatsCoreTransport:
             except Exception:
                 log.debug("unsubscribe from %s failed", sub.subject, exc_info=True)
         self._active.clear()
+
+
+async def _build(settings: Settings, brokers: Brokers) -> Built:
+    return Built(NatsCoreTransport(brokers.nc), None)
+
+
+SPEC = TransportSpec("nats", "nats", reliable=False, needs_redis=False, build=_build)
+"""NATS core: QoS 0 only, at most once, each loss counted."""

@@ -1,77 +1,16 @@
-"""The publish retry budget shared by every transport with broker acks (QoS 1 and 2)."""
+"""A QoS 1+ publish as every transport with broker acks does it, within the retry budget."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from app.errors import InvalidMessageError, PublishError
 from app.messages import Envelope, QoS
-from app.settings import Settings
-from app.telemetry import publish_retries, sent_series
-from app.tracing import send_span, sending_traced
-from app.transports.base import backoff
-
-
-@dataclass(slots=True, frozen=True)
-class RetryBudget:
-    attempts: int
-    attempt_timeout: float
-    deadline: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetryBudget:
-        return cls(
-            settings.publish_attempts, settings.publish_attempt_timeout, settings.publish_deadline
-        )
-
-
-async def with_retries(
-    send: Callable[[int, float], Awaitable[None]],
-    budget: RetryBudget,
-    retry_on: tuple[type[BaseException], ...],
-    system: str,
-    what: str,
-    first: int = 1,
-) -> None:
-    """Call `send(attempt, timeout)` until it returns, backing off between attempts.
-
-    `first` > 1 continues after attempts made elsewhere (a batch's first attempt), so that
-    all of them together are `budget.attempts`. Raises PublishError when the attempts or the
-    deadline are spent; errors outside `retry_on` propagate at once.
-    """
-    if first > budget.attempts:
-        raise PublishError(f"{what} not confirmed after {budget.attempts} attempt(s)")
-    started = time.monotonic()
-    last: BaseException | None = None
-    if first > 1:
-        publish_retries.add(1, {"messaging.system": system})
-        await asyncio.sleep(backoff(first - 1))
-    attempt = first
-    for attempt in range(first, budget.attempts + 1):
-        remaining = budget.deadline - (time.monotonic() - started)
-        if remaining <= 0:
-            break
-        try:
-            await send(attempt, min(budget.attempt_timeout, remaining))
-            return
-        except retry_on as exc:
-            last = exc
-        if attempt == budget.attempts:
-            break
-        pause = backoff(attempt)
-        if time.monotonic() - started + pause >= budget.deadline:
-            break
-        publish_retries.add(1, {"messaging.system": system})
-        await asyncio.sleep(pause)
-    elapsed = time.monotonic() - started
-    raise PublishError(
-        f"{what} not confirmed after {attempt} attempt(s) in {elapsed:.1f}s: "
-        f"{type(last).__name__ if last else 'deadline'} {last or ''}".strip()
-    ) from last
+from app.observability.instruments import sent_series
+from app.observability.spans import send_span, sending_traced
+from app.retries import RetryBudget, with_retries
 
 
 async def publish_reliably(

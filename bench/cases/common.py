@@ -78,7 +78,7 @@ async def running_bus(
     async with AsyncExitStack() as stack:
         brokers = await stack.enter_async_context(open_brokers(config))
         transports = await build_transports(config, brokers)
-        bus = Bus(config, transports.by_name, transports.idempotency, "bench")
+        bus = Bus(config, transports.by_name, transports.claim_stores, "bench")
         setup(bus)
         await bus.start()
         try:

@@ -15,7 +15,7 @@ import nats
 
 from app.brokers import Brokers, open_brokers
 from app.discovery import KvDiscovery
-from app.discovery.bucket import open_bucket
+from app.discovery.bucket import open_discovery_bucket
 from app.discovery.models import NodeInfo, now
 from bench.cases.common import Env, settings, unique
 from bench.report import Row
@@ -108,7 +108,7 @@ async def cpu_share(env: Env) -> Row:
     config = settings(env, "sim", discovery_bucket=bucket)
     nc = await nats.connect(env.nats_url)
     js = nc.jetstream()
-    opened = await open_bucket(nc, js, config)
+    opened = await open_discovery_bucket(nc, js, config)
     interval = opened.ttl / 3
     started = now()
     nodes = [

@@ -14,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from app.bus import Bus
 from app.messages import Message
-from app.transports.jetstream_streams import stream_name
+from app.transports.jetstream.streams import stream_name
 from bench.cases.common import (
     Blob,
     ChargeBlob,

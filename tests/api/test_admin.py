@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from app.messages import QoS, encode
+from app.services import services_of
 from app.testing import running_app
+from app.transports.jetstream.dead_letters import JetStreamDeadLetters
 from tests.transports.conftest import Ping
 
 TOKEN = "s3cret-admin-token"
@@ -16,7 +18,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def add_dead_letters(app, count: int) -> list[Ping]:
-    store = app.state.bus.dead_letters[0]
+    store = services_of(app).bus.dead_letters[0]
+    assert isinstance(store, JetStreamDeadLetters)
     pings = [Ping(n=n) for n in range(count)]
     for seq, ping in enumerate(pings, start=1):
         envelope = encode(ping, QoS.AT_LEAST_ONCE, "qosmesh.ping")
@@ -121,8 +124,9 @@ async def test_show_delete_and_replay(admin):
     replayed = await client.post(f"/admin/dlq/{oldest}/replay", headers=AUTH)
     assert replayed.status_code == 202
     assert replayed.json()["message_id"] == pings[0].message_id
-    js = app.state.brokers.js
+    js = services_of(app).brokers.js
     republished = await js.get_last_msg("QOSMESH_PING", "qosmesh.ping")
+    assert republished.headers is not None
     assert republished.headers["qm-id"] == pings[0].message_id
     assert (await client.get("/admin/dlq", headers=AUTH)).json()["total"] == 0
 

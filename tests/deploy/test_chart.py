@@ -15,6 +15,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from app.settings import Settings
+from app.transports.registry import BUILT_IN
 
 from .conftest import CHART, NAMESPACE, RELEASE, Manifest, ci_values, one, render
 
@@ -380,6 +381,16 @@ def test_schema_config_covers_every_setting_and_only_real_ones(chart):
     assert configurable | secrets | CHART_MANAGED == SETTING_NAMES
     assert not configurable & (CHART_MANAGED | SECRET_SETTINGS)
     assert set(chart.values["config"]) <= configurable
+
+
+def test_schema_offers_the_transports_the_registry_knows(chart):
+    """A transport added to app/transports/registry.py is added to the chart's choices too."""
+    config = chart.schema["properties"]["config"]["properties"]
+    names = {spec.name for spec in BUILT_IN}
+    for level in ("APP_QOS0_TRANSPORT", "APP_QOS1_TRANSPORT", "APP_QOS2_TRANSPORT"):
+        assert {n for n in config[level]["enum"] if n} == names, level
+    override = config["APP_QOS_OVERRIDES"]["additionalProperties"]["properties"]["transport"]
+    assert set(override["enum"]) == names
 
 
 def test_schema_covers_every_value():

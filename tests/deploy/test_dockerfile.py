@@ -80,8 +80,9 @@ def test_dependencies_are_installed_in_a_layer_before_the_source():
     copy_index = [i for i, (kw, rest) in enumerate(steps) if kw == "COPY"]
     deps = next(i for i, (kw, rest) in enumerate(steps) if kw == "RUN" and "--requirement" in rest)
     source = next(i for i, (kw, rest) in enumerate(steps) if kw == "COPY" and "app" in rest)
-    assert steps[copy_index[0]] == ("COPY", "pyproject.toml ./")
+    assert steps[copy_index[0]] == ("COPY", "pyproject.toml constraints.txt ./")
     assert copy_index[0] < deps < source
+    assert "--constraint constraints.txt" in steps[deps][1], "the image installs the pins"
     installs = [rest for kw, rest in steps if kw == "RUN" and "pip install" in rest]
     assert any("--no-deps ." in rest for rest in installs)
     assert not any("embedded" in rest for rest in installs), "the image uses an external NATS"
@@ -117,7 +118,7 @@ def test_dockerignore_sends_only_what_the_build_copies():
         if line and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!app/"} <= set(lines)
+    assert {"!pyproject.toml", "!constraints.txt", "!README.md", "!app/"} <= set(lines)
 
 
 def healthcheck_argv() -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from app.services import services_of
 from app.testing import NatsServer, running_app
 from tests.discovery.conftest import OTHER_SERVICE, TTL
 
@@ -33,7 +34,7 @@ async def test_nodes_lists_every_live_node_and_filters_by_service(nats_server, s
         running_app(settings_for(**base, service_name=OTHER_SERVICE)) as (app_b, _),
         httpx.AsyncClient(base_url=url_a) as client,
     ):
-        b_id = app_b.state.discovery.self_info.node_id
+        b_id = services_of(app_b).discovery.self_info.node_id
         body = (await client.get("/nodes")).json()
         assert {node["node_id"] for node in body["nodes"]} >= {body["self"], b_id}
         mine = next(node for node in body["nodes"] if node["node_id"] == body["self"])
@@ -61,11 +62,11 @@ async def test_event_stream_delivers_joins_and_leaves(nats_server: NatsServer, s
         events = sse_events(response)
         first = await anext(events)
         assert first == ("joined", first[1])
-        assert first[1]["node"]["node_id"] == app_a.state.discovery.self_info.node_id
+        assert first[1]["node"]["node_id"] == services_of(app_a).discovery.self_info.node_id
         assert first[1]["reason"] is None
 
         async with running_app(settings_for(**base)) as (app_b, _):
-            b_id = app_b.state.discovery.self_info.node_id
+            b_id = services_of(app_b).discovery.self_info.node_id
             kind, data = await asyncio.wait_for(anext(events), timeout=2)
             assert (kind, data["node"]["node_id"]) == ("joined", b_id)
         kind, data = await asyncio.wait_for(anext(events), timeout=2)

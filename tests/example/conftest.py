@@ -3,6 +3,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from app.services import services_of
 from app.testing import running_app
 
 
@@ -13,7 +14,7 @@ class Shop:
 
     @property
     def js(self):
-        return self.app.state.brokers.js
+        return services_of(self.app).brokers.js
 
 
 @pytest.fixture

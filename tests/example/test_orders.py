@@ -9,6 +9,7 @@ from nats.js.api import DiscardPolicy
 
 from app.example.messages import PaymentCaptured
 from app.messages import encode
+from app.services import services_of
 from app.testing import eventually
 
 ORDER = {"sku": "book-1", "quantity": 2}
@@ -187,7 +188,7 @@ async def _paid(shop, order_id: str, amount: int) -> bool:
 
 async def test_broker_down_is_503_with_retry_after_quickly(shop, nats_server):
     nats_server.kill()
-    await eventually(lambda: not shop.app.state.brokers.nc.is_connected)
+    await eventually(lambda: not services_of(shop.app).brokers.nc.is_connected)
     started = time.monotonic()
     response = await shop.client.post("/orders", json=ORDER)
     assert response.status_code == 503

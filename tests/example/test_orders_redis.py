@@ -10,6 +10,7 @@ import pytest
 
 from app.example.messages import PaymentCaptured
 from app.messages import encode
+from app.services import services_of
 from app.testing import eventually, running_app
 from tests.example.test_orders import ORDER, _is, _paid
 
@@ -23,7 +24,7 @@ class RedisShop:
 
     @property
     def redis(self):
-        return self.app.state.brokers.redis
+        return services_of(self.app).brokers.redis
 
 
 @pytest.fixture

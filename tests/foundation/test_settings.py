@@ -78,7 +78,3 @@ def test_secret_values_are_not_echoed_in_errors():
 def test_nats_url_list_is_split():
     settings = Settings.model_validate({"nats_url": "nats://a:4222, nats://b:4222"})
     assert settings.nats_servers == ["nats://a:4222", "nats://b:4222"]
-
-
-def test_heartbeat_defaults_to_a_third_of_the_ttl():
-    assert Settings.model_validate({"node_ttl": 9}).heartbeat_seconds == 3

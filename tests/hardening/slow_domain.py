@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from app.brokers import Brokers
 from app.bus import Bus
 from app.messages import Message
+from app.services import services_of
 from app.settings import Settings
 
 router = APIRouter()
@@ -32,7 +33,7 @@ class JobRequest(BaseModel):
 
 @router.post("/jobs", status_code=202)
 async def submit(job: JobRequest, request: Request) -> dict[str, Any]:
-    await request.app.state.bus.publish(SlowJob(n=job.n, seconds=job.seconds))
+    await services_of(request.app).bus.publish(SlowJob(n=job.n, seconds=job.seconds))
     return {"n": job.n}
 
 

@@ -6,6 +6,7 @@ import httpx
 import nats
 import pytest
 
+from app.services import services_of
 from app.testing import eventually, running_app
 
 ORDER = {"sku": "book-1", "quantity": 1}
@@ -64,7 +65,9 @@ async def test_an_order_refused_while_the_broker_is_away_never_appears(
     response = await answer
     assert response.status_code == 503, response.text
 
-    await eventually(lambda: app.state.brokers.nc.is_connected, timeout=15, message="reconnected")
+    await eventually(
+        lambda: services_of(app).brokers.nc.is_connected, timeout=15, message="reconnected"
+    )
     await asyncio.sleep(2)  # what was buffered would be flushed and handled by now
     assert await stored_events(nats_server) == before
     records = await order_records(nats_server)

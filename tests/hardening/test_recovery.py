@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app import supervision
+from app.services import services_of
 from app.supervision import Supervision
 from app.testing import eventually, running_app
 
@@ -50,18 +51,18 @@ async def test_a_connection_closed_by_a_protocol_error_is_built_again(instance):
     instance builds its connection, bus, consumers, KV stores and discovery again."""
     app, client = instance
     await handled(client, 1)
-    old = app.state.brokers.nc
+    old = services_of(app).brokers.nc
     over = old.max_payload + 1
     await old._send_command(f"PUB qosmesh.hostile {over}\r\n".encode() + b"x" * over + b"\r\n")
     await old._flush_pending()
     await eventually(lambda: old.is_closed, message="the old connection closed for good")
     took = await eventually(lambda: ready(client), timeout=10, message="ready again")
-    assert app.state.brokers.nc is not old
-    assert app.state.brokers.nc.is_connected
+    assert services_of(app).brokers.nc is not old
+    assert services_of(app).brokers.nc.is_connected
     assert (await client.get("/healthz")).status_code == 200
     await handled(client, 2)  # publish and consume on the new connection
     nodes = (await client.get("/nodes")).json()
-    assert app.state.discovery.self_info.node_id in str(nodes)
+    assert services_of(app).discovery.self_info.node_id in str(nodes)
     assert took < 10
 
 
@@ -84,13 +85,17 @@ async def _not_ready(client: httpx.AsyncClient) -> bool:
 
 async def test_a_supervised_task_that_died_triggers_a_rebuild(instance):
     app, client = instance
-    old_bus = app.state.bus
+    services = services_of(app)
+    old = services.runtime
+    assert services.supervision is not None
+    assert services.supervisor is not None
+    supervisor = services.supervisor
 
     async def crash() -> None:
         raise RuntimeError("a consumer loop hit a bug")
 
-    app.state.supervision.start(crash(), "consume doomed")
-    await eventually(lambda: app.state.bus is not old_bus, message="the parts built again")
+    services.supervision.start(crash(), "consume doomed")
+    await eventually(lambda: supervisor.current not in (None, old), message="the parts built again")
     await eventually(lambda: ready(client), message="ready again")
     assert (await client.get("/healthz")).status_code == 200
     await handled(client, 3)
@@ -119,12 +124,15 @@ async def test_healthz_fails_for_a_dead_task_nothing_started_again(instance, mon
     period, liveness fails with the task's name, so Kubernetes restarts the pod."""
     app, client = instance
     monkeypatch.setattr(supervision, "HEALTH_GRACE", 0.3)
-    app.state.supervisor.hold()
+    services = services_of(app)
+    assert services.supervision is not None
+    assert services.supervisor is not None
+    services.supervisor.hold()
 
     async def crash() -> None:
         raise RuntimeError("a loop hit a bug")
 
-    app.state.supervision.start(crash(), "consume doomed")
+    services.supervision.start(crash(), "consume doomed")
     await asyncio.sleep(0.1)
     assert (await client.get("/healthz")).status_code == 200  # within the grace period
 

@@ -3,7 +3,9 @@ the measurements go to the SDK instrument."""
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
-from app.telemetry import Histogram, record_zeros
+from app.messages import DeadLetterReason
+from app.observability.instruments import Histogram, record_zeros
+from app.transports.consuming import Verdict
 
 BOUNDS = (0.01, 0.1, 1.0)
 
@@ -47,3 +49,35 @@ def test_without_local_readers_the_sdk_instrument_gets_every_measurement(metrics
     assert histogram.metric() is None  # nothing was kept locally
     (point,) = points(metrics, "qosmesh.test.sdk")
     assert (point.count, list(point.bucket_counts)) == (2, [0, 1, 1, 0])
+
+
+def series_of(metrics, name: str, **attributes: object) -> list[dict[str, object]]:
+    data = metrics._reader.get_metrics_data()
+    return [
+        dict(point.attributes or {})
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+        if all((point.attributes or {}).get(k) == v for k, v in attributes.items())
+    ]
+
+
+def test_every_dead_letter_reason_and_settled_outcome_is_on_record_from_the_start(metrics):
+    """An absent series breaks rates and alerts: each reason a message can be dead-lettered
+    for, and each way a delivery is settled, is reported at zero before any happens."""
+    record_zeros([("nats", "svc.zeros", 1)])
+    reasons = {
+        s["reason"] for s in series_of(metrics, "qosmesh.dead_letters", destination="svc.zeros")
+    }
+    assert reasons == set(DeadLetterReason)
+    outcomes = {
+        s["outcome"]
+        for s in series_of(
+            metrics,
+            "messaging.client.consumed.messages",
+            **{"messaging.destination.name": "svc.zeros"},
+        )
+    }
+    assert {verdict for verdict in Verdict if verdict is not Verdict.BUSY} <= outcomes

@@ -8,7 +8,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from app.bus import Bus
-from app.idempotency import MemoryIdempotencyStore
+from app.claims import MemoryClaimStore
 from app.logs import JsonFormatter
 from app.settings import Settings
 from app.testing import eventually
@@ -19,7 +19,7 @@ from tests.transports.conftest import Ping
 def memory_bus() -> Bus:
     settings = Settings.model_validate({"qos1_transport": "memory", "service_name": "svc"})
     transport = MemoryTransport(settings)
-    return Bus(settings, {"memory": transport}, {"memory": MemoryIdempotencyStore(60)}, "i1")
+    return Bus(settings, {"memory": transport}, {"memory": MemoryClaimStore(60)}, "i1")
 
 
 async def test_consumer_span_is_a_child_of_the_producer_span(spans):

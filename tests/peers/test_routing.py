@@ -12,7 +12,7 @@ import pytest
 
 from app.discovery import MemoryDiscovery, MemoryRegistry, NodeInfo
 from app.discovery.models import now
-from app.peers import NODE_EXTENSION, NoInstanceError, PeerClient, RetryBudget
+from app.peers import NODE_EXTENSION, CallBudget, NoInstanceError, PeerClient
 
 Failure = Callable[[httpx.Request], Exception]
 
@@ -168,7 +168,7 @@ async def test_attempts_are_bounded_and_the_last_error_is_raised(network):
     discovery = await cluster(*(node(f"b{i}") for i in range(5)))
     for i in range(5):
         network.failures[f"b{i}"] = refused
-    budget = RetryBudget(attempts=3)
+    budget = CallBudget(attempts=3)
     async with PeerClient(discovery, transport=network.transport(), budget=budget) as peers:
         with pytest.raises(httpx.ConnectError):
             await peers.get("http://billing/x")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from app.services import services_of
 from app.testing import running_app
 
 
 async def test_the_peers_server_span_joins_the_callers_trace(nats_server, settings_for, spans):
     async with running_app(settings_for(nats_url=nats_server.url, node_ttl=2)) as (app, url):
-        peers = app.state.peers
+        peers = services_of(app).peers
         with trace.get_tracer("test").start_as_current_span("caller work") as work:
             response = await peers.get("http://qosmesh/nodes?service=qosmesh")
         assert response.status_code == 200

@@ -40,7 +40,7 @@ async def running_bus(
     async with AsyncExitStack() as stack:
         brokers = await stack.enter_async_context(open_brokers(settings))
         transports = await build_transports(settings, brokers)
-        bus = Bus(settings, transports.by_name, transports.idempotency, instance)
+        bus = Bus(settings, transports.by_name, transports.claim_stores, instance)
         setup(bus)
         await bus.start()
         try:

@@ -3,7 +3,7 @@
 import pytest
 from nats.aio.msg import Msg
 
-from app.transports.jetstream import _delivery_count
+from app.transports.jetstream.consumer import _delivery_count
 
 V1 = "$JS.ACK.SVC_PING.svc__ping.3.1042.977.1732500000000000000.12"
 V2 = "$JS.ACK._.ACCHASH.SVC_PING.svc__ping.4.1042.977.1732500000000000000.12.token"

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from app.bus import Bus
+from app.dead_letters import DeadLetterStore
 from app.messages import Envelope, QoS, encode
 from app.settings import Settings
 from app.testing import eventually
-from app.transports.base import DeadLetterStore
-from app.transports.redis_dlq import DEDUPE_ID
+from app.transports.registry import register
+from tests.transports import throwaway
 from tests.transports.conftest import Charge, Ping, Running, bus_settings, running_bus
 from tests.transports.test_redis import redis_settings
 
@@ -24,7 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 BROKERS = ["jetstream", "redis"]
 """Transports with a broker: what crosses processes (two instances, a killed consumer)."""
-ALL = ["memory", *BROKERS]
+ALL = ["memory", "throwaway", *BROKERS]
+"""Every transport the in-process contract runs on; `throwaway` is one added from outside
+app/transports (tests/transports/throwaway), to show that a package and a `register` are all
+a new transport takes."""
 
 
 def _settings(request) -> Callable[..., Settings]:
@@ -37,8 +41,10 @@ def _settings(request) -> Callable[..., Settings]:
         make = request.getfixturevalue("redis_settings")
         return lambda **overrides: make(**{"redis_claim_idle": 1, **overrides})
     make = request.getfixturevalue("bus_settings")
-    memory = {"qos1_transport": "memory", "qos2_transport": "memory"}
-    return lambda **overrides: make(**{**memory, **overrides})
+    if request.param == "throwaway":
+        register(throwaway.SPEC)
+    local = {"qos1_transport": request.param, "qos2_transport": request.param}
+    return lambda **overrides: make(**{**local, **overrides})
 
 
 @pytest.fixture(params=BROKERS)
@@ -152,7 +158,7 @@ def fresh_copy(running: Running, message: Charge) -> Envelope:
         headers={**again.headers, "Nats-Msg-Id": f"fresh-{message.message_id}"},
         body=again.body,
         subject=again.subject,
-        extra={DEDUPE_ID: f"fresh-{message.message_id}"},
+        dedupe_id=f"fresh-{message.message_id}",
     )
 
 
@@ -298,7 +304,7 @@ async def test_a_copy_waiting_on_a_busy_claim_is_not_dead_lettered(contract_sett
             headers={**again.headers, "Nats-Msg-Id": "copy-2"},
             body=again.body,
             subject=again.subject,
-            extra={DEDUPE_ID: "copy-2"},
+            dedupe_id="copy-2",
         )
         await transport.publish(copy, QoS.EXACTLY_ONCE)  # a second copy in the stream
         store = transport.dead_letters

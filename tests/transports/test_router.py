@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from app.bus import Bus
+from app.claims import MemoryClaimStore
 from app.errors import ConfigurationError
-from app.idempotency import MemoryIdempotencyStore
 from app.settings import Settings
 from app.testing import eventually
 from app.transports.memory import MemoryTransport
@@ -24,7 +24,7 @@ def memory_bus(**overrides: object) -> tuple[Bus, MemoryTransport]:
         }
     )
     transport = MemoryTransport(settings)
-    bus = Bus(settings, {"memory": transport}, {"memory": MemoryIdempotencyStore(60)}, "i1")
+    bus = Bus(settings, {"memory": transport}, {"memory": MemoryClaimStore(60)}, "i1")
     return bus, transport
 
 

@@ -1,23 +1,19 @@
-"""QoS 1 and 2 on NATS JetStream: persisted, acknowledged, retried, dead-lettered.
+"""The JetStream pull consumer: durable, explicit ack, its own pull requests.
 
-Publishing waits for the stream's PubAck and retries within the budget; every publish carries
-`Nats-Msg-Id` = message id, so a retry after a lost ack is dropped by the broker's dedupe window.
-Consumers are durable pull consumers with explicit ack: ack after the handler returns, nak with
-a growing delay when it raises, term (after a dead-letter copy) when it can never succeed.
+Ack after the handler returns, nak with a growing delay when it raises, term (after a
+dead-letter copy) when it can never succeed. It asks for as many messages as it has free
+handler slots and reads how each request ended from the server's status messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -28,40 +24,27 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 from opentelemetry.metrics import Observation
 
-from app.errors import MessageTooLargeError
-from app.messages import H_ATTEMPT, Envelope, QoS
+from app.messages import DeadLetterReason, Envelope
+from app.observability.instruments import consumer_gaps, watch_pending
 from app.settings import Settings
 from app.supervision import supervised
-from app.telemetry import consumer_gaps, dedupe_hits, sent_series, watch_pending
-from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription
 from app.transports.consuming import (
     NO_RESULT,
     ConsumerMetrics,
     HandlerTasks,
-    Outcome,
     Verdict,
     run_delivery,
     settle,
 )
-from app.transports.deadlines import Deadlines
-from app.transports.jetstream_dlq import JetStreamDeadLetters
-from app.transports.jetstream_streams import ensure_stream, stream_name
-from app.transports.retry import RetryBudget, publish_reliably
+from app.transports.jetstream import SYSTEM
+from app.transports.jetstream.dead_letters import JetStreamDeadLetters
 
 log = logging.getLogger(__name__)
 
-SYSTEM = "nats"
-MSG_ID = "Nats-Msg-Id"
-STREAM_MAX_AGE = 7 * 24 * 3600.0
-RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
 PENDING_REFRESH = 5.0
 PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after a reconnect
 PULL_GRACE = 0.5
@@ -70,154 +53,7 @@ HOLD_ACK_WAITS = 3  # a busy QoS 2 claim goes stale after one ack wait: held pas
 SERVER_MARGIN = 5  # server deliveries beyond APP_MAX_DELIVER, for deliveries lost to crashes
 
 
-class JetStreamTransport:
-    name = "jetstream"
-
-    def __init__(self, nc: NatsClient, js: JetStreamContext, settings: Settings) -> None:
-        self._nc = nc
-        self._js = js
-        self._settings = settings
-        self._budget = RetryBudget.from_settings(settings)
-        self._acks = _AckInbox(nc)
-        self._dlq = JetStreamDeadLetters(nc, js, settings, self.publish)
-        self._streams: dict[str, asyncio.Task[None]] = {}
-        self._subscriptions: list[Subscription] = []
-        self._consumers: list[_Consumer] = []
-
-    def stream_config(self, subject: str) -> StreamConfig:
-        return StreamConfig(
-            name=stream_name(subject),
-            subjects=[subject],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            discard=DiscardPolicy.OLD,
-            num_replicas=self._settings.replicas,
-            duplicate_window=self._settings.duplicate_window,
-            max_age=STREAM_MAX_AGE,
-            allow_direct=True,
-        )
-
-    async def ensure(self, subject: str) -> str:
-        """Make sure the stream for `subject` exists (once per process); return its name."""
-        task = self._streams.get(subject)
-        if task is None or (task.done() and task.exception() is not None):
-            task = asyncio.ensure_future(ensure_stream(self._js, self.stream_config(subject)))
-            self._streams[subject] = task
-        await asyncio.shield(task)
-        return stream_name(subject)
-
-    @property
-    def dead_letters(self) -> JetStreamDeadLetters:
-        return self._dlq
-
-    async def start(self) -> None:
-        await self._dlq.start()
-        for subscription in self._subscriptions:
-            stream = await self.ensure(subscription.subject)
-            consumer = _Consumer(
-                self._nc, self._js, stream, subscription, self._settings, self._dlq
-            )
-            await consumer.start()
-            self._consumers.append(consumer)
-
-    async def subscribe(self, subscription: Subscription) -> None:
-        self._subscriptions.append(subscription)
-
-    async def publish(self, envelope: Envelope, qos: QoS, first: int = 1) -> None:
-        await publish_reliably(
-            envelope,
-            qos,
-            lambda attempt, timeout: self._send(envelope, attempt, timeout),
-            self._budget,
-            RETRYABLE,
-            SYSTEM,
-            first,
-        )
-
-    async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
-        await self.publish(envelope, qos, first=2)
-
-    async def first_attempts(
-        self, envelopes: Sequence[Envelope], qos: QoS, window: int
-    ) -> list[Envelope]:
-        """Back to back, up to `window` PubAcks awaited at once, with no coroutine per message
-        (what `js.publish_async` does); returns the envelopes not confirmed."""
-        for subject in {envelope.subject for envelope in envelopes}:
-            await self._stream_ready(subject)
-        timeout = self._budget.attempt_timeout
-        inflight: deque[tuple[Envelope, str, asyncio.Future[Msg]]] = deque()
-        again: list[Envelope] = []
-        try:
-            for envelope in envelopes:
-                if len(inflight) >= window:
-                    await self._confirm(*inflight.popleft(), qos, again)
-                headers = {MSG_ID: envelope.message_id, **envelope.headers}
-                try:
-                    token, future = await self._acks.send(
-                        envelope.subject, envelope.body, headers, timeout
-                    )
-                except (*RETRYABLE, MessageTooLargeError):  # publish says why, for each
-                    again.append(envelope)
-                    continue
-                inflight.append((envelope, token, future))
-            while inflight:
-                await self._confirm(*inflight.popleft(), qos, again)
-        finally:
-            # Cancelled halfway: the acks still awaited are not waited for any more.
-            for _, token, future in inflight:
-                self._acks.forget(token)
-                future.cancel()
-        return again
-
-    async def _confirm(
-        self,
-        envelope: Envelope,
-        token: str,
-        future: asyncio.Future[Msg],
-        qos: QoS,
-        again: list[Envelope],
-    ) -> None:
-        try:
-            ack = pub_ack(await future)
-        except RETRYABLE:
-            again.append(envelope)
-            return
-        finally:
-            self._acks.forget(token)
-        if "error" in ack:
-            again.append(envelope)
-            return
-        if ack.get("duplicate"):
-            dedupe_hits.add(1, {"side": "publisher"})
-        sent_series(SYSTEM, envelope.subject, qos, "ok").add()
-
-    async def _stream_ready(self, subject: str) -> None:
-        task = self._streams.get(subject)
-        if task is None or not task.done() or task.exception() is not None:
-            await self.ensure(subject)
-
-    async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
-        await self._stream_ready(envelope.subject)
-        headers = {MSG_ID: envelope.message_id, **envelope.headers}
-        if attempt > 1:
-            headers[H_ATTEMPT] = str(attempt)
-        try:
-            ack = await self._acks.request(envelope.subject, envelope.body, headers, timeout)
-        except nats.errors.NoRespondersError:
-            self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
-            raise
-        if "error" in ack:
-            raise nats.js.errors.APIError.from_error(ack["error"])
-        if ack.get("duplicate"):
-            dedupe_hits.add(1, {"side": "publisher"})
-
-    async def stop(self, timeout: float) -> None:
-        await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
-        self._consumers.clear()
-        await self._dlq.stop()
-
-
-class _Consumer:
+class PullConsumer:
     """One durable pull consumer feeding a handler with bounded concurrency.
 
     Pull requests ask for as many messages as there are free handler slots (at least a quarter
@@ -431,9 +267,7 @@ class _Consumer:
             # The server gives more deliveries than the router (a margin for deliveries lost
             # to crashes and outages): the last one ended with no handler result.
             self._running.pop(id(msg), None)
-            await settle(
-                settlement, Outcome(Verdict.DEAD, 0, "max_deliveries", NO_RESULT), self._metrics
-            )
+            await settle(settlement, NO_RESULT, self._metrics)
             return
         if attempt > 1:
             self._metrics.redelivered.add()
@@ -514,7 +348,7 @@ class _Settlement:
 
     __slots__ = ("_attempt", "_consumer", "_envelope", "_msg")
 
-    def __init__(self, consumer: _Consumer, msg: Msg, envelope: Envelope, attempt: int) -> None:
+    def __init__(self, consumer: PullConsumer, msg: Msg, envelope: Envelope, attempt: int) -> None:
         self._consumer = consumer
         self._msg = msg
         self._envelope = envelope
@@ -526,99 +360,8 @@ class _Settlement:
     async def nak(self, delay: float) -> None:
         await _settle(self._msg.nak(delay=delay))
 
-    async def dead_letter(self, reason: str, error: str) -> None:
+    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
         await self._consumer.dead_letter(self._msg, self._envelope, reason, error, self._attempt)
-
-
-class _AckInbox:
-    """Publishes that wait for their PubAck on one wildcard reply subscription.
-
-    What `js.publish` does, without a timer and a random token per message: thousands of
-    concurrent publishes cost little more than `js.publish_async`, and each caller still gets
-    its own ack or error (TimeoutError after `timeout`, NoRespondersError with no stream).
-    """
-
-    def __init__(self, nc: NatsClient) -> None:
-        self._nc = nc
-        self._prefix = ""
-        self._ids = itertools.count()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._ready: asyncio.Task[None] | None = None
-        self._deadlines = Deadlines()
-
-    async def request(
-        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
-    ) -> dict[str, Any]:
-        """The PubAck of one publish: `{}` for a plain success, else the parsed reply."""
-        token, future = await self.send(subject, body, headers, timeout)
-        try:
-            return pub_ack(await future)
-        finally:
-            self.forget(token)
-
-    async def send(
-        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
-    ) -> tuple[str, asyncio.Future[Msg]]:
-        """Publish; the future gets the PubAck, or TimeoutError after `timeout`. The caller
-        calls `forget(token)` once the future is done."""
-        if not self._nc.is_connected:
-            # nats-py would keep the frame in its buffer and send it after a reconnect, maybe
-            # after this publish was reported failed: a message must not land after that.
-            raise nats.errors.ConnectionReconnectingError
-        if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
-            self._ready = asyncio.ensure_future(self._listen())
-        if not self._ready.done():
-            await asyncio.shield(self._ready)
-        token = str(next(self._ids))
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
-        self._deadlines.fail_after(future, timeout, _no_ack)
-        try:
-            await nats_wire.publish(
-                self._nc,
-                subject,
-                body,
-                headers,
-                reply=self._prefix + token,
-                max_headers=nats_wire.JETSTREAM_MAX_HEADERS,
-            )
-        except BaseException:
-            del self._waiting[token]
-            raise
-        return token, future
-
-    def forget(self, token: str) -> None:
-        self._waiting.pop(token, None)
-
-    @property
-    def waiting(self) -> int:
-        """Publishes whose PubAck is still awaited."""
-        return len(self._waiting)
-
-    async def _listen(self) -> None:
-        prefix = f"{self._nc.new_inbox()}."
-        await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
-        self._prefix = prefix
-
-    async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject[len(self._prefix) :])
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-
-def pub_ack(reply: Msg) -> dict[str, Any]:
-    """A PubAck: `{}` for a plain success, else the parsed reply (with `error` or `duplicate`);
-    raises NoRespondersError when no stream took the subject."""
-    if reply.headers and reply.headers.get("Status") == "503":
-        raise nats.errors.NoRespondersError
-    if b'"error"' not in reply.data and b'"duplicate"' not in reply.data:
-        return {}  # {"stream":..., "seq":...}: nothing in it the caller reads
-    result: dict[str, Any] = json.loads(reply.data)
-    return result
-
-
-def _no_ack() -> TimeoutError:
-    return TimeoutError("no PubAck in time")
 
 
 def _stream_seq(msg: Msg) -> int:

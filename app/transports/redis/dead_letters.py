@@ -8,47 +8,37 @@ exactly once even when two consumers race for it. Ids are `rd-<stream entry id>`
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from app.dead_letters import (
+    D_AT,
+    D_CONSUMER,
+    D_DELIVERIES,
+    D_ERROR,
+    D_REASON,
+    D_SUBJECT,
+    DeadLetter,
+    DeadLetterDetail,
+    DeadLetterPage,
+    detail_from,
+)
 from app.errors import DeadLetterNotFoundError
-from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
+from app.messages import H_ID, H_QOS, Envelope, QoS
+from app.observability.instruments import dead_letters
 from app.settings import Settings
-from app.telemetry import dead_letters
-from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage, parse_time
+from app.transports.redis.codec import Fields, envelope_from
 
 log = logging.getLogger(__name__)
 
-BODY = "$body"
-"""The stream field holding the message body; every other field is an envelope header."""
-DEDUPE_ID = "dedupe_id"
-"""Envelope.extra key: the id the publisher dedupes on, when it is not the message id."""
-
-D_REASON = "qm-dlq-reason"
-D_ERROR = "qm-dlq-error"
-D_DELIVERIES = "qm-dlq-deliveries"
-D_SUBJECT = "qm-dlq-subject"
 D_ENTRY = "qm-dlq-entry"
 D_GROUP = "qm-dlq-group"
-D_CONSUMER = "qm-dlq-consumer"
-D_AT = "qm-dlq-at"
 _DLQ_FIELDS = (D_REASON, D_ERROR, D_DELIVERIES, D_SUBJECT, D_ENTRY, D_GROUP, D_CONSUMER, D_AT)
 
 Publish = Callable[[Envelope, QoS], Awaitable[None]]
-Fields = Mapping[bytes, bytes]
-
-
-def envelope_from(fields: Fields, subject: str) -> Envelope:
-    """The envelope kept in a stream entry's fields (headers as fields, body as `$body`)."""
-    headers = {
-        key.decode(errors="replace"): value.decode(errors="replace")
-        for key, value in fields.items()
-        if key != BODY.encode()
-    }
-    return Envelope(headers=headers, body=fields.get(BODY.encode(), b""), subject=subject)
 
 
 class RedisDeadLetters:
@@ -127,19 +117,8 @@ class RedisDeadLetters:
         envelope = envelope_from(fields, "")
         headers = envelope.headers
         stored_at = datetime.fromtimestamp(int(entry.split(b"-")[0]) / 1000, UTC)
-        return DeadLetterDetail(
-            dlq_id=f"{self.prefix}-{entry.decode()}",
-            message_id=headers.get(H_ID, ""),
-            type=headers.get(H_TYPE, ""),
-            subject=headers.get(D_SUBJECT, ""),
-            transport="redis",
-            reason=headers.get(D_REASON, ""),
-            error=headers.get(D_ERROR, ""),
-            deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
-            dead_at=parse_time(headers.get(D_AT)) or stored_at,
-            headers=headers,
-            body=envelope.body.decode("utf-8", errors="replace"),
-        )
+        dlq_id = f"{self.prefix}-{entry.decode()}"
+        return detail_from(dlq_id, "redis", headers, envelope.body, stored_at)
 
     async def list(self, limit: int, cursor: str | None) -> DeadLetterPage:
         total = int(await self._redis.xlen(self.stream))
@@ -171,7 +150,7 @@ class RedisDeadLetters:
         envelope = envelope_from(original, subject)
         message_id = envelope.message_id
         # A fresh publisher dedupe id: the original one may still be inside the window.
-        envelope.extra[DEDUPE_ID] = f"{message_id}-replay-{dlq_id}"
+        envelope.dedupe_id = f"{message_id}-replay-{dlq_id}"
         qos = QoS(int(envelope.headers.get(H_QOS, "1")))
         await self._publish(envelope, qos)
         await self.delete(dlq_id)

@@ -29,6 +29,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.export import Histogram as SdkHistogram
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from app.messages import DeadLetterReason
+
 SCOPE = "qosmesh"
 meter = metrics.get_meter(SCOPE)
 
@@ -231,6 +233,11 @@ qos0_lost = Counter("qosmesh.qos0.lost", unit="{message}", description="QoS 0 pu
 publish_retries = Counter(
     "qosmesh.publish.retries", unit="{attempt}", description="Extra QoS 1+ publish attempts"
 )
+store_retries = Counter(
+    "qosmesh.store.retries",
+    unit="{attempt}",
+    description="Extra attempts of a store operation (KV bucket, Redis key), by operation",
+)
 redeliveries = Counter(
     "qosmesh.redeliveries", unit="{message}", description="Deliveries with a count above 1"
 )
@@ -319,7 +326,7 @@ def record_zeros(destinations: Iterable[tuple[str, str, int]]) -> None:
         if qos == 0:
             qos0_lost.add(0, {"messaging.destination.name": subject})
         redeliveries.add(0, {"messaging.system": system, "destination": subject})
-        for reason in ("max_deliveries", "undecodable", "unknown_version", "unknown_type"):
+        for reason in DeadLetterReason:
             dead_letters.add(
                 0, {"messaging.system": system, "destination": subject, "reason": reason}
             )

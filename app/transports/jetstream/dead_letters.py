@@ -27,14 +27,26 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from app.dead_letters import (
+    D_AT,
+    D_CONSUMER,
+    D_DELIVERIES,
+    D_ERROR,
+    D_REASON,
+    D_STUB,
+    D_SUBJECT,
+    DeadLetter,
+    DeadLetterDetail,
+    DeadLetterPage,
+    detail_from,
+)
 from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
-from app.messages import H_ID, H_QOS, H_TYPE, Envelope, QoS
+from app.messages import H_ID, H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
+from app.observability.instruments import dead_letters
 from app.settings import Settings
 from app.supervision import supervised
-from app.telemetry import dead_letters
 from app.transports import nats_wire
-from app.transports.base import DeadLetter, DeadLetterDetail, DeadLetterPage, parse_time
-from app.transports.jetstream_streams import ensure_stream
+from app.transports.jetstream.streams import ensure_stream
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +55,8 @@ ADVISORY_SUBJECTS = [
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
     "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.>",
 ]
-D_REASON = "qm-dlq-reason"
-D_ERROR = "qm-dlq-error"
-D_DELIVERIES = "qm-dlq-deliveries"
-D_SUBJECT = "qm-dlq-subject"
 D_STREAM = "qm-dlq-stream"
 D_SEQ = "qm-dlq-seq"
-D_CONSUMER = "qm-dlq-consumer"
-D_AT = "qm-dlq-at"
-D_STUB = "qm-dlq-stub"
 D_SIZE = "qm-dlq-size"
 ORIG_MSG_ID = "qm-orig-msg-id"
 _DLQ_HEADERS = (
@@ -224,7 +229,7 @@ class JetStreamDeadLetters:
                 stream=stream,
                 seq=seq,
                 consumer=str(advisory.get("consumer", "")),
-                reason="max_deliveries",
+                reason=DeadLetterReason.MAX_DELIVERIES,
                 error=f"copy failed {ADVISORY_MAX_DELIVER} times: {cause}",
                 deliveries=int(str(advisory.get("deliveries", 0))),
                 stub=True,
@@ -253,7 +258,7 @@ class JetStreamDeadLetters:
             stream=stream,
             seq=seq,
             consumer=consumer,
-            reason="terminated" if terminated else "max_deliveries",
+            reason=DeadLetterReason.TERMINATED if terminated else DeadLetterReason.MAX_DELIVERIES,
             error="terminated by a consumer"
             if terminated
             else "delivery limit reached with no handler result (consumer died or timed out)",
@@ -278,20 +283,7 @@ class JetStreamDeadLetters:
 
     async def _fetch(self, seq: int) -> DeadLetterDetail:
         headers, body, stored_at = await self._raw(seq)
-        return DeadLetterDetail(
-            dlq_id=f"{self.prefix}-{seq}",
-            message_id=headers.get(H_ID, ""),
-            type=headers.get(H_TYPE, ""),
-            subject=headers.get(D_SUBJECT, ""),
-            transport="jetstream",
-            reason=headers.get(D_REASON, ""),
-            error=headers.get(D_ERROR, ""),
-            deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
-            dead_at=parse_time(headers.get(D_AT)) or stored_at or datetime.now(UTC),
-            stub=headers.get(D_STUB) == "true",
-            headers=headers,
-            body=body.decode("utf-8", errors="replace"),
-        )
+        return detail_from(f"{self.prefix}-{seq}", "jetstream", headers, body, stored_at)
 
     async def list(self, limit: int, cursor: str | None) -> DeadLetterPage:
         info = await self._js.stream_info(self.stream)

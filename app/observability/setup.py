@@ -34,8 +34,8 @@ from opentelemetry.sdk.trace.export import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
+from app.observability.instruments import LocalHistogramsReader, keep_histograms_locally
 from app.settings import Settings
-from app.telemetry import LocalHistogramsReader, keep_histograms_locally
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from app.kv import open_bucket, retrying, safe_key
+from app.retries import RetryBudget
 from app.settings import Settings
-from app.transports.retry import RetryBudget
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class KeyedRequest(BaseModel):
@@ -90,3 +93,55 @@ class IdempotencyKeys:
         done = record.model_copy(update={"status": status, "response": body})
         value, kv_key = done.model_dump_json().encode(), self._key(scope, key)
         await retrying(lambda: self._kv.put(kv_key, value), self._budget, "key answer")
+
+    async def command(
+        self, scope: str, key: str | None, fp: str, plan: dict[str, str]
+    ) -> KeyedCommand:
+        """One command under `key` (None: the client sent none, so nothing is remembered)."""
+        record = await self.begin(scope, key, fp, plan) if key is not None else None
+        return KeyedCommand(self, scope, key, record, plan)
+
+
+class KeyedCommand:
+    """A command endpoint's view of its Idempotency-Key: the plan to carry out (the ids the
+    first try chose), the stored answer when an earlier try finished, and `answer` to store
+    this try's.
+
+        command = await keys.command("POST /orders", key, fingerprint(body), plan)
+        if command.replay is not None:
+            return command.replay
+        ...
+        return await command.answer(202, accepted)
+    """
+
+    __slots__ = ("_key", "_keys", "_record", "_scope", "plan")
+
+    def __init__(
+        self,
+        keys: IdempotencyKeys,
+        scope: str,
+        key: str | None,
+        record: KeyedRequest | None,
+        plan: dict[str, str],
+    ) -> None:
+        self._keys, self._scope, self._key, self._record = keys, scope, key, record
+        self.plan = record.plan if record is not None else plan
+
+    @property
+    def keyed(self) -> bool:
+        """Whether a key was given: a retry can come, and will carry out this plan again."""
+        return self._record is not None
+
+    @property
+    def replay(self) -> JSONResponse | None:
+        """The earlier try's answer, when there was one that finished."""
+        record = self._record
+        if record is None or not record.answered:
+            return None
+        return JSONResponse(record.response, status_code=record.status or 200)
+
+    async def answer(self, status: int, body: M) -> M:
+        """Remember `body` as the answer to every repeat of this request; return it."""
+        if self._record is not None and self._key is not None:
+            await self._keys.finish(self._scope, self._key, self._record, status, body.model_dump())
+        return body

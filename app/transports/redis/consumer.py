@@ -17,20 +17,22 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from app.messages import DeadLetterReason
+from app.retries import backoff
 from app.settings import Settings
 from app.supervision import supervised
-from app.transports.base import Delivery, Subscription, backoff
+from app.transports.base import Delivery, Subscription
 from app.transports.batching import Batcher
 from app.transports.consuming import (
     NO_RESULT,
     ConsumerMetrics,
     HandlerTasks,
-    Outcome,
     Verdict,
     run_delivery,
     settle,
 )
-from app.transports.redis_dlq import Fields, RedisDeadLetters, envelope_from
+from app.transports.redis.codec import Fields, envelope_from
+from app.transports.redis.dead_letters import RedisDeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,6 @@ class RedisConsumer:
         self._next_sweep = 0.0
         self._recreated_at = 0.0
         self._acks: Batcher[bytes, None] = Batcher(self._flush_acks, size=256, parallel=2)
-        self.groups_recreated = 0
-        self.trimmed = 0
         self._metrics = ConsumerMetrics(SYSTEM, subscription.subject, subscription.qos, self.key)
 
     async def start(self) -> None:
@@ -141,7 +141,6 @@ class RedisConsumer:
         self._recreated_at = time.monotonic()
         start = self._last_id if self._last_id != b"0-0" else ("$" if self.broadcast else "0")
         await self._create_group(start)
-        self.groups_recreated += 1
         log.warning("consumer group %s on %s was missing: created again", self.group, self.key)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -218,7 +217,6 @@ class RedisConsumer:
         if deleted:
             # Counted before the XACK: once the server has dropped them, a reader of the pending
             # list must already see them in the counter.
-            self.trimmed += len(deleted)
             self._metrics.consumed["trimmed"].add(len(deleted))
             await self._redis.xack(self.key, self.group, *deleted)
             log.warning(
@@ -259,7 +257,6 @@ class RedisConsumer:
                 self._spawn(entry_id, fields, int(reply[1]))
             elif state == _TRIMMED:
                 # Trimmed while it waited for its retry: nobody can deliver it any more.
-                self.trimmed += 1
                 self._metrics.consumed["trimmed"].add(1)
                 await self._redis.xack(self.key, self.group, entry_id)
             # else: settled meanwhile, or another member reclaimed it: theirs now.
@@ -273,9 +270,7 @@ class RedisConsumer:
         if attempt > max_deliver:
             self._running.pop(entry_id, None)
             settlement.deliveries = attempt - 1
-            await settle(
-                settlement, Outcome(Verdict.DEAD, 0, "max_deliveries", NO_RESULT), self._metrics
-            )
+            await settle(settlement, NO_RESULT, self._metrics)
             return
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
@@ -391,7 +386,7 @@ class _Settlement:
     async def nak(self, delay: float) -> None:
         self._consumer.retry_later(self._entry_id, delay)
 
-    async def dead_letter(self, reason: str, error: str) -> None:
+    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
         await self._consumer.dead_letter(
             self._entry_id, self._fields, reason, error, self.deliveries
         )

@@ -1,0 +1,186 @@
+"""QoS 1 and 2 on NATS JetStream: persisted, acknowledged, retried, dead-lettered.
+
+Publishing waits for the stream's PubAck (acks.py) and retries within the budget; every publish
+carries `Nats-Msg-Id` = message id, so a retry after a lost ack is dropped by the broker's
+dedupe window. Consumers are durable pull consumers with explicit ack (consumer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from app.errors import MessageTooLargeError
+from app.messages import Envelope, QoS
+from app.observability.instruments import dedupe_hits, sent_series
+from app.retries import RetryBudget
+from app.settings import Settings
+from app.transports.base import Subscription
+from app.transports.jetstream import SYSTEM
+from app.transports.jetstream.acks import AckInbox, pub_ack
+from app.transports.jetstream.consumer import PullConsumer
+from app.transports.jetstream.dead_letters import JetStreamDeadLetters
+from app.transports.jetstream.streams import ensure_stream, stream_name
+from app.transports.retry import publish_reliably
+
+MSG_ID = "Nats-Msg-Id"
+STREAM_MAX_AGE = 7 * 24 * 3600.0
+RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
+
+
+class JetStreamTransport:
+    name = "jetstream"
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext, settings: Settings) -> None:
+        self._nc = nc
+        self._js = js
+        self._settings = settings
+        self._budget = RetryBudget.from_settings(settings)
+        self._acks = AckInbox(nc)
+        self._dlq = JetStreamDeadLetters(nc, js, settings, self.publish)
+        self._streams: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: list[Subscription] = []
+        self._consumers: list[PullConsumer] = []
+
+    def stream_config(self, subject: str) -> StreamConfig:
+        return StreamConfig(
+            name=stream_name(subject),
+            subjects=[subject],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=self._settings.replicas,
+            duplicate_window=self._settings.duplicate_window,
+            max_age=STREAM_MAX_AGE,
+            allow_direct=True,
+        )
+
+    async def ensure(self, subject: str) -> str:
+        """Make sure the stream for `subject` exists (once per process); return its name."""
+        task = self._streams.get(subject)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(ensure_stream(self._js, self.stream_config(subject)))
+            self._streams[subject] = task
+        await asyncio.shield(task)
+        return stream_name(subject)
+
+    @property
+    def dead_letters(self) -> JetStreamDeadLetters:
+        return self._dlq
+
+    async def start(self) -> None:
+        await self._dlq.start()
+        for subscription in self._subscriptions:
+            stream = await self.ensure(subscription.subject)
+            consumer = PullConsumer(
+                self._nc, self._js, stream, subscription, self._settings, self._dlq
+            )
+            await consumer.start()
+            self._consumers.append(consumer)
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.append(subscription)
+
+    async def publish(self, envelope: Envelope, qos: QoS, first: int = 1) -> None:
+        await publish_reliably(
+            envelope,
+            qos,
+            lambda attempt, timeout: self._send(envelope, attempt, timeout),
+            self._budget,
+            RETRYABLE,
+            SYSTEM,
+            first,
+        )
+
+    async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
+        await self.publish(envelope, qos, first=2)
+
+    async def first_attempts(
+        self, envelopes: Sequence[Envelope], qos: QoS, window: int
+    ) -> list[Envelope]:
+        """Back to back, up to `window` PubAcks awaited at once, with no coroutine per message
+        (what `js.publish_async` does); returns the envelopes not confirmed."""
+        for subject in {envelope.subject for envelope in envelopes}:
+            await self._stream_ready(subject)
+        timeout = self._budget.attempt_timeout
+        inflight: deque[tuple[Envelope, str, asyncio.Future[Msg]]] = deque()
+        again: list[Envelope] = []
+        try:
+            for envelope in envelopes:
+                if len(inflight) >= window:
+                    await self._confirm(*inflight.popleft(), qos, again)
+                headers = {MSG_ID: envelope.message_id, **envelope.headers}
+                try:
+                    token, future = await self._acks.send(
+                        envelope.subject, envelope.body, headers, timeout
+                    )
+                except (*RETRYABLE, MessageTooLargeError):  # publish says why, for each
+                    again.append(envelope)
+                    continue
+                inflight.append((envelope, token, future))
+            while inflight:
+                await self._confirm(*inflight.popleft(), qos, again)
+        finally:
+            # Cancelled halfway: the acks still awaited are not waited for any more.
+            for _, token, future in inflight:
+                self._acks.forget(token)
+                future.cancel()
+        return again
+
+    async def _confirm(
+        self,
+        envelope: Envelope,
+        token: str,
+        future: asyncio.Future[Msg],
+        qos: QoS,
+        again: list[Envelope],
+    ) -> None:
+        try:
+            ack = pub_ack(await future)
+        except RETRYABLE:
+            again.append(envelope)
+            return
+        finally:
+            self._acks.forget(token)
+        if "error" in ack:
+            again.append(envelope)
+            return
+        if ack.get("duplicate"):
+            dedupe_hits.add(1, {"side": "publisher"})
+        sent_series(SYSTEM, envelope.subject, qos, "ok").add()
+
+    async def _stream_ready(self, subject: str) -> None:
+        task = self._streams.get(subject)
+        if task is None or not task.done() or task.exception() is not None:
+            await self.ensure(subject)
+
+    async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
+        await self._stream_ready(envelope.subject)
+        headers = {MSG_ID: envelope.message_id, **envelope.headers}
+        try:
+            ack = await self._acks.request(envelope.subject, envelope.body, headers, timeout)
+        except nats.errors.NoRespondersError:
+            self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
+            raise
+        if "error" in ack:
+            raise nats.js.errors.APIError.from_error(ack["error"])
+        if ack.get("duplicate"):
+            dedupe_hits.add(1, {"side": "publisher"})
+
+    async def stop(self, timeout: float) -> None:
+        await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
+        self._consumers.clear()
+        await self._dlq.stop()
