@@ -1,0 +1,177 @@
+"""The nemesis's plan: a seeded schedule of faults, drawn before anything runs.
+
+A fault hits one lane (an instance with its network, the NATS broker or one cluster node at a
+time, Valkey); faults on one lane never overlap, faults on different lanes may, and `cover`
+schedules make sure at least two do. The same seed gives the same schedule.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Variant = Literal["jetstream", "redis", "cluster"]
+VARIANTS: tuple[Variant, ...] = ("jetstream", "redis", "cluster")
+
+INSTANCE_KINDS = ("instance-kill", "instance-pause", "instance-drain")
+NETWORK_KINDS = ("net-cut", "net-oneway", "net-latency")
+BROKER_KINDS = ("broker-kill", "broker-restart", "broker-pause")
+VALKEY_KINDS = ("valkey-kill", "valkey-restart", "valkey-pause")
+
+
+def kinds_of(variant: Variant) -> tuple[str, ...]:
+    """Every fault kind that applies to `variant`."""
+    kinds = INSTANCE_KINDS + NETWORK_KINDS + BROKER_KINDS
+    return kinds + VALKEY_KINDS if variant == "redis" else kinds
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """`kind` hits `target` at `at` seconds into the run, and is healed `duration` later.
+
+    Targets: `i<k>` (instance k; network kinds cut its links to the brokers), `nats` (the one
+    nats-server), `n<k>` or `leader` (a cluster node; the leader of the orders stream is looked
+    up when the fault starts), `valkey`. `detail` is the direction of a one-way loss
+    (`up`: instance to broker, `down`: back) or the added latency in seconds.
+    """
+
+    at: float
+    kind: str
+    target: str
+    duration: float
+    detail: str = ""
+
+    @property
+    def end(self) -> float:
+        return self.at + self.duration
+
+    @property
+    def lane(self) -> str:
+        if self.target.startswith("i"):
+            return self.target
+        return "valkey" if self.target == "valkey" else "broker"
+
+    def describe(self) -> str:
+        detail = f" {self.detail}" if self.detail else ""
+        return f"{self.at:5.1f}s {self.kind} {self.target}{detail} for {self.duration:.1f}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    seed: int
+    variant: Variant
+    window: float
+    instances: int
+    faults: tuple[Fault, ...]
+
+    def overlaps(self) -> int:
+        """How many pairs of faults are active at the same time."""
+        faults = self.faults
+        return sum(
+            1
+            for i, a in enumerate(faults)
+            for b in faults[i + 1 :]
+            if a.at < b.end and b.at < a.end
+        )
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "seed": self.seed,
+            "variant": self.variant,
+            "window": self.window,
+            "instances": self.instances,
+            "faults": [asdict(fault) for fault in self.faults],
+        }
+
+
+def plan(
+    seed: int,
+    variant: Variant,
+    window: float,
+    *,
+    instances: int = 3,
+    ack_wait: float = 2.0,
+    cover: bool = True,
+) -> Schedule:
+    """The faults of one run. `cover`: every kind of the variant once, in a random order and
+    at random moments; otherwise kinds drawn at random until the window is full."""
+    rng = random.Random(f"{seed}/{variant}")  # noqa: S311 (seeded on purpose: replayable)
+    kinds = list(kinds_of(variant))
+    if cover:
+        rng.shuffle(kinds)
+    else:
+        kinds = [rng.choice(kinds) for _ in range(int(window / 2))]
+    free: dict[str, float] = {}
+    faults: list[Fault] = []
+    for kind in kinds:
+        fault = _draw(rng, kind, variant, instances, ack_wait, window)
+        if cover and variant == "cluster" and kind == "broker-kill":
+            fault = Fault(fault.at, kind, "leader", fault.duration)  # the leader, every time
+        start = max(fault.at, free.get(fault.lane, 0.0))
+        if start + fault.duration > window:
+            if not cover:
+                continue
+            start = free.get(fault.lane, 0.0)  # every kind runs, if need be past the window
+        fault = _moved(fault, start)
+        free[fault.lane] = fault.end + rng.uniform(0.5, 1.5)
+        faults.append(fault)
+    faults.sort(key=lambda fault: fault.at)
+    schedule = Schedule(seed, variant, window, instances, tuple(faults))
+    if cover and schedule.overlaps() == 0 and len(faults) > 1:
+        schedule = _force_overlap(schedule)
+    return schedule
+
+
+def _draw(
+    rng: random.Random, kind: str, variant: Variant, instances: int, ack_wait: float, window: float
+) -> Fault:
+    detail = ""
+    if kind.startswith(("instance", "net")):
+        target = f"i{rng.randrange(instances)}"
+    elif kind.startswith("valkey"):
+        target = "valkey"
+    elif variant == "cluster":
+        target = rng.choice(["leader", "leader", "n0", "n1", "n2"])
+    else:
+        target = "nats"
+    if kind.endswith("pause"):
+        duration = ack_wait + rng.uniform(0.5, 1.5)  # past the ack wait: redelivery elsewhere
+    elif kind.endswith("kill"):
+        duration = rng.uniform(1.0, 3.0)  # down for this long, then started again
+    elif kind.endswith(("restart", "drain")):
+        duration = 0.5  # stopped gracefully and started at once
+    elif kind == "net-latency":
+        delay = rng.uniform(1.2, 2.0)  # each way: the round trip outlasts the ack timeouts
+        detail, duration = f"{delay:.2f}", rng.uniform(3.0, 5.0)
+    elif kind == "net-oneway":
+        detail, duration = rng.choice(["up", "down"]), rng.uniform(1.5, 3.0)
+    else:
+        duration = rng.uniform(1.5, 4.0)
+    at = rng.uniform(0.5, max(0.5, window - duration))
+    return Fault(round(at, 2), kind, target, round(duration, 2), detail)
+
+
+def _moved(fault: Fault, at: float) -> Fault:
+    return Fault(round(at, 2), fault.kind, fault.target, fault.duration, fault.detail)
+
+
+def _force_overlap(schedule: Schedule) -> Schedule:
+    """Move a fault of another lane to start inside the first one, where its lane is free."""
+    faults = list(schedule.faults)
+    first = faults[0]
+    start = first.at + min(0.3, first.duration / 2)
+    for index, other in enumerate(faults):
+        if other.lane == first.lane:
+            continue
+        moved = _moved(other, start)
+        if all(
+            f is other or f.lane != other.lane or f.end <= moved.at or f.at >= moved.end
+            for f in faults
+        ):
+            faults[index] = moved
+            break
+    faults.sort(key=lambda fault: fault.at)
+    return Schedule(
+        schedule.seed, schedule.variant, schedule.window, schedule.instances, tuple(faults)
+    )
