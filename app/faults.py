@@ -1,17 +1,58 @@
-"""Network faults for tests: a TCP proxy on loopback that a test can cut, silence or black-hole.
+"""Faults for tests: a frozen process, and a TCP proxy on loopback a test can cut, silence or
+black-hole.
 
 A client pointed at the proxy meets what a real network does to it: a broker that went away
 (connections closed, new ones refused), a link that carries nothing for a while (bytes
-swallowed, the socket still open), or replies lost in one direction.
+swallowed, the socket still open), replies lost in one direction, or a slow link (every byte
+delivered late, in order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
+from pathlib import Path
 
 from app.embedded import free_port
+
+
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP `pid` and return once every one of its threads has stopped.
+
+    The signal stops a process lazily: each thread stops when it next runs, which on a loaded
+    machine can be milliseconds after `kill` returns, time enough for a broker to answer a
+    burst of requests a test sent to a server it believes frozen.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    if not sys.platform.startswith("linux"):
+        return  # no /proc to ask: the signal is all there is
+    deadline = time.monotonic() + timeout
+    while not _stopped(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} had threads running {timeout}s after SIGSTOP")
+        time.sleep(0.0005)
+
+
+def thaw(pid: int) -> None:
+    """SIGCONT: the frozen process runs again."""
+    os.kill(pid, signal.SIGCONT)
+
+
+def _stopped(pid: int) -> bool:
+    tasks = Path(f"/proc/{pid}/task")
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue  # the thread ended
+        state = stat.rsplit(")", 1)[1].split()[0]  # the name in parentheses may hold spaces
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
 
 
 class TcpProxy:
@@ -25,6 +66,7 @@ class TcpProxy:
         self._refuse_until = 0.0
         self.swallow_up = False  # client -> server bytes are dropped
         self.swallow_down = False  # server -> client bytes are dropped
+        self.delay = 0.0  # seconds each chunk is held before it is passed on, both ways
 
     @property
     def url(self) -> str:
@@ -74,10 +116,30 @@ class TcpProxy:
     async def _pump(
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, up: bool
     ) -> None:
+        late: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        courier: asyncio.Task[None] | None = None
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await source.read(65536):
                 if self.swallow_up if up else self.swallow_down:
                     continue
+                if self.delay or (courier is not None and not courier.done()):
+                    # Late, and behind whatever is still held: bytes never overtake.
+                    late.put_nowait((time.monotonic() + self.delay, data))
+                    if courier is None or courier.done():
+                        courier = asyncio.create_task(_deliver(late, sink))
+                    continue
                 sink.write(data)
                 await sink.drain()
+        if courier is not None:
+            await courier
         sink.close()
+
+
+async def _deliver(late: asyncio.Queue[tuple[float, bytes]], sink: asyncio.StreamWriter) -> None:
+    """Pass on the held chunks, each when its time comes; return once none is left."""
+    with contextlib.suppress(OSError):  # the link was cut meanwhile: the rest is lost
+        while not late.empty():
+            due, data = late.get_nowait()
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sink.write(data)
+            await sink.drain()

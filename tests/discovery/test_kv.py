@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 
 import nats
 import nats.js.errors
@@ -15,6 +13,7 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType
 
 from app.discovery.models import now
+from app.faults import freeze, thaw
 from app.testing import NatsServer, eventually
 from tests.discovery.conftest import OTHER_SERVICE, TTL
 
@@ -98,9 +97,9 @@ async def test_a_frozen_broker_makes_no_node_leave_in_sweep_mode(
     await eventually(lambda: a.sees(b.node_id), timeout=1)
     events = record(a)
     assert nats_server.pid is not None
-    os.kill(nats_server.pid, signal.SIGSTOP)
+    freeze(nats_server.pid)
     await asyncio.sleep(TTL * 2.5)
-    os.kill(nats_server.pid, signal.SIGCONT)
+    thaw(nats_server.pid)
     await asyncio.sleep(TTL * 2)  # heartbeats resume; a late false leave would show by now
     assert events.left(b.node_id) == []
     assert a.sees(b.node_id)
@@ -206,3 +205,38 @@ async def bucket_without_markers(nats_server: NatsServer) -> None:
         config=KeyValueConfig(bucket="qosmesh_nodes", ttl=TTL, storage=StorageType.FILE)
     )
     await nc.close()
+
+
+async def test_a_watch_that_stops_delivering_is_noticed_and_rebuilt(start_node):
+    """The watch's consumer is gone and the client never hears of it (what a failed reset of
+    nats-py's ordered consumer during a leader election or a lossy link leaves behind): the
+    node notices that its own confirmed heartbeats stop coming back through its watch, and
+    rebuilds it, well before nats-py's own check (two missed 5 s idle heartbeats) would."""
+    a = await start_node()
+    js = a.brokers.js
+    stream = f"KV_{a.settings.discovery_bucket}"
+    for consumer in await js.consumers_info(stream):
+        await js.delete_consumer(stream, consumer.name)
+    b = await start_node()
+    took = await eventually(lambda: a.sees(b.node_id), timeout=3 * TTL, message="a sees b")
+    print(f"\nseen after {took:.1f}s")
+
+
+async def test_a_crashed_node_whose_expiry_marker_never_comes_is_still_dropped(start_node, record):
+    """Limit markers tell watchers that a key expired; when one never comes (its message was
+    removed another way, or a stream leader changed as it expired), the sweep asks the bucket
+    about a node silent for a TTL and drops it: no instance keeps a dead peer forever."""
+    a = await start_node()
+    b = await start_node()
+    await eventually(lambda: a.sees(b.node_id), timeout=1)
+    assert a.discovery.limit_markers
+    events = record(a)
+    key = b.discovery.self_info.key
+    await b.crash()
+    js = a.brokers.js
+    stream = f"KV_{a.settings.discovery_bucket}"
+    # Gone, and no marker will say so (a stream purge writes none).
+    await js.purge_stream(stream, subject=f"$KV.{a.settings.discovery_bucket}.{key}")
+    took = await eventually(lambda: not a.sees(b.node_id), timeout=TTL * 3, message="b dropped")
+    assert events.left(b.node_id) == ["expired"]
+    print(f"\ndropped after {took:.1f}s")

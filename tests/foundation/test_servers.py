@@ -1,4 +1,6 @@
-"""The real-server fixtures: start, kill and restart keep their stores."""
+"""The real-server fixtures: start, kill and restart keep their stores; freeze stops them."""
+
+import asyncio
 
 import httpx
 import nats
@@ -9,6 +11,7 @@ from pydantic import ValidationError
 
 from app.brokers import open_brokers
 from app.embedded import NatsServer, free_port
+from app.faults import freeze, thaw
 from app.settings import Settings, describe_validation_error
 
 
@@ -72,3 +75,25 @@ def test_a_bad_app_nats_sync_is_refused_naming_the_variable():
     with pytest.raises(ValidationError) as info:
         Settings.model_validate({"nats_sync": "sometimes"})
     assert describe_validation_error(info.value).startswith("configuration error: APP_NATS_SYNC:")
+
+
+async def test_a_frozen_broker_answers_nothing_from_the_moment_freeze_returns(nats_server):
+    """SIGSTOP stops each thread when it next runs: `freeze` returns only once all have, so a
+    request sent afterwards cannot be answered, however loaded the machine."""
+    nc = await nats.connect(nats_server.url, ping_interval=60)
+    try:
+        await nc.jetstream().add_stream(StreamConfig(name="F", subjects=["f"]))
+        assert nats_server.pid is not None
+        for _ in range(20):
+            freeze(nats_server.pid)
+            try:
+                replies = [
+                    asyncio.create_task(nc.request("f", b"x", timeout=0.05)) for _ in range(5)
+                ]
+                done = await asyncio.gather(*replies, return_exceptions=True)
+            finally:
+                thaw(nats_server.pid)
+            assert all(isinstance(r, nats.errors.TimeoutError) for r in done), done
+            await nc.flush(timeout=5)  # what was sent while frozen is answered now
+    finally:
+        await nc.close()

@@ -2,13 +2,13 @@
 piling requests up, and memory stays flat."""
 
 import asyncio
-import os
-import signal
 import time
 
 import httpx
 import psutil
 import pytest
+
+from app.faults import freeze, thaw
 
 pytestmark = pytest.mark.slow
 
@@ -57,14 +57,14 @@ async def test_stopped_or_frozen_broker_gets_quick_503s_and_flat_memory(
 
     # Frozen: the connection looks alive but nothing answers; the publish budget bounds it.
     assert nats_server.pid is not None
-    os.kill(nats_server.pid, signal.SIGSTOP)
+    freeze(nats_server.pid)
     try:
         for _ in range(3):
             statuses, slowest = await burst(service.url)
             assert set(statuses) == {503}
             assert slowest < DEADLINE + 1.5
     finally:
-        os.kill(nats_server.pid, signal.SIGCONT)
+        thaw(nats_server.pid)
     print(f"broker frozen: 3 x 100 requests, slowest answer {slowest:.2f}s")
     grown = (process.memory_info().rss - baseline) / 2**20
     print(f"memory grew {grown:.1f} MiB over 800 refused requests")

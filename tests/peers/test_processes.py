@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections import Counter
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.faults import freeze, thaw
 from app.peers import NODE_EXTENSION, NoInstanceError, PeerClient
 from app.testing import eventually
 from tests.peers.conftest import SERVICE, TTL, CountingTransport, node_id_of
@@ -98,13 +98,13 @@ async def test_cluster_health_lists_every_instance_and_marks_stopped_ones(caller
         assert instance["error"] is None
         assert 0 < instance["rtt_ms"] < 1000
 
-    paused.send_signal(signal.SIGSTOP)
+    freeze(paused.pid)
     try:
         started = time.monotonic()
         health = await cluster_health(first, timeout=0.5)
         took = time.monotonic() - started
     finally:
-        paused.send_signal(signal.SIGCONT)
+        thaw(paused.pid)
     stalled = by_id(health)[ids[paused]]
     assert stalled == {
         "node_id": ids[paused],

@@ -1,8 +1,6 @@
 """QoS 1 and 2 on JetStream against a real nats-server, with faults injected."""
 
 import asyncio
-import os
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,9 +12,10 @@ from nats.js.api import DeliverPolicy
 
 from app.bus import Bus
 from app.errors import InvalidMessageError, PublishError
+from app.faults import freeze, thaw
 from app.messages import H_ID, Envelope, QoS, encode
 from app.testing import eventually
-from app.transports.jetstream import JetStreamTransport
+from app.transports.jetstream.transport import JetStreamTransport
 from tests.transports.conftest import Charge, Ping, running_bus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,7 +378,8 @@ async def test_an_existing_streams_replicas_and_duplicate_window_are_not_overwri
 async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, nats_server):
     """The batch's first attempt counts: 3 attempts in all, not 1 + 3. Every attempt is a
     message on the subject, so a plain subscriber counts them; the stream refuses them all."""
-    settings = bus_settings(publish_attempts=3, publish_attempt_timeout=0.3, publish_deadline=10)
+    # The attempts, not the deadline, must be what ends them: a deadline far out of reach.
+    settings = bus_settings(publish_attempts=3, publish_attempt_timeout=0.3, publish_deadline=120)
     async with running_bus(settings) as running:
         await running.bus.publish(Ping(n=0))  # the stream exists
         js = running.brokers.js
@@ -394,36 +394,50 @@ async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, 
 
         await watcher.subscribe("svc.ping", cb=note)
         await watcher.flush()
-        with pytest.raises(PublishError, match="10 of 10"):
+        with pytest.raises(PublishError, match="10 of 10") as refused:
             await running.bus.publish_many([Ping(n=n) for n in range(1, 11)])
-        await _settled_count(seen)
+        await _settled_count(seen, expected=30)
         await watcher.close()
     per_message = Counter(Ping.model_validate_json(data).n for data in seen)
-    assert per_message == dict.fromkeys(range(1, 11), 3), per_message
+    assert per_message == dict.fromkeys(range(1, 11), 3), (
+        f"{per_message}\n{refused.value}\nnats-server: {nats_server.log_tail(20)}"
+    )
 
 
-async def _settled_count(seen: list[bytes], quiet: float = 1.0, limit: float = 15.0) -> None:
-    """Wait until nothing more has arrived for `quiet` seconds (or `limit` passed)."""
+async def _settled_count(
+    seen: list[bytes], expected: int, quiet: float = 1.0, limit: float = 15.0
+) -> None:
+    """Wait until `expected` have arrived, then until nothing more has for `quiet` seconds
+    (or until `limit` passed): a starved loop can read the last attempts after a quiet second."""
     deadline = time.monotonic() + limit
-    count = -1
-    while len(seen) != count and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         count = len(seen)
-        await asyncio.sleep(quiet)
+        await asyncio.sleep(quiet if count >= expected else 0.05)
+        if count >= expected and len(seen) == count:
+            return
 
 
 async def test_a_cancelled_publish_many_leaves_no_ack_waiting(bus_settings, nats_server, untraced):
-    async with running_bus(bus_settings(publish_attempt_timeout=5)) as running:
+    # The attempts outlast the wait below: all 50 stay awaited until the cancel, however late
+    # a starved event loop gets to look (with 5 s they could time out before it did).
+    async with running_bus(bus_settings(publish_attempt_timeout=60)) as running:
         await running.bus.publish(Ping(n=0))
         transport = running.transports.by_name["jetstream"]
         assert isinstance(transport, JetStreamTransport)
-        os.kill(nats_server.pid, signal.SIGSTOP)  # acks stop coming
+        freeze(nats_server.pid)  # acks stop coming
         try:
             batch = asyncio.create_task(running.bus.publish_many([Ping(n=n) for n in range(50)]))
-            await eventually(lambda: transport._acks.waiting >= 50, message="50 acks awaited")
+
+            def all_awaited() -> bool:
+                if batch.done():  # it cannot end while the server is stopped: say how it did
+                    raise AssertionError(f"publish_many ended: {batch!r}")
+                return transport._acks.waiting >= 50
+
+            await eventually(all_awaited, message="50 acks awaited")
             batch.cancel()
             await asyncio.wait({batch})
         finally:
-            os.kill(nats_server.pid, signal.SIGCONT)
+            thaw(nats_server.pid)
         assert transport._acks.waiting == 0
 
 
@@ -434,3 +448,31 @@ async def test_a_qos2_message_without_its_message_id_is_refused_at_publish(bus_s
         anonymous = Envelope(headers=headers, body=envelope.body, subject="svc.charge")
         with pytest.raises(InvalidMessageError, match="message id"):
             await running.transports.by_name["jetstream"].publish(anonymous, QoS.EXACTLY_ONCE)
+
+
+async def test_a_qos2_delivery_waits_out_its_idempotency_store_instead_of_dead_lettering(
+    bus_settings,
+):
+    """The KV bucket of QoS 2 claims stops answering (its stream leader is being elected:
+    no responders) for longer than all the deliveries' backoffs: the delivery waits for it
+    in place, then applies the message once. No delivery is spent, nothing is dead-lettered."""
+    applied: list[int] = []
+
+    async def charge(message: Charge) -> None:
+        applied.append(message.n)
+
+    settings = bus_settings(max_deliver=2)
+    async with running_bus(settings, lambda bus: bus.subscribe(Charge, charge)) as running:
+        js = running.brokers.js
+        config = (await js.stream_info("KV_svc_processed")).config
+        await js.delete_stream("KV_svc_processed")
+        await running.bus.publish(Charge(n=1))
+        await asyncio.sleep(3)  # a retried delivery would have spent both by now
+        assert applied == []
+        await js.add_stream(config)
+        await eventually(lambda: applied == [1], timeout=10, message="applied once")
+        store = running.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        assert (await store.list(10, None)).total == 0
+        await asyncio.sleep(1)
+    assert applied == [1]

@@ -1,0 +1,416 @@
+"""The system under test and the nemesis's hands on it: brokers, instances of `python -m app`
+with the example domain, and a TCP proxy on every link from an instance to a broker, all real
+processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import nats
+import psutil
+from nats.js.errors import NoKeysError
+
+from app.chaos.checker import StoredOrder
+from app.chaos.schedule import Fault, Variant
+from app.embedded import NatsServer, ServerProcess, ValkeyServer
+from app.example.orders import Order
+from app.faults import TcpProxy, freeze, thaw
+from app.testing import NatsCluster, ServiceProcess
+
+SERVICE = "chaos"
+ORDERS_BUCKET = f"{SERVICE}_orders"
+ORDERS_STREAM = f"{SERVICE.upper()}_ORDER_PLACED"
+ADMIN_TOKEN = "chaos-admin-token-not-a-secret"  # noqa: S105 (a loopback test system)
+START_TIMEOUT = 60.0
+
+
+class ChaosError(Exception):
+    """The system could not be started or brought back: a finding, with the logs to show."""
+
+
+@dataclass(slots=True)
+class Instance:
+    index: int
+    process: ServiceProcess
+    proxies: list[TcpProxy]
+    incarnation: int = 0
+    served_at: float = 0.0  # when the current incarnation first answered /healthz
+    warm_rss: int | None = None
+    rss: int | None = None
+    counters: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"i{self.index}"
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+
+class System:
+    """`variant`: one nats-server (`jetstream`), the same with Valkey carrying QoS 1 and 2
+    (`redis`), or a 3-node JetStream cluster with every stream on 3 replicas (`cluster`)."""
+
+    def __init__(
+        self,
+        variant: Variant,
+        root: Path,
+        *,
+        instances: int = 3,
+        ack_wait: float = 2.0,
+        node_ttl: float = 3.0,
+    ) -> None:
+        self.variant = variant
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.ack_wait = ack_wait
+        self.node_ttl = node_ttl
+        self.nats: NatsServer | None = None
+        self.cluster: NatsCluster | None = None
+        self.valkey: ValkeyServer | None = None
+        if variant == "cluster":
+            self.cluster = NatsCluster(root / "cluster", advertise=False)
+            self.nats_nodes = self.cluster.nodes
+        else:
+            self.nats = NatsServer(root / "nats", sync="2m")
+            self.nats_nodes = [self.nats]
+        if variant == "redis":
+            self.valkey = ValkeyServer(root / "valkey")
+        self.instances = [self._instance(index) for index in range(instances)]
+        self._spawned: dict[int, float] = {}  # pid -> create time, of every process started
+
+    @property
+    def brokers(self) -> list[ServerProcess]:
+        valkey: list[ServerProcess] = [self.valkey] if self.valkey else []
+        return [*self.nats_nodes, *valkey]
+
+    @property
+    def nats_urls(self) -> list[str]:
+        """The brokers' own addresses, for the checker (no proxy in between)."""
+        return [node.url for node in self.nats_nodes]
+
+    def _instance(self, index: int) -> Instance:
+        nats_proxies = [TcpProxy("127.0.0.1", node.port) for node in self.nats_nodes]
+        env = {
+            "APP_SERVICE_NAME": SERVICE,
+            "APP_NATS_URL": ",".join(proxy.url for proxy in nats_proxies),
+            "APP_ACK_WAIT": str(self.ack_wait),
+            "APP_NODE_TTL": str(self.node_ttl),
+            "APP_DRAIN_TIMEOUT": "5",
+            "APP_NATS_CONNECT_TIMEOUT": "30",
+            "APP_ADMIN_TOKEN": ADMIN_TOKEN,
+            "APP_REPLICAS": "3" if self.cluster else "1",
+        }
+        proxies = nats_proxies
+        if self.valkey is not None:
+            redis_proxy = TcpProxy("127.0.0.1", self.valkey.port)
+            proxies = [*nats_proxies, redis_proxy]
+            env |= {
+                "APP_REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/0",
+                "APP_QOS1_TRANSPORT": "redis",
+                "APP_QOS2_TRANSPORT": "redis",
+                "APP_REDIS_CLAIM_IDLE": str(self.ack_wait),
+            }
+        process = ServiceProcess(self.root / f"i{index}", env)
+        return Instance(index, process, proxies)
+
+    # -- whole system -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._start_server(server) for server in self.brokers))
+        if self.cluster is not None:
+            await self.cluster.wait_ready(timeout=START_TIMEOUT)
+        for instance in self.instances:
+            for proxy in instance.proxies:
+                await proxy.start()
+        # One first, so the streams and buckets are made once, then the others together.
+        await self._serve(self.instances[0])
+        await asyncio.gather(*(self._serve(instance) for instance in self.instances[1:]))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self._stop_instance(instance) for instance in self.instances))
+        for instance in self.instances:
+            for proxy in instance.proxies:
+                await proxy.stop()
+        await asyncio.gather(*(self._stop_server(server) for server in self.brokers))
+
+    def leftovers(self) -> list[str]:
+        """Every process this system started that still runs."""
+        alive = []
+        for pid, created in self._spawned.items():
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if process.create_time() == created and process.status() != "zombie":
+                    alive.append(f"{pid} {' '.join(process.cmdline()[:3])}")
+        return alive
+
+    async def ensure_running(self) -> list[str]:
+        """Start any instance that is not running (each one is an error: nothing but the
+        nemesis stops them, and it starts them again)."""
+        errors = []
+        for instance in self.instances:
+            proc = instance.process.proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                errors.append(
+                    f"{instance.name} exited by itself ({code}):\n{instance.process.log()}"
+                )
+                await self._serve(instance)
+        return errors
+
+    # -- the nemesis ----------------------------------------------------------------------
+
+    async def inflict(self, fault: Fault) -> None:
+        """Break what `fault` says, wait its duration, heal it."""
+        kind = fault.kind
+        if kind.startswith(("instance", "net")):
+            instance = self.instances[int(fault.target[1:])]
+            await _INSTANCE_FAULTS[kind](self, instance, fault)
+        else:
+            server = await self._server_of(fault)
+            await _SERVER_FAULTS[kind.split("-", 1)[1]](self, server, fault)
+
+    async def _server_of(self, fault: Fault) -> ServerProcess:
+        if fault.target == "valkey":
+            assert self.valkey is not None
+            return self.valkey
+        if self.cluster is None:
+            assert self.nats is not None
+            return self.nats
+        if fault.target == "leader":
+            return self.cluster.nodes[await self._leader()]
+        return self.cluster.nodes[int(fault.target[1:])]
+
+    async def _leader(self) -> int:
+        """The node leading the orders stream, or the first one if none leads now."""
+        assert self.cluster is not None
+        with contextlib.suppress(Exception):
+            async with self.cluster.client() as js:
+                leader = await self.cluster.leader(js, ORDERS_STREAM)
+                if leader is not None:
+                    return leader
+        return 0
+
+    async def _kill_instance(self, instance: Instance, fault: Fault) -> None:
+        instance.process.kill()
+        await asyncio.sleep(fault.duration)
+        await self._serve(instance)
+
+    async def _pause_instance(self, instance: Instance, fault: Fault) -> None:
+        await asyncio.to_thread(freeze, instance.process.pid)
+        await asyncio.sleep(fault.duration)
+        thaw(instance.process.pid)
+
+    async def _drain_instance(self, instance: Instance, fault: Fault) -> None:
+        await self._stop_instance(instance)
+        await asyncio.sleep(fault.duration)
+        await self._serve(instance)
+
+    async def _cut(self, instance: Instance, fault: Fault) -> None:
+        for proxy in instance.proxies:
+            proxy.cut(refuse_for=fault.duration)
+        await asyncio.sleep(fault.duration)
+
+    async def _one_way(self, instance: Instance, fault: Fault) -> None:
+        attribute = "swallow_up" if fault.detail == "up" else "swallow_down"
+        for proxy in instance.proxies:
+            setattr(proxy, attribute, True)
+        await asyncio.sleep(fault.duration)
+        for proxy in instance.proxies:
+            setattr(proxy, attribute, False)
+            proxy.cut(refuse_for=0)  # what was lost left the streams torn: TCP gives up too
+
+    async def _slow(self, instance: Instance, fault: Fault) -> None:
+        for proxy in instance.proxies:
+            proxy.delay = float(fault.detail)
+        await asyncio.sleep(fault.duration)
+        for proxy in instance.proxies:
+            proxy.delay = 0.0
+
+    async def _kill_server(self, server: ServerProcess, fault: Fault) -> None:
+        server.kill()
+        await asyncio.sleep(fault.duration)
+        await self._start_server(server)
+
+    async def _restart_server(self, server: ServerProcess, fault: Fault) -> None:
+        await self._stop_server(server)
+        await asyncio.sleep(fault.duration)
+        await self._start_server(server)
+
+    async def _pause_server(self, server: ServerProcess, fault: Fault) -> None:
+        assert server.pid is not None
+        await asyncio.to_thread(freeze, server.pid)
+        await asyncio.sleep(fault.duration)
+        thaw(server.pid)
+
+    # -- processes, without blocking the loop the proxies run in --------------------------
+
+    async def _start_server(self, server: ServerProcess) -> None:
+        server.spawn()
+        self._remember(server.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not server.listening():
+            if time.monotonic() > deadline:
+                raise ChaosError(f"{server.name} did not listen: {server.log_tail()}")
+            await asyncio.sleep(0.02)
+
+    async def _stop_server(self, server: ServerProcess) -> None:
+        if server.pid is not None and server.running:
+            os.kill(server.pid, signal.SIGTERM)
+            await _until(lambda: not server.running, 15.0)
+        server.stop()  # SIGKILL if it is still there; closes its log
+
+    async def _serve(self, instance: Instance) -> None:
+        """Start the instance and wait until it answers /healthz."""
+        process = instance.process
+        process.start(wait=None)
+        self._remember(process.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                if process.proc is not None and process.proc.poll() is not None:
+                    code = process.proc.returncode
+                    raise ChaosError(f"{instance.name} exited with {code}:\n{process.log()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{instance.url}/healthz")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise ChaosError(f"{instance.name} not healthy:\n{process.log()}")
+                await asyncio.sleep(0.1)
+        instance.incarnation += 1
+        instance.served_at = time.monotonic()
+        instance.warm_rss = instance.rss = None
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                self._remember(child.pid)
+
+    async def _stop_instance(self, instance: Instance) -> None:
+        proc = instance.process.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)  # a paused one could not drain
+        proc.send_signal(signal.SIGTERM)
+        if not await _until(lambda: proc.poll() is not None, 15.0):
+            proc.kill()
+        await _until(lambda: proc.poll() is not None, 5.0)
+
+    def _remember(self, pid: int | None) -> None:
+        with contextlib.suppress(psutil.Error):
+            if pid is not None:
+                self._spawned[pid] = psutil.Process(pid).create_time()
+
+    # -- what the checker reads -------------------------------------------------------------
+
+    async def orders(self) -> dict[str, StoredOrder]:
+        """Every record of the orders bucket, tombstones included, read off the brokers."""
+        nc = await nats.connect(servers=self.nats_urls, connect_timeout=2)
+        try:
+            kv = await nc.jetstream().key_value(ORDERS_BUCKET)
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                return {}
+            records = {}
+            for key in keys:
+                entry = await kv.get(key)
+                order = Order.model_validate_json(entry.value or b"{}")
+                records[key] = StoredOrder(
+                    order.order_id, order.sku, order.status, order.paid, tuple(order.payments)
+                )
+            return records
+        finally:
+            await nc.close()
+
+    async def dead_letters(self) -> list[str]:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+            page = (await client.get(f"{self.instances[0].url}/admin/dlq?limit=500")).json()
+        return [f"{item['type']} {item['reason']}: {item['error']}" for item in page["items"]]
+
+    async def views(self) -> tuple[set[str], list[set[str]]]:
+        """The live instances' node ids, and the nodes each instance sees."""
+        live, views = set(), []
+        async with httpx.AsyncClient(timeout=2) as client:
+            for instance in self.instances:
+                answer = (await client.get(f"{instance.url}/nodes?service={SERVICE}")).json()
+                live.add(answer["self"])
+                views.append({node["node_id"] for node in answer["nodes"]})
+        return live, views
+
+    async def sample(self) -> None:
+        """Each second: every instance's RSS and counters (the counters survive as the sum
+        over incarnations)."""
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                await asyncio.gather(*(self._sample(client, i) for i in self.instances))
+                await asyncio.sleep(1)
+
+    async def _sample(self, client: httpx.AsyncClient, instance: Instance) -> None:
+        process = instance.process
+        if process.proc is None or process.proc.poll() is not None or not instance.served_at:
+            return
+        with contextlib.suppress(psutil.Error):
+            rss = psutil.Process(process.pid).memory_info().rss
+            instance.rss = rss
+            if instance.warm_rss is None and time.monotonic() - instance.served_at > 3:
+                instance.warm_rss = rss
+        with contextlib.suppress(httpx.HTTPError):
+            text = (await client.get(f"{instance.url}/metrics")).text
+            for name, value in _counters(text).items():
+                instance.counters[(instance.incarnation, name)] = value
+
+    def counter(self, name: str) -> float:
+        return sum(
+            value
+            for instance in self.instances
+            for (_, counter), value in instance.counters.items()
+            if counter == name
+        )
+
+
+COUNTERS = ("qosmesh_redeliveries", "qosmesh_dedupe_hits", "qosmesh_publish_retries")
+
+
+def _counters(text: str) -> dict[str, float]:
+    """The sums of the counters the report shows, from Prometheus text."""
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    for line in text.splitlines():
+        for name in COUNTERS:
+            if line.startswith(name) and "_total" in line.split(" ", 1)[0].split("{")[0]:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+InstanceFault = Callable[[System, Instance, Fault], Awaitable[None]]
+ServerFault = Callable[[System, ServerProcess, Fault], Awaitable[None]]
+_INSTANCE_FAULTS: dict[str, InstanceFault] = {
+    "instance-kill": System._kill_instance,
+    "instance-pause": System._pause_instance,
+    "instance-drain": System._drain_instance,
+    "net-cut": System._cut,
+    "net-oneway": System._one_way,
+    "net-latency": System._slow,
+}
+_SERVER_FAULTS: dict[str, ServerFault] = {
+    "kill": System._kill_server,
+    "restart": System._restart_server,
+    "pause": System._pause_server,
+}
