@@ -25,38 +25,46 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PYTHON = BIN / "python"
+BENCH_VENV = ROOT / ".venv-bench"  # the peer (FastStream) stays out of .venv and the tests
 CONSTRAINTS = ROOT / "constraints.txt"
 
 
-def ensure_venv(extra: str) -> None:
-    """Create .venv and install the project with `extra` at the versions constraints.txt pins,
+def bin_dir(env: Path) -> Path:
+    return env / ("Scripts" if os.name == "nt" else "bin")
+
+
+BIN = bin_dir(VENV)
+PYTHON = BIN / "python"
+
+
+def ensure_venv(extra: str, env: Path = VENV) -> None:
+    """Create `env` and install the project with `extra` at the versions constraints.txt pins,
     again only when pyproject.toml or constraints.txt changes."""
-    if not PYTHON.exists():
-        print(f"creating {VENV}", flush=True)
-        venv.create(VENV, with_pip=True)
+    python = bin_dir(env) / "python"
+    if not python.exists():
+        print(f"creating {env}", flush=True)
+        venv.create(env, with_pip=True)
     digest = hashlib.sha256()
     for name in ("pyproject.toml", CONSTRAINTS.name):
         digest.update((ROOT / name).read_bytes())
-    stamp = VENV / f".installed-{extra}"
+    stamp = env / f".installed-{extra}"
     if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return
-    print(f"installing qosmesh[{extra}] into {VENV}", flush=True)
-    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    print(f"installing qosmesh[{extra}] into {env}", flush=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "--constraint", str(CONSTRAINTS), "-e", f"{ROOT}[{extra}]"], check=True)
     stamp.write_text(digest.hexdigest())
 
 
 def lock() -> int:
-    """Resolve the `dev` extra afresh, within pyproject.toml's bounds, in a throwaway venv, and
-    pin what it installed in constraints.txt."""
+    """Resolve the `bench` extra (`dev` and the benchmark's peer) afresh, within
+    pyproject.toml's bounds, in a throwaway venv, and pin what it installed in constraints.txt."""
     with tempfile.TemporaryDirectory(prefix="qosmesh-lock-") as scratch:
         python = Path(scratch) / "bin" / "python"
         venv.create(scratch, with_pip=True)
         pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
-        subprocess.run([*pip, "install", "--quiet", f"{ROOT}[dev]"], check=True)
+        subprocess.run([*pip, "install", "--quiet", f"{ROOT}[bench]"], check=True)
         frozen = subprocess.run(
             [*pip, "freeze", "--exclude", "qosmesh"],
             check=True,
@@ -148,10 +156,13 @@ def main(argv: list[str]) -> int:
     if task == "chaos" and not (ROOT / "app" / "chaos").is_dir():
         print("dev.py chaos drives the example domain, and this service was made without it")
         return 2
-    if task in ("bench", "chaos"):
+    if task == "bench":
+        ensure_venv("bench", BENCH_VENV)
+        python = bin_dir(BENCH_VENV) / "python"
+        return subprocess.run([str(python), "-m", "bench", *argv[1:]], cwd=ROOT).returncode
+    if task == "chaos":
         ensure_venv("dev")
-        module = "bench" if task == "bench" else "app.chaos"
-        return subprocess.run([str(PYTHON), "-m", module, *argv[1:]], cwd=ROOT).returncode
+        return subprocess.run([str(PYTHON), "-m", "app.chaos", *argv[1:]], cwd=ROOT).returncode
     print(__doc__)
     return 0 if task == "help" else 2
 

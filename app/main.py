@@ -19,7 +19,12 @@ from app.api.health import Readiness
 from app.discovery.models import new_node_id
 from app.errors import ConfigurationError
 from app.lifecycle import Drain
-from app.observability.setup import instrument_app, setup_telemetry, shutdown_telemetry
+from app.observability.setup import (
+    FASTAPI_OPTIONS,
+    instrument_app,
+    setup_telemetry,
+    shutdown_telemetry,
+)
 from app.runtime import Supervisor
 from app.services import Services
 from app.settings import DEFAULT_DOMAIN, Settings
@@ -56,7 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await supervisor.stop()
             shutdown_telemetry()
 
-    app = FastAPI(title=settings.service_name, version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title=settings.service_name, version=__version__, lifespan=lifespan, **FASTAPI_OPTIONS
+    )
     app.state.services = services
     problems.install(app, settings.max_body_bytes)
     openapi.install(app)

@@ -11,32 +11,48 @@ from pathlib import Path
 from typing import Any
 
 
+def _ratio(ours: float, other: float | None, lower_better: bool) -> float | None:
+    """How many times better `ours` is than `other` (above 1: ours is better)."""
+    if other is None or not other or not ours:
+        return None
+    return other / ours if lower_better else ours / other
+
+
 @dataclass(slots=True)
 class Row:
-    """One comparison: `ours` against `raw` in `unit` (higher is better unless `lower_better`)."""
+    """One comparison in `unit` (higher is better unless `lower_better`): `ours` against `raw`
+    (the bare client doing the same work) and against `peer` (FastStream doing it)."""
 
     name: str
     unit: str
     ours: float
     raw: float | None = None
-    target: float | None = None
+    target: float | None = None  # on `ratio`
     lower_better: bool = False
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    peer: float | None = None
+    peer_target: float | None = None  # on `peer_ratio`
 
     @property
     def ratio(self) -> float | None:
-        if self.raw is None or not self.raw or not self.ours:
-            return None
-        return self.raw / self.ours if self.lower_better else self.ours / self.raw
+        return _ratio(self.ours, self.raw, self.lower_better)
+
+    @property
+    def peer_ratio(self) -> float | None:
+        return _ratio(self.ours, self.peer, self.lower_better)
 
     @property
     def met(self) -> bool | None:
-        ratio = self.ratio
-        return None if self.target is None or ratio is None else ratio >= self.target
+        checks = [
+            ratio >= target
+            for ratio, target in ((self.ratio, self.target), (self.peer_ratio, self.peer_target))
+            if ratio is not None and target is not None
+        ]
+        return all(checks) if checks else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio, "met": self.met}
+        return {**asdict(self), "ratio": self.ratio, "peer_ratio": self.peer_ratio, "met": self.met}
 
 
 @dataclass(slots=True)
@@ -45,6 +61,40 @@ class Table:
     ours_label: str
     raw_label: str
     rows: list[Row]
+    peer_label: str = ""  # a table without a peer column leaves it empty
+
+    def header(self) -> list[str]:
+        if not self.peer_label:
+            return ["row", "unit", self.ours_label, self.raw_label, "ratio", "target", "note"]
+        return [
+            "row",
+            "unit",
+            self.ours_label,
+            self.raw_label,
+            self.peer_label,
+            f"vs {self.raw_label}",
+            f"vs {self.peer_label}",
+            "target",
+            "note",
+        ]
+
+    def cells(self, row: Row) -> list[str]:
+        ratio, peer_ratio = row.ratio, row.peer_ratio
+        verdict = {True: "yes", False: "NO", None: ""}[row.met]
+        targets = []
+        if row.target is not None:
+            targets.append(
+                f">= {row.target:g}x" + (f" {self.raw_label}" if self.peer_label else "")
+            )
+        if row.peer_target is not None:
+            targets.append(f">= {row.peer_target:g}x {self.peer_label}")
+        target = f"{', '.join(targets)} {verdict}".strip()
+        numbers = [_num(row.ours, row.unit), _num(row.raw, row.unit)]
+        ratios = [_times(ratio)]
+        if self.peer_label:
+            numbers.append(_num(row.peer, row.unit))
+            ratios.append(_times(peer_ratio))
+        return [row.name, row.unit, *numbers, *ratios, target, row.note]
 
 
 def _num(value: float | None, unit: str) -> str:
@@ -57,26 +107,15 @@ def _num(value: float | None, unit: str) -> str:
     return f"{value:,.0f}"
 
 
-def _cells(row: Row) -> list[str]:
-    ratio = row.ratio
-    verdict = {True: "yes", False: "NO", None: ""}[row.met]
-    target = f">= {row.target:g}x" if row.target is not None else ""
-    return [
-        row.name,
-        row.unit,
-        _num(row.ours, row.unit),
-        _num(row.raw, row.unit),
-        f"{ratio:.2f}x" if ratio is not None else "-",
-        f"{target} {verdict}".strip(),
-        row.note,
-    ]
+def _times(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio is not None else "-"
 
 
 def render_text(tables: list[Table]) -> str:
     out: list[str] = []
     for table in tables:
-        header = ["row", "unit", table.ours_label, table.raw_label, "ratio", "target", "note"]
-        body = [_cells(row) for row in table.rows]
+        header = table.header()
+        body = [table.cells(row) for row in table.rows]
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
         out.append(f"== {table.title}")
         for line in [header, *body]:
@@ -106,10 +145,10 @@ def render_markdown(tables: list[Table], machine: dict[str, str], command: str) 
         "",
     ]
     for table in tables:
-        header = ["row", "unit", table.ours_label, table.raw_label, "ratio", "target", "note"]
+        header = table.header()
         lines += [f"## {table.title}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "---|" * len(header))
-        lines += ["| " + " | ".join(_cells(row)) + " |" for row in table.rows]
+        lines += ["| " + " | ".join(table.cells(row)) + " |" for row in table.rows]
         lines.append("")
     lines += [
         "## How each row is measured",

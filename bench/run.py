@@ -60,8 +60,20 @@ def make_env(
 
 async def run_all(env: Env, pick: Callable[[str], bool]) -> list[Table]:
     tables = [
-        Table("Messaging (msg/s)", "qosmesh", "raw client", await nats_rows.rows(env, pick)),
-        Table("Redis Streams (msg/s)", "qosmesh", "raw redis-py", await redis_rows.rows(env, pick)),
+        Table(
+            "Messaging (msg/s)",
+            "qosmesh",
+            "raw client",
+            await nats_rows.rows(env, pick),
+            peer_label="FastStream",
+        ),
+        Table(
+            "Redis Streams (msg/s)",
+            "qosmesh",
+            "raw redis-py",
+            await redis_rows.rows(env, pick),
+            peer_label="FastStream",
+        ),
         Table("HTTP POST /orders", "tracing on", "tracing off", await http_rows.rows(env, pick)),
         Table("Discovery", "value", "-", await discovery_rows.rows(env, pick)),
     ]

@@ -34,7 +34,7 @@ COPIED = (
 """What a generated project is made of, relative to the repository root."""
 
 IGNORED_PARTS = frozenset(
-    {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".data", ".venv"}
+    {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".data", ".venv", ".venv-bench"}
 )
 SCAFFOLD_ONLY = ("tests/scaffold", "docs/scaffold.md")
 """The scaffold's own tests and docs: never part of a generated project."""

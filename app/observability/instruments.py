@@ -145,7 +145,7 @@ class Histogram:
             explicit_bucket_boundaries_advisory=list(boundaries),
         )
         self.lock = threading.Lock()
-        self.local = False
+        self.local = _keeping_locally
         self._series: dict[frozenset[tuple[str, str | int]], HistogramSeries] = {}
         self._start = time.time_ns()
         _histograms.append(self)
@@ -176,11 +176,14 @@ class Histogram:
 
 
 _histograms: list[Histogram] = []
+_keeping_locally = False
 
 
 def keep_histograms_locally() -> None:
-    """Aggregate every Histogram in this process; call it where `LocalHistogramsReader`s are
-    installed, before anything is recorded."""
+    """Aggregate every Histogram in this process, made or to be made; call it where
+    `LocalHistogramsReader`s are installed, before anything is recorded."""
+    global _keeping_locally
+    _keeping_locally = True
     for histogram in _histograms:
         histogram.keep_locally()
 

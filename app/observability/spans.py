@@ -24,7 +24,7 @@ _installed = False
 _checked_at = float("-inf")
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Whether a tracer provider is installed; until one is, spans are no-ops that cost a few
     microseconds per message, so the hot paths skip them. A provider, once set, stays; without
     one, the (environment-reading) lookup is repeated at most once a second."""
@@ -41,7 +41,7 @@ def _tracing() -> bool:
 
 def sending_traced() -> bool:
     """Whether a publish needs a `send_span`: a provider is installed or a trace is current."""
-    return _tracing() or trace.get_current_span().get_span_context().is_valid
+    return tracing() or trace.get_current_span().get_span_context().is_valid
 
 
 def _attributes(envelope: Envelope, system: str, operation: str, qos: QoS) -> dict[str, str | int]:
@@ -74,7 +74,7 @@ def send_span(envelope: Envelope, qos: QoS, system: str) -> Iterator[Span]:
 @contextmanager
 def process_span(envelope: Envelope, qos: QoS, system: str, attempt: int) -> Iterator[Span]:
     """Span one handled delivery, as a child of the publisher's span."""
-    if not _tracing() and "traceparent" not in envelope.headers:
+    if not tracing() and "traceparent" not in envelope.headers:
         yield INVALID_SPAN
         return
     attributes = _attributes(envelope, system, "process", qos)

@@ -120,6 +120,24 @@ async def paired_rates(
     return statistics.median(results[0]), statistics.median(results[1])
 
 
+async def rates_with_peer(
+    runs: int,
+    ours: Callable[[], Awaitable[float]],
+    raw: Callable[[], Awaitable[float]],
+    peer: Callable[[], Awaitable[float]] | None,
+) -> tuple[float, float, float | None]:
+    """`paired_rates` with a third side, FastStream doing the same work (None: no peer row),
+    the three in turns."""
+    results: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for _ in range(runs):
+        results[0].append(await ours())
+        results[1].append(await raw())
+        if peer is not None:
+            results[2].append(await peer())
+    medians = statistics.median(results[0]), statistics.median(results[1])
+    return *medians, statistics.median(results[2]) if results[2] else None
+
+
 class Clock:
     def __enter__(self) -> Clock:
         self.started = time.perf_counter()

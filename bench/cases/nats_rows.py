@@ -1,5 +1,6 @@
 """NATS rows: QoS 0 core publish, QoS 1 JetStream publish (awaited and many in flight),
-QoS 1 and QoS 2 end to end; each beside nats-py doing the same work."""
+QoS 1 and QoS 2 end to end; each beside nats-py doing the same work, and the QoS 0 and QoS 1
+rows beside FastStream too."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from bench.cases.common import (
     NoticeBlob,
     paired_rates,
     rate,
+    rates_with_peer,
     running_bus,
     settings,
     unique,
 )
+from bench.peers import faststream_messaging as faststream
 from bench.report import Row
 
 
@@ -72,12 +75,17 @@ async def qos0(env: Env, nc: NatsClient) -> Row:
             await nc.flush()
         return rate(env.messages, clock.seconds)
 
+    peer = faststream.available(lambda: faststream.core_publish(env))
+    ours, raw_rate, peer_rate = await rates_with_peer(env.runs, router, raw, peer)
     return Row(
         "QoS 0 publish (core)",
         "msg/s",
-        *await paired_rates(env.runs, router, raw),
+        ours,
+        raw_rate,
         target=0.5,
         note=f"{env.messages} msgs + flush",
+        peer=peer_rate,
+        peer_target=1.0,
     )
 
 
@@ -122,26 +130,40 @@ async def _raw_publish(env: Env, nc: NatsClient, count: int, window: int | None)
 
 async def qos1_awaited(env: Env, nc: NatsClient) -> Row:
     n = env.slow_messages
+    ours, raw, peer = await rates_with_peer(
+        env.runs,
+        lambda: _router_publish(env, n, None),
+        lambda: _raw_publish(env, nc, n, None),
+        faststream.available(lambda: faststream.jetstream_publish(env, n, None)),
+    )
     return Row(
         "QoS 1 publish, awaited one by one",
         "msg/s",
-        *await paired_rates(
-            env.runs, lambda: _router_publish(env, n, None), lambda: _raw_publish(env, nc, n, None)
-        ),
+        ours,
+        raw,
         note=f"{n} msgs; router vs js.publish",
+        peer=peer,
+        peer_target=1.0,
     )
 
 
 async def qos1_inflight(env: Env, nc: NatsClient) -> Row:
     n, w = env.messages, env.window
+    ours, raw, peer = await rates_with_peer(
+        env.runs,
+        lambda: _router_publish(env, n, w),
+        lambda: _raw_publish(env, nc, n, w),
+        faststream.available(lambda: faststream.jetstream_publish(env, n, w)),
+    )
     return Row(
         f"QoS 1 publish, {w} in flight",
         "msg/s",
-        *await paired_rates(
-            env.runs, lambda: _router_publish(env, n, w), lambda: _raw_publish(env, nc, n, w)
-        ),
+        ours,
+        raw,
         target=0.8,
-        note=f"{n} msgs; publish_many vs js.publish_async",
+        note=f"{n} msgs; publish_many vs js.publish_async; FastStream: gather of {w}",
+        peer=peer,
+        peer_target=1.0,
     )
 
 
@@ -218,14 +240,21 @@ async def _raw_e2e(env: Env, nc: NatsClient, count: int) -> float:
 
 async def qos1_e2e(env: Env, nc: NatsClient) -> Row:
     n = env.messages
+    ours, raw, peer = await rates_with_peer(
+        env.runs,
+        lambda: _router_e2e(env, Blob, n),
+        lambda: _raw_e2e(env, nc, n),
+        faststream.available(lambda: faststream.jetstream_e2e(env, n)),
+    )
     return Row(
         "QoS 1 end to end (publish, consume, ack)",
         "msg/s",
-        *await paired_rates(
-            env.runs, lambda: _router_e2e(env, Blob, n), lambda: _raw_e2e(env, nc, n)
-        ),
+        ours,
+        raw,
         target=0.7,
-        note=f"{n} msgs; handler vs pull fetch(256) + ack",
+        note=f"{n} msgs; handler vs pull fetch(256) + ack; FastStream: PullSub(256)",
+        peer=peer,
+        peer_target=1.0,
     )
 
 
@@ -257,7 +286,8 @@ async def rows(env: Env, pick: Callable[[str], bool]) -> list[Row]:
         for key, case in cases:
             if pick(key):
                 row = await case()
-                print(f"  {row.name}: {row.ours:,.0f} vs {row.raw or 0:,.0f}", flush=True)
+                peer = "" if row.peer is None else f" vs FastStream {row.peer:,.0f}"
+                print(f"  {row.name}: {row.ours:,.0f} vs {row.raw or 0:,.0f}{peer}", flush=True)
                 out.append(row)
         return out
     finally:

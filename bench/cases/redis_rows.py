@@ -1,4 +1,4 @@
-"""Redis Streams rows: pipelined publish, and consume + ack, beside redis-py."""
+"""Redis Streams rows: pipelined publish, and consume + ack, beside redis-py and FastStream."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from bench.cases.common import (
     Clock,
     Counter,
     Env,
-    paired_rates,
     rate,
+    rates_with_peer,
     running_bus,
     settings,
     unique,
 )
+from bench.peers import faststream_messaging as faststream
 from bench.report import Row
 
 BATCH = 256
+MAXLEN = 100_000  # approximate trimming, as qosmesh's APP_REDIS_MAXLEN default
 
 
 def _settings(env: Env, service: str) -> Any:
@@ -44,7 +46,7 @@ async def _raw_fill(client: aioredis.Redis, key: str, env: Env) -> None:
     for start in range(0, env.messages, BATCH):
         async with client.pipeline(transaction=False) as pipe:
             for _ in range(min(BATCH, env.messages - start)):
-                pipe.xadd(key, {"$body": payload}, maxlen=100_000, approximate=True)
+                pipe.xadd(key, {"$body": payload}, maxlen=MAXLEN, approximate=True)
             await pipe.execute()
 
 
@@ -101,31 +103,47 @@ async def rows(env: Env, pick: Callable[[str], bool]) -> list[Row]:
         return []
     client = aioredis.from_url(env.redis_url)
     try:
-        out = [
-            Row(
-                "Redis publish, pipelined",
-                "msg/s",
-                *await paired_rates(
-                    env.runs, lambda: _router_publish(env), lambda: _raw_publish(env, client)
-                ),
-                target=0.8,
-                note=(
-                    f"{env.messages} msgs; publish_many (window {env.window})"
-                    f" vs XADD pipeline x{BATCH}"
-                ),
+        ours, raw, peer = await rates_with_peer(
+            env.runs,
+            lambda: _router_publish(env),
+            lambda: _raw_publish(env, client),
+            faststream.available(lambda: faststream.redis_publish(env, BATCH, MAXLEN)),
+        )
+        publish = Row(
+            "Redis publish, pipelined",
+            "msg/s",
+            ours,
+            raw,
+            target=0.8,
+            note=(
+                f"{env.messages} msgs; publish_many (window {env.window})"
+                f" vs XADD pipeline x{BATCH}; FastStream: publish(pipeline=) x{BATCH}"
             ),
-            Row(
-                "Redis consume + ack",
-                "msg/s",
-                *await paired_rates(
-                    env.runs, lambda: _router_consume(env), lambda: _raw_consume(env, client)
-                ),
-                target=0.8,
-                note=f"{env.messages} msgs; handler vs XREADGROUP count={BATCH} + XACK",
+            peer=peer,
+            peer_target=1.0,
+        )
+        ours, raw, peer = await rates_with_peer(
+            env.runs,
+            lambda: _router_consume(env),
+            lambda: _raw_consume(env, client),
+            faststream.available(lambda: faststream.redis_consume(env, BATCH, MAXLEN)),
+        )
+        consume = Row(
+            "Redis consume + ack",
+            "msg/s",
+            ours,
+            raw,
+            target=0.8,
+            note=(
+                f"{env.messages} msgs; handler vs XREADGROUP count={BATCH} + XACK;"
+                f" FastStream: StreamSub(max_records={BATCH})"
             ),
-        ]
+            peer=peer,
+            peer_target=1.0,
+        )
     finally:
         await client.aclose()
-    for row in out:
-        print(f"  {row.name}: {row.ours:,.0f} vs {row.raw or 0:,.0f}", flush=True)
-    return out
+    for row in (publish, consume):
+        peer_note = "" if row.peer is None else f" vs FastStream {row.peer:,.0f}"
+        print(f"  {row.name}: {row.ours:,.0f} vs {row.raw or 0:,.0f}{peer_note}", flush=True)
+    return [publish, consume]

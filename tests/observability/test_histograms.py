@@ -4,6 +4,7 @@ the measurements go to the SDK instrument."""
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from app.messages import DeadLetterReason
+from app.observability import instruments
 from app.observability.instruments import Histogram, record_zeros
 from app.transports.consuming import Verdict
 
@@ -42,7 +43,8 @@ def test_a_local_histogram_reports_buckets_sum_count_min_and_max(metrics):
     assert metrics.value("qosmesh.test.local", destination="a") == 6
 
 
-def test_without_local_readers_the_sdk_instrument_gets_every_measurement(metrics):
+def test_without_local_readers_the_sdk_instrument_gets_every_measurement(metrics, monkeypatch):
+    monkeypatch.setattr(instruments, "_keeping_locally", False)  # no local readers installed
     histogram = Histogram("qosmesh.test.sdk", "s", "test", BOUNDS)
     for value in (0.05, 0.5):
         histogram.record(value, {"destination": "a"})

@@ -1,0 +1,1 @@
+"""Other frameworks doing the benchmark rows' work: the peer column of the tables."""
