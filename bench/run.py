@@ -52,7 +52,7 @@ def make_env(
         size=256,
         runs=1 if quick else 3,
         window=256,
-        http_requests=200 if quick else 2_000,
+        http_seconds=2 if quick else 10,
         http_clients=16,
         discovery_samples=5 if quick else 20,
     )
@@ -74,7 +74,7 @@ async def run_all(env: Env, pick: Callable[[str], bool]) -> list[Table]:
             await redis_rows.rows(env, pick),
             peer_label="FastStream",
         ),
-        Table("HTTP POST /orders", "tracing on", "tracing off", await http_rows.rows(env, pick)),
+        *await http_rows.tables(env, pick),
         Table("Discovery", "value", "-", await discovery_rows.rows(env, pick)),
     ]
     return [table for table in tables if table.rows]

@@ -32,7 +32,7 @@ class Env:
     size: int
     runs: int
     window: int
-    http_requests: int
+    http_seconds: float  # each service's load, per round
     http_clients: int
     discovery_samples: int
 

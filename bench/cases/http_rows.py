@@ -1,8 +1,12 @@
-"""HTTP rows: POST /orders through uvicorn with N concurrent clients, tracing on and off."""
+"""HTTP rows: `POST /orders` on qosmesh, on FastAPI + nats-py written by hand (the ceiling) and on
+FastAPI + FastStream (the peer), each doing the same work in its own uvicorn process, under the
+same load generator, in alternating rounds; and qosmesh with tracing on against off."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import os
 import signal
 import statistics
@@ -10,116 +14,240 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
+import psutil
 
 from app.embedded import free_port
+from bench import loadgen
 from bench.cases.common import Env, unique
-from bench.report import Row
+from bench.loadgen import Load
+from bench.report import Row, Table
 
-BODY = {"sku": "bench-sku", "quantity": 1}
-
-
-@dataclass(slots=True)
-class Load:
-    rate: float
-    p50: float
-    p99: float
+BODY = json.dumps({"sku": "bench-sku", "quantity": 1})
+IDLE_CPU = 5.0  # percent of a core: a service below it has caught up with its consumer's work
 
 
-def _start(env: Env, mode: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    service = unique("http")
-    environ = {
-        **os.environ,
+@dataclass
+class Service:
+    label: str
+    command: list[str]
+    env: dict[str, str]
+    loads: list[Load] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+
+    def median(self, pick: Callable[[Load], float]) -> float:
+        return statistics.median(pick(load) for load in self.loads)
+
+
+def _services(env: Env) -> list[Service]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    qosmesh = {
+        **base,
         "APP_NATS_URL": env.nats_url,
-        "APP_SERVICE_NAME": service,
-        "APP_DATA_DIR": str(env.tmp / service),
         "APP_LOG_LEVEL": "WARNING",
     }
-    for name in [k for k in environ if k.startswith("OTEL_")]:
-        del environ[name]
-    log = open(env.tmp / f"{service}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.serve", str(port), mode],
-        env=environ,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return proc, f"http://127.0.0.1:{port}"
+    python = sys.executable
+    services = []
+    for label, mode in (("qosmesh", "off"), ("qosmesh, tracing on", "on")):
+        name = unique("http")
+        settings = {**qosmesh, "APP_SERVICE_NAME": name, "APP_DATA_DIR": str(env.tmp / name)}
+        services.append(Service(label, [python, "-m", "bench.serve", "{port}", mode], settings))
+    peers = [("FastAPI + nats-py", "bench.peers.http_raw")]
+    if importlib.util.find_spec("faststream") is not None:
+        peers.append(("FastAPI + FastStream", "bench.peers.http_faststream"))
+    else:
+        print("  FastAPI + FastStream: not installed here (python3 dev.py bench installs it)")
+    for label, module in peers:
+        name = unique("peer").replace("-", "_")
+        command = [python, "-m", module, "{port}", env.nats_url, name]
+        services.append(Service(label, command, base))
+    return services
 
 
-async def _ready(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
+def _start(env: Env, service: Service) -> None:
+    port = free_port()
+    command = [part.format(port=port) for part in service.command]
+    log = open(env.tmp / f"{unique('http-log')}.log", "wb")  # noqa: SIM115
+    service.proc = subprocess.Popen(command, env=service.env, stdout=log, stderr=subprocess.STDOUT)
+    service.url = f"http://127.0.0.1:{port}"
+
+
+async def _ready(service: Service) -> None:
+    assert service.proc is not None
     deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        while time.monotonic() < deadline:
+            if service.proc.poll() is not None:
+                raise RuntimeError(f"{service.label} exited with {service.proc.returncode}")
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{service.label} not ready within 60 s")
+
+
+async def _idle(services: list[Service], timeout: float = 60.0) -> None:
+    """Wait until no service is still busy with the last round's messages, so that none
+    spends a core during another's round."""
+    processes = [psutil.Process(s.proc.pid) for s in services if s.proc is not None]
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.cpu_percent()
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bench.serve exited with {proc.returncode}")
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("bench.serve not ready within 60 s")
+        await asyncio.sleep(0.5)
+        if all(process.cpu_percent() < IDLE_CPU for process in processes):
+            return
+    print("  (a service stayed busy between rounds)")
 
 
-async def _load(client: httpx.AsyncClient, requests: int, clients: int) -> Load:
-    latencies: list[float] = []
-    left = iter(range(requests))
-
-    async def user() -> None:
-        for _ in left:
-            started = time.perf_counter()
-            response = await client.post("/orders", json=BODY)
-            latencies.append(time.perf_counter() - started)
-            if response.status_code != 202:
-                raise RuntimeError(f"POST /orders answered {response.status_code}")
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(clients)))
-    seconds = time.perf_counter() - started
-    q = statistics.quantiles(latencies, n=100)
-    return Load(requests / seconds, q[49], q[98])
+async def _load(service: Service, seconds: float, connections: int) -> Load:
+    load = await asyncio.to_thread(loadgen.run, f"{service.url}/orders", seconds, connections, BODY)
+    if load.errors:
+        raise RuntimeError(f"{service.label}: {load.errors} of {load.requests} requests failed")
+    return load
 
 
-async def _measure(env: Env, mode: str) -> Load:
-    proc, url = _start(env, mode)
-    limits = httpx.Limits(max_connections=env.http_clients)
+async def _ceiling(env: Env) -> Load:
+    """The generator against an endpoint that does nothing: what it can drive at most."""
+    trivial = Service("trivial", [sys.executable, "-m", "bench.peers.trivial", "{port}"], {})
+    trivial.env = dict(os.environ)
+    _start(env, trivial)
     try:
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-            await _ready(client, proc)
-            await _load(client, max(50, env.http_requests // 10), env.http_clients)  # warm-up
-            runs = [
-                await _load(client, env.http_requests, env.http_clients) for _ in range(env.runs)
-            ]
+        await _wait_listening(trivial)
+        return await _load(trivial, env.http_seconds, env.http_clients)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return sorted(runs, key=lambda load: load.rate)[len(runs) // 2]
+        _stop(trivial)
 
 
-async def rows(env: Env, pick: Callable[[str], bool]) -> list[Row]:
-    if not pick("http"):
-        return []
-    off = await _measure(env, "off")
-    on = await _measure(env, "on")
-    n, c = env.http_requests, env.http_clients
-    out = [
+async def _wait_listening(service: Service) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        while time.monotonic() < deadline:
+            try:
+                await client.post("/orders", content=BODY)
+                return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError(f"{service.label} not listening within 30 s")
+
+
+def _stop(service: Service) -> None:
+    if service.proc is None:
+        return
+    service.proc.send_signal(signal.SIGINT)
+    try:
+        service.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+
+
+def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], list[Row]]:
+    by_label = {s.label: s for s in services}
+    ours, traced = by_label["qosmesh"], by_label["qosmesh, tracing on"]
+    raw = by_label["FastAPI + nats-py"]
+    peer = by_label.get("FastAPI + FastStream")
+
+    def peer_value(pick: Callable[[Load], float]) -> float | None:
+        return peer.median(pick) if peer is not None else None
+
+    def rate(load: Load) -> float:
+        return load.rate
+
+    def p50(load: Load) -> float:
+        return load.p50 * 1000
+
+    def p99(load: Load) -> float:
+        return load.p99 * 1000
+
+    how = f"{env.http_seconds:g} s x {env.runs} rounds, {env.http_clients} connections"
+    compared = [
         Row(
             "POST /orders",
             "req/s",
-            on.rate,
-            off.rate,
-            target=0.85,
-            note=f"{n} requests, {c} clients; target = overhead <= 15%",
+            ours.median(rate),
+            raw.median(rate),
+            peer=peer_value(rate),
+            peer_target=1.0,
+            note=f"{how}, {loadgen.generator()}; median of the rounds",
         ),
-        Row("POST /orders p50", "ms", on.p50 * 1000, off.p50 * 1000, lower_better=True),
-        Row("POST /orders p99", "ms", on.p99 * 1000, off.p99 * 1000, lower_better=True),
+        Row(
+            "POST /orders p50",
+            "ms",
+            ours.median(p50),
+            raw.median(p50),
+            lower_better=True,
+            peer=peer_value(p50),
+        ),
+        Row(
+            "POST /orders p99",
+            "ms",
+            ours.median(p99),
+            raw.median(p99),
+            lower_better=True,
+            peer=peer_value(p99),
+            peer_target=round(1 / 1.1, 2),
+            note="target: p99 <= 1.1x the peer's",
+        ),
+        Row(
+            "load generator ceiling",
+            "req/s",
+            ceiling.rate,
+            note="the same load against an endpoint that does nothing",
+        ),
     ]
-    for row in out:
-        print(f"  {row.name}: {row.ours:,.1f} vs {row.raw or 0:,.1f}", flush=True)
-    return out
+    tracing = [
+        Row(
+            "POST /orders",
+            "req/s",
+            traced.median(rate),
+            ours.median(rate),
+            target=0.85,
+            note=f"{how}; target = overhead <= 15%",
+        ),
+        Row("POST /orders p50", "ms", traced.median(p50), ours.median(p50), lower_better=True),
+        Row("POST /orders p99", "ms", traced.median(p99), ours.median(p99), lower_better=True),
+    ]
+    return compared, tracing
+
+
+async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
+    if not pick("http"):
+        return []
+    ceiling = await _ceiling(env)
+    print(f"  load generator ({loadgen.generator()}) ceiling: {ceiling.rate:,.0f} req/s")
+    services = _services(env)
+    try:
+        for service in services:
+            _start(env, service)
+        for service in services:
+            await _ready(service)
+            await _load(service, min(2.0, env.http_seconds), env.http_clients)  # warm-up
+        for n in range(env.runs):
+            for service in services:
+                await _idle(services)
+                load = await _load(service, env.http_seconds, env.http_clients)
+                service.loads.append(load)
+                print(
+                    f"  round {n + 1}: {service.label}: {load.rate:,.0f} req/s, "
+                    f"p50 {load.p50 * 1000:.1f} ms, p99 {load.p99 * 1000:.1f} ms",
+                    flush=True,
+                )
+    finally:
+        for service in services:
+            _stop(service)
+    compared, tracing = _rows(services, env, ceiling)
+    return [
+        Table(
+            "HTTP POST /orders",
+            "qosmesh",
+            "FastAPI + nats-py",
+            compared,
+            peer_label="FastAPI + FastStream",
+        ),
+        Table("HTTP POST /orders, tracing", "tracing on", "tracing off", tracing),
+    ]
