@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyWrongLastSequenceError
 from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from app.errors import PublishError
-from app.kv import open_bucket, retrying
+from app.kv import Bucket, retrying, retrying_timed
 from app.retries import RetryBudget
 from app.settings import Settings
 
@@ -48,34 +48,32 @@ class Order(BaseModel):
 class OrderStore:
     """Every call rides through broker trouble within the publish budget (PublishError after)."""
 
-    def __init__(self, kv: KeyValue, budget: RetryBudget) -> None:
-        self._kv = kv
+    def __init__(self, bucket: Bucket, budget: RetryBudget) -> None:
+        self._bucket = bucket
         self._budget = budget
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, js: JetStreamContext, settings: Settings) -> OrderStore:
-        bucket = f"{settings.service_name.replace('-', '_')}_orders"
-        kv = await open_bucket(js, bucket, ttl=None, replicas=settings.replicas)
-        return cls(kv, RetryBudget.from_settings(settings))
+    async def open(cls, nc: NatsClient, js: JetStreamContext, settings: Settings) -> OrderStore:
+        name = f"{settings.service_name.replace('-', '_')}_orders"
+        bucket = await Bucket.open(nc, js, name, ttl=None, replicas=settings.replicas)
+        return cls(bucket, RetryBudget.from_settings(settings))
 
     async def get(self, order_id: str) -> Order | None:
         if not ORDER_ID.match(order_id):
             return None
-        try:
-            entry = await retrying(lambda: self._kv.get(order_id), self._budget, "order read")
-        except KeyNotFoundError:
+        read = partial(self._bucket.get, order_id)
+        entry = await retrying_timed(read, self._budget, "order read")
+        if entry is None:
             return None
         order = Order.model_validate_json(entry.value or b"{}")
         return None if order.status == "withdrawn" else order
 
     async def create(self, order: Order) -> None:
         """Record a new order; a repeat of the same order id keeps the first record."""
-        value = order.model_dump_json().encode()
+        write = partial(self._bucket.create, order.order_id, order.model_dump_json().encode())
         with contextlib.suppress(KeyWrongLastSequenceError):
-            await retrying(
-                lambda: self._kv.create(order.order_id, value), self._budget, "order write"
-            )
+            await retrying_timed(write, self._budget, "order write")
 
     def withdraw_later(self, order: Order) -> None:
         """`withdraw` in the background, best effort: with the broker away the event most
@@ -96,19 +94,19 @@ class OrderStore:
         back. The tombstone lives as long as any other record of the bucket."""
         tombstone = order.model_copy(update={"status": "withdrawn", "updated_at": _now()})
         data = tombstone.model_dump_json().encode()
-        await retrying(lambda: self._kv.put(order.order_id, data), self._budget, "order withdraw")
+        put = partial(self._bucket.kv.put, order.order_id, data)
+        await retrying(put, self._budget, "order withdraw")
 
     async def change(self, seed: Order, change: Callable[[Order], Order | None]) -> Order:
         """Apply `change` by compare-and-set, retrying on conflicts. `change` returns None
         when there is nothing to do; `seed` is used when the order is not recorded yet."""
+        read = partial(self._bucket.get, seed.order_id)
         for _ in range(_CAS_TRIES):
-            try:
-                entry = await retrying(
-                    lambda: self._kv.get(seed.order_id), self._budget, "order read"
-                )
-                current, revision = Order.model_validate_json(entry.value or b"{}"), entry.revision
-            except KeyNotFoundError:
-                current, revision = seed, None
+            entry = await retrying_timed(read, self._budget, "order read")
+            if entry is None:
+                current, revision = seed, 0
+            else:
+                current, revision = Order.model_validate_json(entry.value), entry.revision
             if current.status == "withdrawn":
                 return current
             changed = change(current)
@@ -118,14 +116,12 @@ class OrderStore:
             data = changed.model_dump_json().encode()
             try:
                 with tracer.start_as_current_span("kv update orders"):
-                    write = partial(self._write, seed.order_id, data, revision)
-                    await retrying(write, self._budget, "order update")
+                    if revision:
+                        write = partial(self._bucket.update, seed.order_id, data, revision)
+                    else:
+                        write = partial(self._bucket.create, seed.order_id, data)
+                    await retrying_timed(write, self._budget, "order update")
                 return changed
             except KeyWrongLastSequenceError:
                 continue
         raise RuntimeError(f"order {seed.order_id} kept changing under us")
-
-    async def _write(self, order_id: str, data: bytes, revision: int | None) -> int:
-        if revision is None:
-            return await self._kv.create(order_id, data)
-        return await self._kv.update(order_id, data, last=revision)

@@ -14,12 +14,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from app import nats_wire
 from app.errors import MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import consumed_series, process_duration, qos0_lost, sent_series
 from app.observability.spans import send_span, sending_traced
 from app.settings import Settings
-from app.transports import nats_wire
 from app.transports.base import Delivery, Subscription
 from app.transports.spec import Built, TransportSpec
 

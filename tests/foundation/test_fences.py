@@ -16,8 +16,8 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, StreamConfig
 from opentelemetry.sdk.metrics.export import MetricReader
 
+from app import nats_wire
 from app.observability.instruments import LocalHistogramsReader
-from app.transports import nats_wire
 
 
 def _parameters(function: object) -> list[str]:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.transports.deadlines import Deadlines
+from app.deadlines import Deadlines
 
 
 async def test_a_pending_future_fails_at_its_deadline_and_a_settled_one_is_left_alone():

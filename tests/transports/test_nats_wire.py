@@ -6,8 +6,8 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
+from app import nats_wire
 from app.errors import MessageTooLargeError
-from app.transports import nats_wire
 
 ENVELOPE = {
     "Nats-Msg-Id": "01JD7Q6W0000000000000000AB",

@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from app import nats_wire
 from app.dead_letters import (
     D_AT,
     D_CONSUMER,
@@ -45,7 +46,6 @@ from app.messages import H_ID, H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
 from app.observability.instruments import dead_letters
 from app.settings import Settings
 from app.supervision import supervised
-from app.transports import nats_wire
 from app.transports.jetstream.streams import ensure_stream
 
 log = logging.getLogger(__name__)

@@ -124,7 +124,7 @@ class JetStreamTransport:
                     await self._confirm(*inflight.popleft(), qos, again)
                 headers = {MSG_ID: envelope.message_id, **envelope.headers}
                 try:
-                    token, future = await self._acks.send(
+                    token, future = await self._acks.send_publish(
                         envelope.subject, envelope.body, headers, timeout
                     )
                 except (*RETRYABLE, MessageTooLargeError):  # publish says why, for each
@@ -171,7 +171,7 @@ class JetStreamTransport:
         await self._stream_ready(envelope.subject)
         headers = {MSG_ID: envelope.message_id, **envelope.headers}
         try:
-            ack = await self._acks.request(envelope.subject, envelope.body, headers, timeout)
+            ack = await self._acks.publish(envelope.subject, envelope.body, headers, timeout)
         except nats.errors.NoRespondersError:
             self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
             raise

@@ -26,13 +26,13 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from app.deadlines import Deadlines
 from app.messages import Envelope, QoS
 from app.observability.instruments import dedupe_hits, sent_series
 from app.retries import RetryBudget
 from app.settings import Settings
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
-from app.transports.deadlines import Deadlines
 from app.transports.redis.codec import fields_of
 from app.transports.redis.consumer import RedisConsumer
 from app.transports.redis.dead_letters import RedisDeadLetters
