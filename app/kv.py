@@ -153,6 +153,12 @@ class Bucket:
 
     async def get(self, key: str, timeout: float) -> Entry | None:
         """The key's value and revision; None when it has none (never written, or deleted)."""
+        entry, _ = await self._read(key, timeout)
+        return entry
+
+    async def _read(self, key: str, timeout: float) -> tuple[Entry | None, int]:
+        """The key's entry (None: never written, or deleted) and its last revision, a deletion's
+        included (0: never written)."""
         subject = self._prefix + key
         if self._direct:
             reply = await self._inbox.request(
@@ -161,12 +167,13 @@ class Bucket:
             headers = reply.headers or {}
             status = headers.get("Status")
             if status == "404":
-                return None
+                return None, 0
             if status is not None:
                 raise _status_error(reply)
+            revision = int(headers["Nats-Sequence"])
             if headers.get("KV-Operation") in ("DEL", "PURGE"):
-                return None
-            return Entry(reply.data, int(headers["Nats-Sequence"]))
+                return None, revision
+            return Entry(reply.data, revision), revision
         request = json.dumps({"last_by_subj": subject}).encode()
         reply = await self._inbox.request(
             f"$JS.API.STREAM.MSG.GET.{self._stream}", request, {}, timeout
@@ -175,13 +182,14 @@ class Bucket:
         error = answer.get("error")
         if error is not None:
             if error.get("err_code") == _NOT_FOUND:
-                return None
+                return None, 0
             raise APIError.from_error(error)
         message = answer["message"]
+        revision = int(message["seq"])
         block = base64.b64decode(message.get("hdrs") or "")
         if any(removed in block for removed in _REMOVED):
-            return None
-        return Entry(base64.b64decode(message.get("data") or ""), int(message["seq"]))
+            return None, revision
+        return Entry(base64.b64decode(message.get("data") or ""), revision), revision
 
     async def create(self, key: str, value: bytes, timeout: float) -> int:
         """Write the key's first value and return its revision; KeyWrongLastSequenceError
@@ -189,8 +197,10 @@ class Bucket:
         try:
             return await self.update(key, value, 0, timeout)
         except KeyWrongLastSequenceError:
-            # Maybe a deleted key, which is recreated over its tombstone: nats-py knows how.
-            return await self.kv.create(key, value)
+            entry, last = await self._read(key, timeout)
+            if entry is not None:
+                raise
+        return await self.update(key, value, last, timeout)  # over the deletion's tombstone
 
     async def update(self, key: str, value: bytes, last: int, timeout: float) -> int:
         """Write the key's value if its revision is `last` (0: it has none), returning the new

@@ -2,9 +2,11 @@
 
     async def place(bus: BusDep, ...) -> ...
 
-Each provider reads `Services` (app/services.py); a broker-bound part that is not there (the
-brokers are not reachable yet, or the parts are being built again) answers 503 with
-Retry-After. Providers are async so FastAPI calls them on the event loop, not in its thread pool.
+Each provider reads `Services` (app/services.py) straight from the request: a provider that
+depends on another costs FastAPI a second resolution on every request. A broker-bound part that
+is not there (the brokers are not reachable yet, or the parts are being built again) answers 503
+with Retry-After. Providers are async so FastAPI calls them on the event loop, not in its
+thread pool.
 """
 
 from __future__ import annotations
@@ -19,40 +21,39 @@ from app.dead_letters import DeadLetters
 from app.discovery import Discovery
 from app.errors import BrokerUnavailableError
 from app.peers import PeerClient
-from app.services import Services
+from app.services import Services, services_of
 from app.settings import Settings
 
 
 async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+    return services_of(request.app)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_settings(services: ServicesDep) -> Settings:
-    return services.settings
+async def get_settings(request: Request) -> Settings:
+    return services_of(request.app).settings
 
 
-async def get_brokers(services: ServicesDep) -> Brokers:
-    return services.brokers
+async def get_brokers(request: Request) -> Brokers:
+    return services_of(request.app).brokers
 
 
-async def get_bus(services: ServicesDep) -> Bus:
-    return services.bus
+async def get_bus(request: Request) -> Bus:
+    return services_of(request.app).bus
 
 
-async def get_discovery(services: ServicesDep) -> Discovery:
-    return services.discovery
+async def get_discovery(request: Request) -> Discovery:
+    return services_of(request.app).discovery
 
 
-async def get_peers(services: ServicesDep) -> PeerClient:
-    return services.peers
+async def get_peers(request: Request) -> PeerClient:
+    return services_of(request.app).peers
 
 
-async def get_dead_letters(services: ServicesDep) -> DeadLetters:
-    return services.dead_letters
+async def get_dead_letters(request: Request) -> DeadLetters:
+    return services_of(request.app).dead_letters
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -63,8 +64,8 @@ PeersDep = Annotated[PeerClient, Depends(get_peers)]
 DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
 
 
-async def broker_available(brokers: BrokersDep) -> None:
+async def broker_available(request: Request) -> None:
     """Refuse a command at once (503) while NATS is disconnected, instead of letting requests
     wait out their publish budgets and pile up."""
-    if not brokers.nc.is_connected:
+    if not services_of(request.app).brokers.nc.is_connected:
         raise BrokerUnavailableError("NATS is disconnected")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
-from app.api.deps import ServicesDep
 from app.api.idempotency_keys import IdempotencyKeys
 from app.example.orders import OrderStore
+from app.services import services_of
 
 
 @dataclass(slots=True)
@@ -18,9 +18,9 @@ class Example:
     keys: IdempotencyKeys
 
 
-async def get_example(services: ServicesDep) -> Example:
+async def get_example(request: Request) -> Example:
     """The example's state, as its `setup` made it for the current runtime."""
-    example: Example = services.domain
+    example: Example = services_of(request.app).domain
     return example
 
 
