@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from app import __version__
 from app.api import admin, cluster, health, nodes, openapi, problems
@@ -68,13 +69,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app, settings.max_body_bytes)
     openapi.install(app)
     instrument_app(app)
-    app.include_router(health.router)
-    app.include_router(nodes.router)
-    app.include_router(cluster.router)
-    app.include_router(admin.router)
+    built_in = (health.router, nodes.router, cluster.router, admin.router)
     if domain is not None:
+        # First: requests are matched route by route, and the domain's carry the traffic.
+        _refuse_shadowing(domain.router, built_in)
         app.include_router(domain.router)
+    for router in built_in:
+        app.include_router(router)
     return app
+
+
+def _refuse_shadowing(domain: APIRouter, built_in: tuple[APIRouter, ...]) -> None:
+    """Matched first, a domain route on a built-in's path and method would hide it."""
+    taken = {
+        (route.path, method)
+        for router in built_in
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
+    for route in domain.routes:
+        if isinstance(route, APIRoute):
+            clash = sorted(m for m in route.methods or () if (route.path, m) in taken)
+            if clash:
+                raise ConfigurationError(
+                    f"the domain's {', '.join(clash)} {route.path} would hide qosmesh's own"
+                )
 
 
 def load_domain(name: str) -> ModuleType | None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import BusDep, broker_available
+from app.api.deps import BusDep
 from app.api.idempotency_keys import fingerprint
 from app.errors import PublishError
 from app.example.messages import OrderPlaced, PaymentCaptured
@@ -18,8 +18,6 @@ from app.messages import new_message_id
 
 router = APIRouter(tags=["orders"])
 
-
-Commands = [Depends(broker_available)]
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
 RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", max_length=256)]
@@ -69,7 +67,6 @@ class OrderView(BaseModel):
     status_code=202,
     response_model=OrderAccepted,
     responses={409: {}, **_UNAVAILABLE},
-    dependencies=Commands,
 )
 async def place_order(
     body: PlaceOrder, bus: BusDep, example: ExampleDep, idempotency_key: IdempotencyKey = None
@@ -115,7 +112,6 @@ async def get_order(order_id: str, example: ExampleDep) -> Any:
     status_code=202,
     response_model=PaymentAccepted,
     responses={404: {}, 409: {}, **_UNAVAILABLE},
-    dependencies=Commands,
 )
 async def capture_payment(
     order_id: str,

@@ -71,7 +71,9 @@ class OrderStore:
 
     async def create(self, order: Order) -> None:
         """Record a new order; a repeat of the same order id keeps the first record."""
-        write = partial(self._bucket.create, order.order_id, order.model_dump_json().encode())
+        # Revision 0: written only if the key never was. No order is ever deleted (a withdrawal
+        # is a write), so this is `create` without its look at a deleted key's tombstone.
+        write = partial(self._bucket.update, order.order_id, order.model_dump_json().encode(), 0)
         with contextlib.suppress(KeyWrongLastSequenceError):
             await retrying_timed(write, self._budget, "order write")
 
