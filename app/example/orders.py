@@ -116,14 +116,15 @@ class OrderStore:
                 return current
             changed.updated_at = _now()
             data = changed.model_dump_json().encode()
-            try:
-                with tracer.start_as_current_span("kv update orders"):
-                    if revision:
-                        write = partial(self._bucket.update, seed.order_id, data, revision)
-                    else:
-                        write = partial(self._bucket.create, seed.order_id, data)
+            # Revision 0 writes only a key never written (no order is deleted: see `create`).
+            write = partial(self._bucket.update, seed.order_id, data, revision)
+            with tracer.start_as_current_span("kv update orders") as span:
+                try:
                     await retrying_timed(write, self._budget, "order update")
-                return changed
-            except KeyWrongLastSequenceError:
-                continue
+                except KeyWrongLastSequenceError:
+                    # Another write came first: the way compare-and-set works, not an error
+                    # (a recorded exception would format a traceback for every conflict).
+                    span.set_attribute("qosmesh.kv.conflict", True)
+                    continue
+            return changed
         raise RuntimeError(f"order {seed.order_id} kept changing under us")
