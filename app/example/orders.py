@@ -15,16 +15,15 @@ from typing import Literal
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
-from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from app.errors import PublishError
 from app.kv import Bucket, retrying, retrying_timed
+from app.observability.spans import step_span
 from app.retries import RetryBudget
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 ORDER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _CAS_TRIES = 20
 
@@ -118,7 +117,7 @@ class OrderStore:
             data = changed.model_dump_json().encode()
             # Revision 0 writes only a key never written (no order is deleted: see `create`).
             write = partial(self._bucket.update, seed.order_id, data, revision)
-            with tracer.start_as_current_span("kv update orders") as span:
+            with step_span("kv update orders") as span:
                 try:
                     await retrying_timed(write, self._budget, "order update")
                 except KeyWrongLastSequenceError:

@@ -15,14 +15,14 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.instruments import Histogram, HistogramSeries, meter
-from app.observability.spans import tracing
+from app.observability.spans import current_span, tracing
 
 # The buckets the conventions advise for http.server.request.duration.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -67,7 +67,6 @@ class _ScopeHeaders(Getter[Scope]):
 
 
 _headers = _ScopeHeaders()
-tracer = trace.get_tracer("qosmesh.http")
 
 
 class HttpTelemetry:
@@ -147,9 +146,7 @@ class HttpTelemetry:
         server = scope.get("server")
         if server:
             attributes["server.address"], attributes["server.port"] = server[0], server[1]
-        with tracer.start_as_current_span(
-            method, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        ) as span:
+        with current_span(method, SpanKind.SERVER, attributes, parent) as span:
 
             async def sending(message: Message) -> None:
                 if message["type"] == "http.response.start":

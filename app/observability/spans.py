@@ -8,14 +8,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import (
     INVALID_SPAN,
     NoOpTracerProvider,
     ProxyTracerProvider,
     Span,
     SpanKind,
+    Status,
+    StatusCode,
 )
+from opentelemetry.util.types import Attributes
 
 from app.messages import Envelope, QoS
 
@@ -28,7 +32,7 @@ def tracing() -> bool:
     """Whether a tracer provider is installed; until one is, spans are no-ops that cost a few
     microseconds per message, so the hot paths skip them. A provider, once set, stays; without
     one, the (environment-reading) lookup is repeated at most once a second."""
-    global _installed, _checked_at
+    global _installed, _checked_at, tracer
     if not _installed:
         now = time.monotonic()
         if now - _checked_at < 1.0:
@@ -36,6 +40,8 @@ def tracing() -> bool:
         _checked_at = now
         provider = trace.get_tracer_provider()
         _installed = not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+        if _installed:
+            tracer = provider.get_tracer("qosmesh")  # the provider's own, not a proxy to it
     return _installed
 
 
@@ -57,6 +63,37 @@ def _attributes(envelope: Envelope, system: str, operation: str, qos: QoS) -> di
 
 
 @contextmanager
+def current_span(
+    name: str, kind: SpanKind, attributes: Attributes, parent: Context | None = None
+) -> Iterator[Span]:
+    """`tracer.start_as_current_span` with one context manager instead of three: a span per
+    message, or per request, pays for each of them."""
+    span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        context.detach(token)
+        span.end()
+
+
+@contextmanager
+def step_span(name: str) -> Iterator[Span]:
+    """An INTERNAL span for one step of the work in hand (a store write in a handler), when
+    there is a trace to record it in."""
+    if not sending_traced():
+        yield INVALID_SPAN
+        return
+    with current_span(name, SpanKind.INTERNAL, None) as span:
+        yield span
+
+
+@contextmanager
 def send_span(envelope: Envelope, qos: QoS, system: str) -> Iterator[Span]:
     """Span one publish (retries included) and put its context into the envelope's headers; a
     publish outside any trace (a dead-letter replay from the CLI) starts a new one."""
@@ -64,9 +101,7 @@ def send_span(envelope: Envelope, qos: QoS, system: str) -> Iterator[Span]:
         yield INVALID_SPAN  # nothing to record and no incoming context to pass on
         return
     attributes = _attributes(envelope, system, "send", qos)
-    with tracer.start_as_current_span(
-        f"send {envelope.subject}", kind=SpanKind.PRODUCER, attributes=attributes
-    ) as span:
+    with current_span(f"send {envelope.subject}", SpanKind.PRODUCER, attributes) as span:
         propagate.inject(envelope.headers)
         yield span
 
@@ -80,7 +115,5 @@ def process_span(envelope: Envelope, qos: QoS, system: str, attempt: int) -> Ite
     attributes = _attributes(envelope, system, "process", qos)
     attributes["messaging.message.delivery_count"] = attempt
     parent = propagate.extract(envelope.headers)
-    with tracer.start_as_current_span(
-        f"process {envelope.subject}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-    ) as span:
+    with current_span(f"process {envelope.subject}", SpanKind.CONSUMER, attributes, parent) as span:
         yield span
