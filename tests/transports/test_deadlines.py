@@ -1,4 +1,5 @@
-"""Deadlines swept from one heap fail what is still pending, late by at most a tick."""
+"""Deadlines, queued in order or heaped out of it, fail what is still pending, late by at most a
+tick."""
 
 import asyncio
 import time
@@ -38,3 +39,15 @@ async def test_thousands_of_deadlines_cost_one_sweeper():
     await asyncio.sleep(0.1)
     assert all(isinstance(f.exception(), TimeoutError) for f in futures[1::2])
     assert [f.result() for f in futures[::2]] == list(range(0, 5000, 2))
+
+
+async def test_deadlines_out_of_order_fire_in_the_order_they_fall():
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(tick=0.01)
+    fired: list[float] = []
+    for timeout in (0.2, 0.05, 0.3, 0.1, 0.1, 0.25):  # queued, heaped, queued, heaped, ...
+        future = loop.create_future()
+        future.add_done_callback(lambda _, t=timeout: fired.append(t))
+        deadlines.fail_after(future, timeout, TimeoutError)
+    await asyncio.sleep(0.4)
+    assert fired == sorted(fired) == [0.05, 0.1, 0.1, 0.2, 0.25, 0.3]
