@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import BaseModel
 
-from app.kv import open_bucket, retrying, safe_key
+from app.kv import Bucket, retrying, retrying_timed, safe_key
 from app.retries import RetryBudget
 from app.settings import Settings
 
@@ -48,15 +48,18 @@ def fingerprint(*parts: Any) -> str:
 
 
 class IdempotencyKeys:
-    def __init__(self, kv: KeyValue, budget: RetryBudget) -> None:
-        self._kv = kv
+    def __init__(self, bucket: Bucket, budget: RetryBudget) -> None:
+        self._bucket = bucket
         self._budget = budget
 
     @classmethod
-    async def open(cls, js: JetStreamContext, settings: Settings) -> IdempotencyKeys:
-        bucket = f"{settings.service_name.replace('-', '_')}_http_keys"
-        kv = await open_bucket(js, bucket, ttl=settings.idempotency_ttl, replicas=settings.replicas)
-        return cls(kv, RetryBudget.from_settings(settings))
+    async def open(
+        cls, nc: NatsClient, js: JetStreamContext, settings: Settings
+    ) -> IdempotencyKeys:
+        name = f"{settings.service_name.replace('-', '_')}_http_keys"
+        ttl, replicas = settings.idempotency_ttl, settings.replicas
+        bucket = await Bucket.open(nc, js, name, ttl=ttl, replicas=replicas)
+        return cls(bucket, RetryBudget.from_settings(settings))
 
     @staticmethod
     def _key(scope: str, key: str) -> str:
@@ -71,14 +74,15 @@ class IdempotencyKeys:
         record = KeyedRequest(fingerprint=fp, plan=plan)
         for _ in range(3):
             value = record.model_dump_json().encode()
+            claim = partial(self._bucket.create, kv_key, value)
             try:
-                await retrying(partial(self._kv.create, kv_key, value), self._budget, "key claim")
+                await retrying_timed(claim, self._budget, "key claim")
                 return record
             except KeyWrongLastSequenceError:
                 pass
-            try:
-                entry = await retrying(lambda: self._kv.get(kv_key), self._budget, "key lookup")
-            except KeyNotFoundError:
+            lookup = partial(self._bucket.get, kv_key)
+            entry = await retrying_timed(lookup, self._budget, "key lookup")
+            if entry is None:
                 continue  # expired between the two calls: try to claim it again
             earlier = KeyedRequest.model_validate_json(entry.value or b"{}")
             if earlier.fingerprint != fp:
@@ -92,7 +96,7 @@ class IdempotencyKeys:
         """Store the answer, so repeats get it without doing the work again."""
         done = record.model_copy(update={"status": status, "response": body})
         value, kv_key = done.model_dump_json().encode(), self._key(scope, key)
-        await retrying(lambda: self._kv.put(kv_key, value), self._budget, "key answer")
+        await retrying(partial(self._bucket.kv.put, kv_key, value), self._budget, "key answer")
 
     async def command(
         self, scope: str, key: str | None, fp: str, plan: dict[str, str]

@@ -19,7 +19,7 @@ from app.settings import Settings
 async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
     """Open the read model and key store, and register the handlers (before the bus starts)."""
     orders = await OrderStore.open(brokers.nc, brokers.js, settings)
-    keys = await IdempotencyKeys.open(brokers.js, settings)
+    keys = await IdempotencyKeys.open(brokers.nc, brokers.js, settings)
     handlers.register(bus, orders)
     return Example(orders=orders, keys=keys)
 

@@ -218,6 +218,9 @@ def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], 
 async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
     if not pick("http"):
         return []
+    if importlib.util.find_spec("app.example") is None:
+        print("  HTTP rows: they measure the example's POST /orders, and this service has none")
+        return []
     ceiling = await _ceiling(env)
     print(f"  load generator ({loadgen.generator()}) ceiling: {ceiling.rate:,.0f} req/s")
     services = _services(env)
