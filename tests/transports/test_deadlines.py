@@ -3,6 +3,7 @@ tick."""
 
 import asyncio
 import time
+from functools import partial
 
 import pytest
 
@@ -41,13 +42,18 @@ async def test_thousands_of_deadlines_cost_one_sweeper():
     assert [f.result() for f in futures[::2]] == list(range(0, 5000, 2))
 
 
+def record(fired: list[float], timeout: float, _: asyncio.Future[None]) -> None:
+    fired.append(timeout)
+
+
 async def test_deadlines_out_of_order_fire_in_the_order_they_fall():
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(tick=0.01)
     fired: list[float] = []
-    for timeout in (0.2, 0.05, 0.3, 0.1, 0.1, 0.25):  # queued, heaped, queued, heaped, ...
-        future = loop.create_future()
-        future.add_done_callback(lambda _, t=timeout: fired.append(t))
+    timeouts = (0.2, 0.05, 0.3, 0.1, 0.1, 0.25)  # queued, heaped, queued, heaped, ...
+    futures = [loop.create_future() for _ in timeouts]
+    for future, timeout in zip(futures, timeouts, strict=True):
+        future.add_done_callback(partial(record, fired, timeout))
         deadlines.fail_after(future, timeout, TimeoutError)
     await asyncio.sleep(0.4)
     assert fired == sorted(fired) == [0.05, 0.1, 0.1, 0.2, 0.25, 0.3]
