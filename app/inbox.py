@@ -91,10 +91,14 @@ class ReplyInbox:
 
     async def _listen(self) -> None:
         prefix = f"{self._nc.new_inbox()}."
-        await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
         self._prefix = prefix
+        sub = await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
+        nats_wire.deliver_directly(sub, self._resolve)
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._resolve(msg)
+
+    def _resolve(self, msg: Msg) -> None:
         future = self._waiting.get(msg.subject[len(self._prefix) :])
         if future is not None and not future.done():
             future.set_result(msg)

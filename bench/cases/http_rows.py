@@ -44,7 +44,7 @@ class Service:
 
 def _services(env: Env) -> list[Service]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    qosmesh = {
+    ours = {
         **base,
         "APP_NATS_URL": env.nats_url,
         "APP_LOG_LEVEL": "WARNING",
@@ -53,7 +53,7 @@ def _services(env: Env) -> list[Service]:
     services = []
     for label, mode in (("qosmesh", "off"), ("qosmesh, tracing on", "on")):
         name = unique("http")
-        settings = {**qosmesh, "APP_SERVICE_NAME": name, "APP_DATA_DIR": str(env.tmp / name)}
+        settings = {**ours, "APP_SERVICE_NAME": name, "APP_DATA_DIR": str(env.tmp / name)}
         services.append(Service(label, [python, "-m", "bench.serve", "{port}", mode], settings))
     peers = [("FastAPI + nats-py", "bench.peers.http_raw")]
     if importlib.util.find_spec("faststream") is not None:

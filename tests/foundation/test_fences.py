@@ -104,3 +104,41 @@ def test_the_fast_path_switches_itself_off_when_an_internal_is_missing(monkeypat
     finally:
         monkeypatch.undo()
         importlib.reload(nats_wire)
+
+
+async def test_replies_still_reach_a_direct_subscription_from_the_read_loop(nats_server):
+    """deliver_directly stands in for a subscription's `_pending_queue`, which nats-py's read
+    loop fills with `put_nowait`, counting `_pending_size`, for `_wait_for_msgs_task` to empty."""
+    bypass = "nats_wire.deliver_directly (nats-py's Subscription._pending_queue)"
+    nc = await nats.connect(nats_server.url)
+    queued: list[Msg] = []
+    delivered: list[bytes] = []
+
+    async def queued_instead(msg: Msg) -> None:
+        queued.append(msg)
+
+    try:
+        sub = await nc.subscribe("direct.*", cb=queued_instead)
+        assert nats_wire.deliver_directly(sub, lambda msg: delivered.append(msg.data)), (
+            f"{bypass}: gone from nats-py; replies go through the queue"
+        )
+        assert "put_nowait" in inspect.getsource(NatsClient._process_msg), bypass
+        sub._pending_bytes_limit = 1024  # a backlog this size would be dropped as slow
+        for n in range(200):
+            await nc.publish(f"direct.{n}", b"x" * 64)
+        await nc.flush()
+        await asyncio.sleep(0.05)
+        assert delivered == [b"x" * 64] * 200, bypass
+        assert queued == [], f"{bypass}: the subscription's task still took messages"
+        assert sub.pending_msgs == 0
+        assert sub._pending_size == 0, f"{bypass}: nats-py's backlog count grows"
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def test_direct_delivery_switches_itself_off_when_the_subscription_changes_shape():
+    class Reshaped:
+        pass
+
+    assert nats_wire.deliver_directly(Reshaped(), lambda msg: None) is False  # type: ignore[arg-type]
