@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -70,6 +71,7 @@ async def open_bucket(
 # Broker trouble worth another try: no answer, no leader (an election), connection churn.
 # Logic errors (wrong revision, key not found) are not among them.
 TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionReconnectingError,
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError,
@@ -131,6 +133,7 @@ class Bucket:
 
     def __init__(self, nc: NatsClient, kv: KeyValue, name: str, direct: bool) -> None:
         self.kv = kv
+        self._nc = nc
         self._inbox = ReplyInbox(nc, _no_reply)
         self._stream = f"KV_{name}"
         self._prefix = f"$KV.{name}."
@@ -151,6 +154,27 @@ class Bucket:
         direct = bool((await js.stream_info(f"KV_{name}")).config.allow_direct)
         return cls(nc, kv, name, direct)
 
+    async def _request(
+        self,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        max_headers: int = 0,
+    ) -> Msg:
+        """One request; while the connection is reconnecting it waits for it, within
+        `timeout` (ConnectionReconnectingError after), as nats-py's own requests do, without
+        leaving a frame in nats-py's buffer to be sent after the caller has given up."""
+        if not self._nc.is_connected:
+            deadline = time.monotonic() + timeout
+            while not self._nc.is_connected:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._nc.is_closed:
+                    raise nats.errors.ConnectionReconnectingError
+                await asyncio.sleep(min(RECONNECT_POLL, left))
+            timeout = max(0.0, deadline - time.monotonic())
+        return await self._inbox.request(subject, body, headers, timeout, max_headers)
+
     async def get(self, key: str, timeout: float) -> Entry | None:
         """The key's value and revision; None when it has none (never written, or deleted)."""
         entry, _ = await self._read(key, timeout)
@@ -161,7 +185,7 @@ class Bucket:
         included (0: never written)."""
         subject = self._prefix + key
         if self._direct:
-            reply = await self._inbox.request(
+            reply = await self._request(
                 f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"", {}, timeout
             )
             headers = reply.headers or {}
@@ -175,9 +199,7 @@ class Bucket:
                 return None, revision
             return Entry(reply.data, revision), revision
         request = json.dumps({"last_by_subj": subject}).encode()
-        reply = await self._inbox.request(
-            f"$JS.API.STREAM.MSG.GET.{self._stream}", request, {}, timeout
-        )
+        reply = await self._request(f"$JS.API.STREAM.MSG.GET.{self._stream}", request, {}, timeout)
         answer = _json(reply)
         error = answer.get("error")
         if error is not None:
@@ -205,7 +227,7 @@ class Bucket:
     async def update(self, key: str, value: bytes, last: int, timeout: float) -> int:
         """Write the key's value if its revision is `last` (0: it has none), returning the new
         revision; KeyWrongLastSequenceError when another write came first."""
-        reply = await self._inbox.request(
+        reply = await self._request(
             self._prefix + key,
             value,
             {_EXPECTED_LAST: str(last)},
@@ -219,6 +241,9 @@ class Bucket:
                 raise KeyWrongLastSequenceError(description=error.get("description"))
             raise APIError.from_error(error)
         return int(ack["seq"])
+
+
+RECONNECT_POLL = 0.05
 
 
 def _json(reply: Msg) -> dict[str, Any]:

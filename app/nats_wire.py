@@ -19,6 +19,7 @@ internals used here.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Callable, Mapping
 
@@ -33,6 +34,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SUBJECT_BAD = re.compile(r"[ \t\r\n]")
 _LINE_BREAK = re.compile(r"[\r\n]")
 _KNOWN_LIMIT = 1024  # header names remembered as checked; past it, checked every time
+
+log = logging.getLogger(__name__)
 
 _INTERNALS = hasattr(NatsClient, "_send_command") and hasattr(NatsClient, "_flush_pending")
 _checked_names: set[str] = set()
@@ -161,7 +164,10 @@ class _Direct:
 
     def put_nowait(self, msg: Msg) -> None:
         self._sub._pending_size -= len(msg.data)  # nats-py added it, counting a backlog
-        self._deliver(msg)
+        try:
+            self._deliver(msg)
+        except Exception:  # raised into nats-py's read loop, it would end the connection
+            log.exception("delivering a message on %s failed", msg.subject)
 
     def qsize(self) -> int:
         return 0

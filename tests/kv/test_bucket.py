@@ -1,7 +1,9 @@
 """`Bucket`'s own get, create and update agree with nats-py's KeyValue on every kind of bucket,
 and give up with TimeoutError (which the retries ride through) when the broker does not answer."""
 
+import asyncio
 import time
+from functools import partial
 
 import nats
 import pytest
@@ -9,7 +11,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 
 from app.faults import freeze, thaw
-from app.kv import TRANSIENT, Bucket, Entry, open_bucket
+from app.kv import TRANSIENT, Bucket, Entry, open_bucket, retrying_timed
+from app.retries import RetryBudget
+from app.testing import eventually
 
 
 @pytest.fixture
@@ -84,3 +88,27 @@ async def test_a_frozen_broker_times_each_operation_out_on_its_own_timeout(js, n
     entry = await bucket.get("k", 2)
     assert entry is not None
     assert entry.value in (b"one", b"two")
+
+
+async def restart_after(server, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(server.start)
+
+
+async def test_an_operation_during_a_reconnect_rides_it_out_within_the_budget(nats_server):
+    """The broker restarts: an operation that meets the connection reconnecting waits for it,
+    as long as its attempt lasts, and retries within the budget, instead of failing at once
+    (a handler's delivery spent, dead-lettered after a few)."""
+    nc = await nats.connect(nats_server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    try:
+        bucket = await Bucket.open(nc, nc.jetstream(), "ride", ttl=None, replicas=1)
+        revision = await bucket.create("k", b"one", 1)
+        nats_server.kill()
+        await eventually(lambda: not nc.is_connected, message="the connection dropped")
+        back = asyncio.create_task(restart_after(nats_server, 1.0))
+        budget = RetryBudget(attempts=3, attempt_timeout=2.0, deadline=6.0)
+        entry = await retrying_timed(partial(bucket.get, "k"), budget, "read")
+        assert entry == Entry(b"one", revision)
+        await back
+    finally:
+        await nc.close()

@@ -27,6 +27,7 @@ from nats.js.api import (
 )
 from opentelemetry.metrics import Observation
 
+from app import nats_wire
 from app.messages import DeadLetterReason, Envelope
 from app.observability.instruments import consumer_gaps, watch_pending
 from app.settings import Settings
@@ -80,6 +81,7 @@ class PullConsumer:
         self._inbox = nc.new_inbox()
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{subscription.name}"
         self._requested = 0  # messages asked for and not yet arrived
+        self._settling: set[asyncio.Future[None]] = set()  # naks of messages come after a stop
         self._requests_end = 0.0  # by then every request has been answered or has expired
         self._missing = False  # the server says the consumer is gone: create it again
         self._missing_since = 0.0
@@ -114,6 +116,7 @@ class PullConsumer:
     async def start(self) -> None:
         await self._js.add_consumer(self._stream, self.config())
         self._inbox_sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        nats_wire.deliver_directly(self._inbox_sub, self._deliver)
         self._loop_task = supervised(self._run(), f"consume {self._sub.name}")
         self._pending_task = asyncio.create_task(self._track_pending())
         self._keepalive_task = asyncio.create_task(self._keep_alive(self._settings.ack_wait / 3))
@@ -163,12 +166,20 @@ class PullConsumer:
             self._requests_end = now + PULL_EXPIRES + PULL_GRACE
 
     async def _on_message(self, msg: Msg) -> None:
+        self._deliver(msg)
+
+    def _deliver(self, msg: Msg) -> None:
+        """A message or a pull status, as nats-py's read loop hands it over: nothing here
+        waits (a handler runs in its own task)."""
         if not msg.reply:
             self._on_status(msg.headers or {})
             return
         self._requested = max(0, self._requested - 1)
         if self._stopping:
-            await _settle(msg.nak())  # asked for before the stop: back to the other instances
+            # Asked for before the stop: back to the other instances.
+            naking = asyncio.ensure_future(_settle(msg.nak()))
+            self._settling.add(naking)
+            naking.add_done_callback(self._settling.discard)
             return
         # Kept alive from its arrival: it may wait for a slot before its handler starts.
         self._running[id(msg)] = (msg, time.monotonic())
