@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import nats
 import nats.errors
-import uvicorn
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
@@ -30,6 +29,7 @@ from bench.peers.orders_work import (
     confirm,
     create,
     new_id,
+    serve,
 )
 
 
@@ -92,11 +92,5 @@ def build(nats_url: str, names: Names) -> FastAPI:
     return app
 
 
-def main(argv: list[str]) -> int:
-    port, nats_url, service = int(argv[0]), argv[1], argv[2]
-    uvicorn.run(build(nats_url, Names(service)), host="127.0.0.1", port=port, log_level="warning")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve(build, sys.argv[1:]))

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+import uvicorn
+from fastapi import FastAPI
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,6 +72,13 @@ class OrderPlaced(BaseModel):
     order_id: str
     sku: str
     quantity: int
+
+
+def serve(build: Callable[[str, Names], FastAPI], argv: list[str]) -> int:
+    """`PORT NATS_URL SERVICE`: run the service `build` makes under uvicorn."""
+    port, nats_url, service = int(argv[0]), argv[1], argv[2]
+    uvicorn.run(build(nats_url, Names(service)), host="127.0.0.1", port=port, log_level="warning")
+    return 0
 
 
 def new_id() -> str:
