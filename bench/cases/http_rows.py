@@ -221,6 +221,8 @@ async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
     if importlib.util.find_spec("app.example") is None:
         print("  HTTP rows: they measure the example's POST /orders, and this service has none")
         return []
+    if loadgen.generator() != "wrk":
+        print("  wrk not found (apt-get install wrk, brew install wrk): bench/loadgen.py loads")
     ceiling = await _ceiling(env)
     print(f"  load generator ({loadgen.generator()}) ceiling: {ceiling.rate:,.0f} req/s")
     services = _services(env)
