@@ -59,7 +59,7 @@ def build(nats_url: str, names: Names) -> FastAPI:
             while True:
                 try:
                     batch = await sub.fetch(64, timeout=1)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own or asyncio's
                     continue
                 for msg in batch:
                     await confirm(kv, OrderPlaced.model_validate_json(msg.data))
