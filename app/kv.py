@@ -98,15 +98,13 @@ async def retrying(op: Callable[[], Awaitable[T]], budget: RetryBudget, what: st
     """Run a KV operation within the publish retry budget, so a request rides through a
     leader election or a slow broker the same way a publish does, and fails with
     PublishError (503) when the budget is spent."""
-    result: list[T] = []
 
-    async def attempt(_: int, timeout: float) -> None:
+    async def bounded(timeout: float) -> T:
         # asyncio.timeout, not wait_for: no extra task per KV call on the request path.
         async with asyncio.timeout(timeout):
-            result.append(await op())
+            return await op()
 
-    await with_retries(attempt, budget, TRANSIENT, "nats", what, operation=what)
-    return result[0]
+    return await retrying_timed(bounded, budget, what)
 
 
 # -- Bucket ------------------------------------------------------------------------------------
