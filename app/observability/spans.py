@@ -82,11 +82,19 @@ def current_span(
         span.end()
 
 
+def _unsampled(span: Span) -> bool:
+    """Whether `span` belongs to a trace the sampler dropped: its children are dropped too (the
+    SDK's default sampler follows the parent), so they are not started at all, which keeps a
+    sampled-out request nearly as cheap as one with tracing off."""
+    span_context = span.get_span_context()
+    return span_context.is_valid and not span_context.trace_flags.sampled
+
+
 @contextmanager
 def step_span(name: str) -> Iterator[Span]:
     """An INTERNAL span for one step of the work in hand (a store write in a handler), when
     there is a trace to record it in."""
-    if not sending_traced():
+    if not sending_traced() or _unsampled(trace.get_current_span()):
         yield INVALID_SPAN
         return
     with current_span(name, SpanKind.INTERNAL, None) as span:
@@ -100,6 +108,11 @@ def send_span(envelope: Envelope, qos: QoS, system: str) -> Iterator[Span]:
     if not sending_traced():
         yield INVALID_SPAN  # nothing to record and no incoming context to pass on
         return
+    current = trace.get_current_span()
+    if _unsampled(current):
+        propagate.inject(envelope.headers)  # the sampler's decision travels on
+        yield current
+        return
     attributes = _attributes(envelope, system, "send", qos)
     with current_span(f"send {envelope.subject}", SpanKind.PRODUCER, attributes) as span:
         propagate.inject(envelope.headers)
@@ -112,8 +125,16 @@ def process_span(envelope: Envelope, qos: QoS, system: str, attempt: int) -> Ite
     if not tracing() and "traceparent" not in envelope.headers:
         yield INVALID_SPAN
         return
+    parent = propagate.extract(envelope.headers)
+    remote = trace.get_current_span(parent)
+    if _unsampled(remote):
+        token = context.attach(parent)  # publishes in the handler carry the trace on
+        try:
+            yield remote
+        finally:
+            context.detach(token)
+        return
     attributes = _attributes(envelope, system, "process", qos)
     attributes["messaging.message.delivery_count"] = attempt
-    parent = propagate.extract(envelope.headers)
     with current_span(f"process {envelope.subject}", SpanKind.CONSUMER, attributes, parent) as span:
         yield span

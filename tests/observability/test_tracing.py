@@ -113,3 +113,26 @@ async def test_redis_publish_carries_the_trace_to_the_handler(
     assert process.context.trace_id == request.get_span_context().trace_id
     assert process.attributes is not None
     assert process.attributes["messaging.system"] == "redis"
+
+
+async def test_a_trace_the_sampler_dropped_records_no_span_but_carries_the_decision(spans):
+    bus = memory_bus()
+    seen: list[str] = []
+
+    async def handle(message: Ping) -> None:
+        seen.append(format(trace.get_current_span().get_span_context().trace_id, "032x"))
+        if message.n == 1:
+            await bus.publish(Ping(n=2))
+
+    bus.subscribe(Ping, handle)
+    await bus.start()
+    dropped = trace.SpanContext(
+        trace_id=0x5A, span_id=0x5B, is_remote=False, trace_flags=trace.TraceFlags(0)
+    )
+    with trace.use_span(trace.NonRecordingSpan(dropped)):
+        await bus.publish(Ping(n=1))
+    await eventually(lambda: len(seen) == 2)
+    await bus.stop(1)
+
+    assert seen == [format(0x5A, "032x")] * 2  # the handler and the next hop stay in the trace
+    assert spans.get_finished_spans() == ()  # and nothing in it was recorded
