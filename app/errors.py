@@ -4,6 +4,7 @@ QosMeshError
 ├── ConfigurationError      settings that cannot work (bad value, conflicting broker config)
 ├── BrokerUnavailableError  a broker could not be reached or refused us at start
 │   └── StoreUnavailableError   a store a delivery needs did not answer: it waits, unspent
+├── DatabaseUnavailableError    PostgreSQL could not be reached, or refused us, at start
 ├── PublishError            the broker did not confirm a publish within the retry budget
 │   └── MessageTooLargeError    headers and body exceed the broker's limit: refused, never sent
 ├── DeadLetterNotFoundError no dead letter with that id
@@ -32,6 +33,10 @@ class ConfigurationError(QosMeshError):
 
 class BrokerUnavailableError(QosMeshError):
     """A broker could not be reached, or refused the connection, at start."""
+
+
+class DatabaseUnavailableError(QosMeshError):
+    """PostgreSQL could not be reached, refused the credentials, or has no such database."""
 
 
 class StoreUnavailableError(BrokerUnavailableError):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -17,9 +17,11 @@ from fastapi.routing import APIRoute
 from app import __version__
 from app.api import admin, cluster, health, nodes, openapi, problems
 from app.api.health import Readiness
+from app.database.connection import open_database
 from app.discovery.models import new_node_id
 from app.errors import ConfigurationError
 from app.lifecycle import Drain
+from app.messages import Envelope, QoS
 from app.observability.setup import (
     FASTAPI_OPTIONS,
     instrument_app,
@@ -29,7 +31,7 @@ from app.observability.setup import (
 from app.runtime import Supervisor
 from app.services import Services
 from app.settings import DEFAULT_DOMAIN, Settings
-from app.supervision import Supervision, use
+from app.supervision import Supervision, supervised, use
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +49,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.supervision = supervision = Supervision()
         use(supervision)  # every task the instance starts from here reports to it
-        services.supervisor = supervisor = Supervisor(settings, domain, instance_id, supervision)
-        readiness = Readiness()
-        readiness.add(supervisor.readiness)
-        try:
-            await supervisor.start()
-            services.readiness = readiness
-            services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
-            log.info("service started", extra={"service": settings.service_name})
-            yield
-            log.info("service stopping", extra={"service": settings.service_name})
-            await drain.begin()
-        finally:
-            await supervisor.stop()
-            shutdown_telemetry()
+        async with AsyncExitStack() as stack:
+            readiness = Readiness()
+            if uses_database(settings, domain):
+                services.database = await stack.enter_async_context(open_database(settings))
+                readiness.add(services.database.readiness)
+            services.supervisor = supervisor = Supervisor(
+                settings, domain, instance_id, supervision, services.database
+            )
+            readiness.add(supervisor.readiness)
+            try:
+                await supervisor.start()
+                if services.database is not None:
+                    stack.enter_context(_relaying(services))
+                services.readiness = readiness
+                services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
+                log.info("service started", extra={"service": settings.service_name})
+                yield
+                log.info("service stopping", extra={"service": settings.service_name})
+                await drain.begin()
+            finally:
+                await supervisor.stop()
+                shutdown_telemetry()
 
     app = FastAPI(
         title=settings.service_name, version=__version__, lifespan=lifespan, **FASTAPI_OPTIONS
@@ -77,6 +87,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in built_in:
         app.include_router(router)
     return app
+
+
+def uses_database(settings: Settings, domain: ModuleType | None) -> bool:
+    """A database is opened when APP_DATABASE_URL names one or the domain declares that it
+    keeps its data in one (`USES_DATABASE = True`)."""
+    return settings.database_url is not None or bool(getattr(domain, "USES_DATABASE", False))
+
+
+@contextmanager
+def _relaying(services: Services) -> Iterator[None]:
+    """The outbox relay, publishing through whichever bus the supervisor holds now."""
+    from app.database.outbox import Relay
+
+    async def publish(envelope: Envelope, qos: QoS, transport: str) -> None:
+        await services.bus.relay(envelope, qos, transport)
+
+    assert services.database is not None
+    task = supervised(Relay(services.database, publish, services.settings).run(), "outbox relay")
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 def _refuse_shadowing(domain: APIRouter, built_in: tuple[APIRouter, ...]) -> None:

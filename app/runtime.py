@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
@@ -28,6 +28,9 @@ from app.peers import PeerClient
 from app.settings import Settings
 from app.supervision import Supervision, supervised
 from app.transports.registry import build_transports
+
+if TYPE_CHECKING:
+    from app.database.connection import Database
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,10 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, domain: ModuleType | None, instance_id: str
+    settings: Settings,
+    domain: ModuleType | None,
+    instance_id: str,
+    database: Database | None = None,
 ) -> AsyncIterator[Runtime]:
     """Brokers, discovery, the peer client and the bus with the domain's handlers; closed in
     reverse order (consumers stop before discovery leaves and the brokers close)."""
@@ -60,7 +66,7 @@ async def open_runtime(
         # Closed after the messaging stops, so handlers may call peers while draining.
         peers = await stack.enter_async_context(PeerClient(discovery))
         transports = await build_transports(settings, brokers)
-        bus = Bus(settings, transports.by_name, transports.claim_stores, instance_id)
+        bus = Bus(settings, transports.by_name, transports.claim_stores, instance_id, database)
         state = await domain.setup(bus, brokers, settings) if domain is not None else None
         await bus.start()
         stack.push_async_callback(bus.stop, settings.drain_timeout)
@@ -77,8 +83,10 @@ class Supervisor:
         domain: ModuleType | None,
         instance_id: str,
         supervision: Supervision,
+        database: Database | None = None,
     ) -> None:
         self._settings = settings
+        self._database = database
         self._domain = domain
         self._instance_id = instance_id
         self._supervision = supervision
@@ -129,7 +137,7 @@ class Supervisor:
         stack = AsyncExitStack()
         try:
             runtime = await stack.enter_async_context(
-                open_runtime(self._settings, self._domain, self._instance_id)
+                open_runtime(self._settings, self._domain, self._instance_id, self._database)
             )
         except BaseException:
             await stack.aclose()

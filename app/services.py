@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from app.api.health import Readiness
     from app.brokers import Brokers
     from app.bus import Bus
+    from app.database.connection import Database
     from app.dead_letters import DeadLetters
     from app.discovery import Discovery
     from app.lifecycle import Drain
@@ -37,6 +38,7 @@ class Services:
     supervisor: Supervisor | None = None
     readiness: Readiness | None = None  # set once the first runtime is up
     drain: Drain | None = None
+    database: Database | None = None  # when the domain or APP_DATABASE_URL asks for one
 
     @property
     def runtime(self) -> Runtime:

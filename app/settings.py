@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     redis_claim_idle: Annotated[float, Field(gt=0)] = 10.0
     redis_block_ms: Annotated[int, Field(ge=1, le=4000)] = 1000
 
+    database_url: SecretStr | None = None
+    database_migrate: bool | None = None
+    database_pool_size: Annotated[int, Field(ge=1, le=100)] = 10
+    outbox_retention: Annotated[float, Field(ge=60)] = 86400.0
+    outbox_max_backlog: Annotated[int, Field(ge=1)] = 100000
+    outbox_batch: Annotated[int, Field(ge=1, le=10000)] = 256
+    inbox_retention: Annotated[float, Field(ge=60)] = 604800.0
+
     replicas: Annotated[int, Field(ge=1, le=5)] = 1
     discovery_bucket: str = "qosmesh_nodes"
     node_ttl: Annotated[float, Field(ge=1)] = 6.0

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.embedded import NatsServer, ValkeyServer, free_port
+from app.embedded import NatsServer, PostgresServer, ValkeyServer, free_port
 from app.faults import TcpProxy
 from app.observability.instruments import LocalHistogramsReader, keep_histograms_locally
 from app.settings import Settings
@@ -314,6 +314,15 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL on a loopback port with its own data directory, kept across restarts."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start(30)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -339,3 +339,44 @@ def record_zeros(destinations: Iterable[tuple[str, str, int]]) -> None:
         dedupe_hits.add(0, {"side": side})
     for kind in ("joined", "updated", "left"):
         discovery_events.add(0, {"type": kind})
+
+
+class OutboxLevels:
+    """The outbox's backlog and the age of its oldest unsent row, as the relay last read them
+    (on its interval, never per message); None until it has."""
+
+    backlog: int | None = None
+    oldest_seconds: float | None = None
+
+
+outbox_levels = OutboxLevels()
+
+
+def _observe_backlog(options: CallbackOptions) -> Iterable[Observation]:
+    if outbox_levels.backlog is not None:
+        yield Observation(outbox_levels.backlog)
+
+
+def _observe_oldest(options: CallbackOptions) -> Iterable[Observation]:
+    if outbox_levels.oldest_seconds is not None:
+        yield Observation(outbox_levels.oldest_seconds)
+
+
+outbox_backlog = meter.create_observable_gauge(
+    "qosmesh.outbox.backlog",
+    callbacks=[_observe_backlog],
+    unit="{message}",
+    description="Outbox rows committed and not yet published",
+)
+outbox_oldest = meter.create_observable_gauge(
+    "qosmesh.outbox.oldest_unsent",
+    callbacks=[_observe_oldest],
+    unit="s",
+    description="Age of the oldest outbox row not yet published",
+)
+relay_duration = Histogram(
+    "qosmesh.outbox.relay.duration",
+    unit="s",
+    description="From an outbox row's commit to its broker ack",
+    boundaries=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)

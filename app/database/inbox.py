@@ -1,0 +1,84 @@
+"""The transactional inbox: a handler that asks for a session runs in a transaction that also
+records its message id, so its database effects are applied once per message id, however often
+the message is delivered. A redelivery finds the id and is acked without running; a delivery
+racing another of the same message waits on the id's row until the first commits or rolls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import failpoints
+from app.database.connection import Database
+from app.database.tables import inbox
+from app.errors import StoreUnavailableError
+from app.messages import Message
+
+M = TypeVar("M", bound=Message)
+SessionHandler = Callable[[M, AsyncSession], Awaitable[None]]
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+"""The database did not answer (restarting, unreachable, a connection cut): the delivery waits
+for it in place rather than spending one of its tries."""
+
+
+async def first_time(session: AsyncSession, consumer: str, message_id: str) -> bool:
+    """Record `message_id` as handled by `consumer` in this transaction; False if it already
+    was (by a committed transaction)."""
+    result = await session.execute(
+        insert(inbox)
+        .values(consumer=consumer, message_id=message_id)
+        .on_conflict_do_nothing()
+        .returning(inbox.c.message_id)
+    )
+    return result.first() is not None
+
+
+async def handle_once(
+    database: Database, consumer: str, message: M, handler: SessionHandler[M]
+) -> bool:
+    """Run `handler` with a session, in one transaction with the inbox record; False (and the
+    handler not run) when the message was already handled."""
+    try:
+        async with database.sessions() as session, session.begin():
+            if not await first_time(session, consumer, message.message_id):
+                return False
+            await handler(message, session)
+        failpoints.reached("inbox.before_ack")
+        return True
+    except Exception as exc:
+        if unavailable(exc):
+            raise StoreUnavailableError(f"database: {type(exc).__name__}") from exc
+        raise
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc`, or what it wraps, says the database did not answer (SQLAlchemy wraps
+    asyncpg's errors, which wrap the socket's)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, UNAVAILABLE):
+            return True
+        if isinstance(seen, sa_exc.DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            orig = seen.orig
+            seen = orig if isinstance(orig, BaseException) else seen.__cause__
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return False

@@ -1,0 +1,58 @@
+"""The tables qosmesh keeps in PostgreSQL: the transactional outbox and inbox. Migrations
+(app/database/migrations) create them; this metadata is what the code queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+outbox = Table(
+    "qosmesh_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("message_id", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("qos", SmallInteger, nullable=False),
+    Column("transport", String(64), nullable=False),
+    Column("ordering_key", Text, nullable=True),
+    Column("headers", JSONB, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text, nullable=True),
+)
+Index("qosmesh_outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
+Index(
+    "qosmesh_outbox_unsent_by_key",
+    outbox.c.ordering_key,
+    outbox.c.id,
+    postgresql_where=outbox.c.sent_at.is_(None),
+)
+Index("qosmesh_outbox_sent", outbox.c.sent_at, postgresql_where=outbox.c.sent_at.isnot(None))
+
+inbox = Table(
+    "qosmesh_inbox",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("message_id", String(64), primary_key=True),
+    Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("qosmesh_inbox_handled_at", inbox.c.handled_at)
