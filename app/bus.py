@@ -71,6 +71,11 @@ class Bus:
         # Per message type: the QoS, transport and subject (settings are fixed for a bus).
         self._routes: dict[type[Message], tuple[QoS, Transport, str]] = {}
 
+    @property
+    def database(self) -> Database | None:
+        """The database the outbox and the inbox live in, when the service has one."""
+        return self._database
+
     def route(self, message_type: type[Message]) -> tuple[QoS, Transport]:
         """The QoS and transport for `message_type`, overrides applied."""
         override = self._settings.qos_overrides.get(message_type.type_name())

@@ -70,16 +70,18 @@ async def database_command(settings: Settings, command: str) -> int:
     """`db upgrade` migrates (the deploy step for a database at APP_DATABASE_URL); `db current`
     prints the revision. A database that cannot be reached is one line and exit code 1."""
     from app.database.connection import open_database
-    from app.database.migrate import current_revision
+    from app.database.migrate import current_revisions
     from app.errors import DatabaseUnavailableError
+    from app.main import domain_migrations, load_domain
 
     try:
-        async with open_database(settings, migrate=command == "upgrade") as database:
-            revision = await current_revision(database.engine)
-    except DatabaseUnavailableError as exc:
+        domains = domain_migrations(load_domain(settings.domain))
+        async with open_database(settings, migrate=command == "upgrade", domains=domains) as db:
+            revisions = await current_revisions(db.engine)
+    except (DatabaseUnavailableError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"schema at revision {revision or 'none'}")
+    print(f"schema at revision {', '.join(revisions) or 'none'}")
     return 0
 
 

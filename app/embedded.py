@@ -70,6 +70,8 @@ class ServerProcess:
     """
 
     name = "server"
+    stop_signal = signal.SIGTERM
+    """What asks this server to shut down cleanly and promptly."""
 
     def __init__(
         self,
@@ -144,7 +146,7 @@ class ServerProcess:
         if self._proc is None:
             return
         if self._proc.poll() is None:
-            self._proc.terminate()
+            self._proc.send_signal(self.stop_signal)
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -359,6 +361,7 @@ class PostgresServer(ServerProcess):
     clients to disconnect."""
 
     name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown; SIGTERM waits for every client to leave
 
     def __init__(
         self,
@@ -429,11 +432,6 @@ class PostgresServer(ServerProcess):
             lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
             return lines[7].strip() == "ready" and int(lines[0]) == self.pid
         return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-        super().stop(timeout)
 
     @property
     def url(self) -> str:

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -52,12 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             readiness = Readiness()
             if uses_database(settings, domain):
-                services.database = await stack.enter_async_context(open_database(settings))
+                database = open_database(settings, domains=domain_migrations(domain))
+                services.database = await stack.enter_async_context(database)
                 readiness.add(services.database.readiness)
             services.supervisor = supervisor = Supervisor(
                 settings, domain, instance_id, supervision, services.database
             )
-            readiness.add(supervisor.readiness)
+            readiness.add(supervisor.readiness, required=services.database is None)
             try:
                 await supervisor.start()
                 if services.database is not None:
@@ -93,6 +95,12 @@ def uses_database(settings: Settings, domain: ModuleType | None) -> bool:
     """A database is opened when APP_DATABASE_URL names one or the domain declares that it
     keeps its data in one (`USES_DATABASE = True`)."""
     return settings.database_url is not None or bool(getattr(domain, "USES_DATABASE", False))
+
+
+def domain_migrations(domain: ModuleType | None) -> list[Path]:
+    """The domain's folder of migrations (its `MIGRATIONS`), if it keeps tables."""
+    folder = getattr(domain, "MIGRATIONS", None)
+    return [Path(folder)] if folder is not None else []
 
 
 @contextmanager

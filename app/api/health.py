@@ -15,22 +15,29 @@ router = APIRouter(tags=["health"])
 
 
 class Readiness:
-    """Named checks; the instance is ready only while every one of them answers "ok"."""
+    """Named checks; the instance is ready only while every required one answers "ok". A check
+    added as not required is reported and fails nothing (the brokers, for a service whose
+    commands wait in the database's outbox while they are away)."""
 
     def __init__(self) -> None:
-        self._checks: list[ReadinessCheck] = []
+        self._checks: list[tuple[ReadinessCheck, bool]] = []
         self.draining = False
 
-    def add(self, check: ReadinessCheck) -> None:
-        self._checks.append(check)
+    def add(self, check: ReadinessCheck, *, required: bool = True) -> None:
+        self._checks.append((check, required))
 
-    async def evaluate(self) -> dict[str, str]:
+    async def evaluate(self) -> tuple[dict[str, str], bool]:
+        """Every check's answer, and whether the instance is ready."""
         results: dict[str, str] = {}
-        for check in self._checks:
-            results.update(await check())
+        ready = not self.draining
+        for check, required in self._checks:
+            answers = await check()
+            results.update(answers)
+            if required and any(value != "ok" for value in answers.values()):
+                ready = False
         if self.draining:
             results["lifecycle"] = "draining"
-        return results
+        return results, ready and bool(results)
 
 
 @router.get("/healthz", responses={503: {"description": "a supervised task died for good"}})
@@ -47,10 +54,11 @@ async def healthz(services: ServicesDep) -> JSONResponse:
 
 @router.get("/readyz", responses={503: {"description": "a check failed"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: every broker, and every component, is usable right now."""
+    """Readiness: every broker, and every component, is usable right now. With a database, the
+    brokers are reported but do not count: commands wait in the outbox while they are away,
+    and the database (and the outbox's backlog) decides."""
     readiness = services.readiness
-    checks = await readiness.evaluate() if readiness else {"startup": "pending"}
-    ready = bool(checks) and all(value == "ok" for value in checks.values())
+    checks, ready = await readiness.evaluate() if readiness else ({"startup": "pending"}, False)
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status_code=200 if ready else 503,

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.brokers import BROKER_ERRORS
 from app.errors import (
     BrokerUnavailableError,
+    DatabaseUnavailableError,
     DeadLetterNotFoundError,
     MessageTooLargeError,
     NotReplayableError,
@@ -93,6 +94,7 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(PublishError, _unavailable)
     app.add_exception_handler(BrokerUnavailableError, _unavailable)
+    app.add_exception_handler(DatabaseUnavailableError, _unavailable)
     for error in BROKER_ERRORS:
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(MessageTooLargeError, _too_large_message)

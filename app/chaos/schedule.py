@@ -1,8 +1,8 @@
 """The nemesis's plan: a seeded schedule of faults, drawn before anything runs.
 
 A fault hits one lane (an instance with its network, the NATS broker or one cluster node at a
-time, Valkey); faults on one lane never overlap, faults on different lanes may, and `cover`
-schedules make sure at least two do. The same seed gives the same schedule.
+time, Valkey, PostgreSQL); faults on one lane never overlap, faults on different lanes may,
+and `cover` schedules make sure at least two do. The same seed gives the same schedule.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ INSTANCE_KINDS = ("instance-kill", "instance-pause", "instance-drain")
 NETWORK_KINDS = ("net-cut", "net-oneway", "net-latency")
 BROKER_KINDS = ("broker-kill", "broker-restart", "broker-pause")
 VALKEY_KINDS = ("valkey-kill", "valkey-restart", "valkey-pause")
+POSTGRES_KINDS = ("postgres-kill", "postgres-restart", "postgres-pause")
 
 
 def kinds_of(variant: Variant) -> tuple[str, ...]:
     """Every fault kind that applies to `variant`."""
-    kinds = INSTANCE_KINDS + NETWORK_KINDS + BROKER_KINDS
+    kinds = INSTANCE_KINDS + NETWORK_KINDS + BROKER_KINDS + POSTGRES_KINDS
     return kinds + VALKEY_KINDS if variant == "redis" else kinds
 
 
@@ -32,7 +33,7 @@ class Fault:
 
     Targets: `i<k>` (instance k; network kinds cut its links to the brokers), `nats` (the one
     nats-server), `n<k>` or `leader` (a cluster node; the leader of the orders stream is looked
-    up when the fault starts), `valkey`. `detail` is the direction of a one-way loss
+    up when the fault starts), `valkey`, `postgres`. `detail` is the direction of a one-way loss
     (`up`: instance to broker, `down`: back) or the added latency in seconds.
     """
 
@@ -50,7 +51,7 @@ class Fault:
     def lane(self) -> str:
         if self.target.startswith("i"):
             return self.target
-        return "valkey" if self.target == "valkey" else "broker"
+        return self.target if self.target in ("valkey", "postgres") else "broker"
 
     def describe(self) -> str:
         detail = f" {self.detail}" if self.detail else ""
@@ -131,6 +132,8 @@ def _draw(
         target = f"i{rng.randrange(instances)}"
     elif kind.startswith("valkey"):
         target = "valkey"
+    elif kind.startswith("postgres"):
+        target = "postgres"
     elif variant == "cluster":
         target = rng.choice(["leader", "leader", "n0", "n1", "n2"])
     else:

@@ -13,20 +13,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
-import nats
 import psutil
-from nats.js.errors import NoKeysError
 
 from app.chaos.checker import StoredOrder
 from app.chaos.schedule import Fault, Variant
-from app.embedded import NatsServer, ServerProcess, ValkeyServer
-from app.example.orders import Order
+from app.embedded import NatsServer, PostgresServer, ServerProcess, ValkeyServer
 from app.faults import TcpProxy, freeze, thaw
 from app.testing import NatsCluster, ServiceProcess
 
 SERVICE = "chaos"
-ORDERS_BUCKET = f"{SERVICE}_orders"
 ORDERS_STREAM = f"{SERVICE.upper()}_ORDER_PLACED"
 ADMIN_TOKEN = "chaos-admin-token-not-a-secret"  # noqa: S105 (a loopback test system)
 START_TIMEOUT = 60.0
@@ -85,13 +82,14 @@ class System:
             self.nats_nodes = [self.nats]
         if variant == "redis":
             self.valkey = ValkeyServer(root / "valkey")
+        self.postgres = PostgresServer(root / "postgres")
         self.instances = [self._instance(index) for index in range(instances)]
         self._spawned: dict[int, float] = {}  # pid -> create time, of every process started
 
     @property
     def brokers(self) -> list[ServerProcess]:
         valkey: list[ServerProcess] = [self.valkey] if self.valkey else []
-        return [*self.nats_nodes, *valkey]
+        return [*self.nats_nodes, *valkey, self.postgres]
 
     @property
     def nats_urls(self) -> list[str]:
@@ -110,10 +108,15 @@ class System:
             "APP_ADMIN_TOKEN": ADMIN_TOKEN,
             "APP_REPLICAS": "3" if self.cluster else "1",
         }
-        proxies = nats_proxies
+        postgres_proxy = TcpProxy("127.0.0.1", self.postgres.port)
+        env |= {
+            "APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{postgres_proxy.port}/postgres",
+            "APP_DATABASE_MIGRATE": "true",
+        }
+        proxies = [*nats_proxies, postgres_proxy]
         if self.valkey is not None:
             redis_proxy = TcpProxy("127.0.0.1", self.valkey.port)
-            proxies = [*nats_proxies, redis_proxy]
+            proxies = [*proxies, redis_proxy]
             env |= {
                 "APP_REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/0",
                 "APP_QOS1_TRANSPORT": "redis",
@@ -183,6 +186,8 @@ class System:
         if fault.target == "valkey":
             assert self.valkey is not None
             return self.valkey
+        if fault.target == "postgres":
+            return self.postgres
         if self.cluster is None:
             assert self.nats is not None
             return self.nats
@@ -247,10 +252,18 @@ class System:
         await self._start_server(server)
 
     async def _pause_server(self, server: ServerProcess, fault: Fault) -> None:
+        """Every process of the server: PostgreSQL serves each connection from a child."""
         assert server.pid is not None
-        await asyncio.to_thread(freeze, server.pid)
+        pids = [server.pid]
+        with contextlib.suppress(psutil.Error):
+            pids += [child.pid for child in psutil.Process(server.pid).children(recursive=True)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.to_thread(freeze, pid)
         await asyncio.sleep(fault.duration)
-        thaw(server.pid)
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                thaw(pid)
 
     # -- processes, without blocking the loop the proxies run in --------------------------
 
@@ -265,7 +278,7 @@ class System:
 
     async def _stop_server(self, server: ServerProcess) -> None:
         if server.pid is not None and server.running:
-            os.kill(server.pid, signal.SIGTERM)
+            os.kill(server.pid, server.stop_signal)
             await _until(lambda: not server.running, 15.0)
         server.stop()  # SIGKILL if it is still there; closes its log
 
@@ -311,24 +324,24 @@ class System:
     # -- what the checker reads -------------------------------------------------------------
 
     async def orders(self) -> dict[str, StoredOrder]:
-        """Every record of the orders bucket, tombstones included, read off the brokers."""
-        nc = await nats.connect(servers=self.nats_urls, connect_timeout=2)
+        """Every order with its applied payment ids, read off PostgreSQL."""
+        connection = await asyncpg.connect(self.postgres.url, timeout=5)
         try:
-            kv = await nc.jetstream().key_value(ORDERS_BUCKET)
-            try:
-                keys = await kv.keys()
-            except NoKeysError:
-                return {}
-            records = {}
-            for key in keys:
-                entry = await kv.get(key)
-                order = Order.model_validate_json(entry.value or b"{}")
-                records[key] = StoredOrder(
-                    order.order_id, order.sku, order.status, order.paid, tuple(order.payments)
-                )
-            return records
+            rows = await connection.fetch(
+                "SELECT o.order_id, o.sku, o.status, o.paid,"
+                " coalesce(array_agg(p.payment_id ORDER BY p.created_at)"
+                " FILTER (WHERE p.payment_id IS NOT NULL), '{}') AS payments"
+                " FROM example_orders o LEFT JOIN example_payments p USING (order_id)"
+                " GROUP BY o.order_id"
+            )
         finally:
-            await nc.close()
+            await connection.close()
+        return {
+            row["order_id"]: StoredOrder(
+                row["order_id"], row["sku"], row["status"], row["paid"], tuple(row["payments"])
+            )
+            for row in rows
+        }
 
     async def dead_letters(self) -> list[str]:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

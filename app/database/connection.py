@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -28,6 +31,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
 READY_TIMEOUT = 1.0
 
 
@@ -53,6 +57,20 @@ class Database:
     url: str
     max_backlog: int = 100_000
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed when the block ends, rolled back on an error.
+        The database not answering is DatabaseUnavailableError (the API answers 503)."""
+        try:
+            async with self.sessions() as session, session.begin():
+                yield session
+        except Exception as exc:
+            if unavailable(exc):
+                raise DatabaseUnavailableError(
+                    f"the database did not answer: {type(exc).__name__}"
+                ) from exc
+            raise
+
     async def readiness(self) -> dict[str, str]:
         """The database answers, and the outbox's backlog (as the relay last read it) is
         within APP_OUTBOX_MAX_BACKLOG: past it, new commands wait (back-pressure)."""
@@ -67,6 +85,38 @@ class Database:
         return {"database": "ok"}
 
 
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+"""The database did not answer (restarting, unreachable, a connection cut, a statement timed
+out): what a caller waits out or answers 503 to, rather than a failure of its own."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc`, or what it wraps, says the database did not answer (SQLAlchemy wraps
+    asyncpg's errors, which wrap the socket's)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, UNAVAILABLE):
+            return True
+        if isinstance(seen, sa_exc.DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            orig = seen.orig
+            seen = orig if isinstance(orig, BaseException) else seen.__cause__
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def migrate_on_start(settings: Settings) -> bool:
     """APP_DATABASE_MIGRATE, whose default is yes for the embedded database and no for one at
     APP_DATABASE_URL (whose schema a deploy step migrates)."""
@@ -77,9 +127,10 @@ def migrate_on_start(settings: Settings) -> bool:
 
 @asynccontextmanager
 async def open_database(
-    settings: Settings, *, migrate: bool | None = None
+    settings: Settings, *, migrate: bool | None = None, domains: Sequence[Path] = ()
 ) -> AsyncIterator[Database]:
-    """Start the embedded server when no URL is given, connect, migrate, and close on exit.
+    """Start the embedded server when no URL is given, connect, migrate (qosmesh's tables and
+    those of the `domains` migration folders), and close on exit.
     An unreachable database, or one that refuses us, raises DatabaseUnavailableError with one
     line that never shows the password."""
     async with AsyncExitStack() as stack:
@@ -101,13 +152,15 @@ async def open_database(
                 pool_size=settings.database_pool_size,
                 max_overflow=settings.database_pool_size,
                 pool_pre_ping=True,
+                # A frozen or cut-off server fails a statement instead of hanging it.
+                connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
             )
         except Exception as exc:
             raise _unavailable(url, exc) from None
         stack.push_async_callback(engine.dispose)
         await _check(engine, url)
         if migrate if migrate is not None else migrate_on_start(settings):
-            await upgrade(engine)
+            await upgrade(engine, domains)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         yield Database(engine, sessions, url, settings.outbox_max_backlog)
 

@@ -9,30 +9,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import failpoints
-from app.database.connection import Database
+from app.database.connection import Database, unavailable
 from app.database.tables import inbox
 from app.errors import StoreUnavailableError
 from app.messages import Message
 
 M = TypeVar("M", bound=Message)
 SessionHandler = Callable[[M, AsyncSession], Awaitable[None]]
-
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    OSError,
-)
-"""The database did not answer (restarting, unreachable, a connection cut): the delivery waits
-for it in place rather than spending one of its tries."""
 
 
 async def first_time(session: AsyncSession, consumer: str, message_id: str) -> bool:
@@ -63,22 +50,3 @@ async def handle_once(
         if unavailable(exc):
             raise StoreUnavailableError(f"database: {type(exc).__name__}") from exc
         raise
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether `exc`, or what it wraps, says the database did not answer (SQLAlchemy wraps
-    asyncpg's errors, which wrap the socket's)."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        if isinstance(seen, UNAVAILABLE):
-            return True
-        if isinstance(seen, sa_exc.DBAPIError):
-            if seen.connection_invalidated:
-                return True
-            orig = seen.orig
-            seen = orig if isinstance(orig, BaseException) else seen.__cause__
-        else:
-            seen = seen.__cause__ or seen.__context__
-    return False

@@ -1,9 +1,16 @@
 """Schema migrations by Alembic, run from code: on start (APP_DATABASE_MIGRATE) or by
 `python -m app db upgrade`. Instances starting together take turns on an advisory lock, so
-each migration runs once."""
+each migration runs once.
+
+qosmesh's own tables have their revisions in `migrations/versions`. A domain that keeps tables
+has its own folder of revisions, on its own branch (`down_revision = None`, a branch label), so
+deleting the domain deletes its migrations with it: its package names the folder as
+`MIGRATIONS`, and an upgrade goes to every branch's head."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
@@ -15,30 +22,33 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x716D6967  # "qmig": the advisory lock instances migrate under
 
 
-def _config(connection: Connection) -> Config:
+def _config(connection: Connection, domains: Sequence[Path]) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    locations = [MIGRATIONS / "versions", *domains]
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(str(path) for path in locations))
     config.attributes["connection"] = connection
     return config
 
 
-def _upgrade(connection: Connection) -> None:
-    connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": MIGRATION_LOCK})
-    command.upgrade(_config(connection), "head")
+async def upgrade(engine: AsyncEngine, domains: Sequence[Path] = ()) -> None:
+    """Bring the schema to the newest revision of every branch, in one transaction."""
+
+    def run(connection: Connection) -> None:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": MIGRATION_LOCK})
+        command.upgrade(_config(connection, domains), "heads")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
 
 
-def _current(connection: Connection) -> str | None:
+async def current_revisions(engine: AsyncEngine) -> list[str]:
+    """The revision each branch is at."""
     from alembic.runtime.migration import MigrationContext
 
-    return MigrationContext.configure(connection).get_current_revision()
+    def read(connection: Connection) -> list[str]:
+        return sorted(MigrationContext.configure(connection).get_current_heads())
 
-
-async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision, in one transaction."""
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
-
-
-async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as connection:
-        return await connection.run_sync(_current)
+        return await connection.run_sync(read)

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import failpoints
 from app.database.connection import Database, asyncpg_url
-from app.database.tables import inbox, outbox
+from app.database.tables import http_keys, inbox, outbox
 from app.errors import QosMeshError
 from app.messages import Envelope, QoS
 from app.observability.instruments import outbox_levels, relay_duration
@@ -123,6 +123,7 @@ class Relay:
         self._batch = settings.outbox_batch
         self._retention = timedelta(seconds=settings.outbox_retention)
         self._inbox_retention = timedelta(seconds=settings.inbox_retention)
+        self._keys_ttl = timedelta(seconds=settings.idempotency_ttl)
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._levels_at = 0.0
@@ -270,8 +271,8 @@ class Relay:
         return outbox_levels.backlog, outbox_levels.oldest_seconds
 
     async def prune(self) -> None:
-        """Delete sent rows older than APP_OUTBOX_RETENTION and inbox ids older than
-        APP_INBOX_RETENTION."""
+        """Delete sent rows older than APP_OUTBOX_RETENTION, inbox ids older than
+        APP_INBOX_RETENTION and HTTP keys older than APP_IDEMPOTENCY_TTL."""
         async with self._database.sessions() as session, session.begin():
             await session.execute(
                 delete(outbox).where(
@@ -280,6 +281,9 @@ class Relay:
             )
             await session.execute(
                 delete(inbox).where(inbox.c.handled_at < func.now() - self._inbox_retention)
+            )
+            await session.execute(
+                delete(http_keys).where(http_keys.c.created_at < func.now() - self._keys_ttl)
             )
 
     async def _listen(self) -> None:

@@ -56,3 +56,15 @@ inbox = Table(
     Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 Index("qosmesh_inbox_handled_at", inbox.c.handled_at)
+
+http_keys = Table(
+    "qosmesh_http_keys",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("qosmesh_http_keys_created_at", http_keys.c.created_at)

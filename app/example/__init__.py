@@ -1,27 +1,33 @@
-"""The example domain: orders (QoS 1) and payments (QoS 2), end to end.
+"""The example domain: orders (QoS 1) and payments (QoS 2), end to end, kept in PostgreSQL.
 
-Copy its pattern; delete this package and tests/example/ together to drop it. The service
-finds it through `router` and `setup` (see app/main.py).
+A command writes its row and its event's outbox row in one transaction; the handlers apply
+each event once through the inbox (docs/outbox.md). Copy its pattern; delete this package and
+tests/example/ together to drop it. The service finds it through `router`, `setup`,
+`USES_DATABASE` and `MIGRATIONS` (see app/main.py).
 """
 
 from __future__ import annotations
 
-from app.api.idempotency_keys import IdempotencyKeys
+from pathlib import Path
+
 from app.brokers import Brokers
 from app.bus import Bus
+from app.errors import ConfigurationError
 from app.example import handlers
 from app.example.api import router
-from app.example.orders import OrderStore
 from app.example.state import Example
 from app.settings import Settings
 
+USES_DATABASE = True
+MIGRATIONS = Path(__file__).parent / "migrations"
+
 
 async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
-    """Open the read model and key store, and register the handlers (before the bus starts)."""
-    orders = await OrderStore.open(brokers.nc, brokers.js, settings)
-    keys = await IdempotencyKeys.open(brokers.nc, brokers.js, settings)
-    handlers.register(bus, orders)
-    return Example(orders=orders, keys=keys)
+    """Register the handlers (before the bus starts)."""
+    if bus.database is None:
+        raise ConfigurationError("the example keeps its orders in the database")
+    handlers.register(bus)
+    return Example(database=bus.database, bus=bus)
 
 
-__all__ = ["Example", "router", "setup"]
+__all__ = ["MIGRATIONS", "USES_DATABASE", "Example", "router", "setup"]

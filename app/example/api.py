@@ -8,11 +8,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import BusDep
 from app.api.idempotency_keys import fingerprint
-from app.errors import PublishError
+from app.database.http_keys import TransactionalCommand
+from app.example import orders
 from app.example.messages import OrderPlaced, PaymentCaptured
-from app.example.orders import Order
 from app.example.state import ExampleDep
 from app.messages import new_message_id
 
@@ -22,7 +21,7 @@ router = APIRouter(tags=["orders"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)]
 RequiredIdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", max_length=256)]
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"description": "the broker did not confirm; retry (same Idempotency-Key)"}
+    503: {"description": "the database did not answer; retry (same Idempotency-Key)"}
 }
 
 
@@ -69,39 +68,29 @@ class OrderView(BaseModel):
     responses={409: {}, **_UNAVAILABLE},
 )
 async def place_order(
-    body: PlaceOrder, bus: BusDep, example: ExampleDep, idempotency_key: IdempotencyKey = None
+    body: PlaceOrder, example: ExampleDep, idempotency_key: IdempotencyKey = None
 ) -> Any:
-    """Record the order as pending, then publish `OrderPlaced` (QoS 1) for a handler to confirm."""
-    orders = example.orders
-    plan = {"order_id": new_message_id(), "message_id": new_message_id()}
-    command = await example.keys.command(
-        "POST /orders", idempotency_key, fingerprint(body.model_dump()), plan
-    )
-    if command.replay is not None:
-        return command.replay
-    order_id, message_id = command.plan["order_id"], command.plan["message_id"]
-    order = Order(order_id=order_id, sku=body.sku, quantity=body.quantity)
-    event = OrderPlaced(
-        message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
-    )
-    try:
-        await bus.publish(event)
-    except PublishError:
-        if not command.keyed:
-            # Nobody can retry this one. The event may have been stored all the same (its ack
-            # was lost): a tombstone keeps it from creating the order the client was refused.
-            # Written in the background: the 503 is not held up by a second budget.
-            orders.withdraw_later(order)
-        raise
-    # After the publish: a refused command leaves no pending order behind. The handler creates
-    # the order from the event if it comes first; then this keeps the handler's record.
-    await orders.create(order)
-    return await command.answer(202, OrderAccepted(order_id=order_id, message_id=message_id))
+    """Record the order as pending and write `OrderPlaced` (QoS 1) to the outbox, in one
+    transaction: the event is published once the transaction commits, the broker there or
+    not, and a handler confirms the order."""
+    async with example.database.transaction() as session:
+        fp = fingerprint(body.model_dump()) if idempotency_key is not None else ""
+        command = await TransactionalCommand.begin(session, "POST /orders", idempotency_key, fp)
+        if command.replay is not None:
+            return command.replay
+        order_id, message_id = new_message_id(), new_message_id()
+        await orders.add_order(session, order_id, body.sku, body.quantity)
+        event = OrderPlaced(
+            message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
+        )
+        await example.bus.publish(event, session=session, ordering_key=order_id)
+        return await command.answer(202, OrderAccepted(order_id=order_id, message_id=message_id))
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {}})
 async def get_order(order_id: str, example: ExampleDep) -> Any:
-    order = await example.orders.get(order_id)
+    async with example.database.transaction() as session:
+        order = await orders.get_order(session, order_id)
     if order is None:
         raise HTTPException(404, "Order not found")
     return order
@@ -116,29 +105,27 @@ async def get_order(order_id: str, example: ExampleDep) -> Any:
 async def capture_payment(
     order_id: str,
     body: CapturePayment,
-    bus: BusDep,
     example: ExampleDep,
     idempotency_key: RequiredIdempotencyKey,
 ) -> Any:
-    """Publish `PaymentCaptured` (QoS 2); the key is the payment id, applied once."""
-    if await example.orders.get(order_id) is None:
-        raise HTTPException(404, "Order not found")
-    command = await example.keys.command(
-        "POST /orders/{order_id}/payments",
-        idempotency_key,
-        fingerprint(order_id, body.model_dump()),
-        {"message_id": new_message_id()},
-    )
-    if command.replay is not None:
-        return command.replay
-    message_id = command.plan["message_id"]
-    await bus.publish(
-        PaymentCaptured(
+    """Write `PaymentCaptured` (QoS 2) to the outbox; the key is the payment id, applied once."""
+    async with example.database.transaction() as session:
+        if not await orders.exists(session, order_id):
+            raise HTTPException(404, "Order not found")
+        scope = "POST /orders/{order_id}/payments"
+        fp = fingerprint(order_id, body.model_dump())
+        command = await TransactionalCommand.begin(session, scope, idempotency_key, fp)
+        if command.replay is not None:
+            return command.replay
+        message_id = new_message_id()
+        payment = PaymentCaptured(
             message_id=message_id,
             order_id=order_id,
             payment_id=idempotency_key,
             amount=body.amount,
         )
-    )
-    answer = PaymentAccepted(order_id=order_id, payment_id=idempotency_key, message_id=message_id)
-    return await command.answer(202, answer)
+        await example.bus.publish(payment, session=session, ordering_key=order_id)
+        answer = PaymentAccepted(
+            order_id=order_id, payment_id=idempotency_key, message_id=message_id
+        )
+        return await command.answer(202, answer)

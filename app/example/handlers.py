@@ -1,40 +1,22 @@
-"""The example's message handlers: they keep the orders read model up to date."""
+"""The example's message handlers: each runs in a database transaction with the inbox record
+of its message, so its effect is applied once per message id."""
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.bus import Bus
+from app.example import orders
 from app.example.messages import OrderPlaced, PaymentCaptured
-from app.example.orders import Order, OrderStore
 
 
-def register(bus: Bus, orders: OrderStore) -> None:
-    @bus.handler(OrderPlaced)
-    async def confirm_order(event: OrderPlaced) -> None:
-        seed = Order(order_id=event.order_id, sku=event.sku, quantity=event.quantity)
+def register(bus: Bus) -> None:
+    @bus.handler(OrderPlaced, transactional=True)
+    async def confirm_order(event: OrderPlaced, session: AsyncSession) -> None:
+        await orders.confirm(session, event.order_id)
 
-        def confirm(order: Order) -> Order | None:
-            if order.status == "confirmed":
-                return None
-            return order.model_copy(update={"status": "confirmed"})
-
-        await orders.change(seed, confirm)
-
-    @bus.handler(PaymentCaptured)
-    async def apply_payment(event: PaymentCaptured) -> None:
-        current = await orders.get(event.order_id)
-        if current is None:
+    @bus.handler(PaymentCaptured, transactional=True)
+    async def apply_payment(event: PaymentCaptured, session: AsyncSession) -> None:
+        if not await orders.exists(session, event.order_id):
             raise LookupError(f"order {event.order_id} is not recorded yet")
-
-        def add(order: Order) -> Order | None:
-            # The payment id is stored with the amount in one write, so even a redelivery
-            # after a crash between the effect and the router's idempotency mark adds it once.
-            if event.payment_id in order.payments:
-                return None
-            return order.model_copy(
-                update={
-                    "paid": order.paid + event.amount,
-                    "payments": [*order.payments, event.payment_id],
-                }
-            )
-
-        await orders.change(current, add)
+        await orders.add_payment(session, event.order_id, event.payment_id, event.amount)

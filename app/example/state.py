@@ -7,15 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.idempotency_keys import IdempotencyKeys
-from app.example.orders import OrderStore
+from app.bus import Bus
+from app.database.connection import Database
 from app.services import services_of
 
 
 @dataclass(slots=True)
 class Example:
-    orders: OrderStore
-    keys: IdempotencyKeys
+    database: Database
+    bus: Bus  # its publishes go to the outbox: they need no broker connection
 
 
 async def get_example(request: Request) -> Example:

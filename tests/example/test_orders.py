@@ -104,11 +104,13 @@ async def test_unknown_or_malformed_order_is_404(shop, order_id):
 async def test_repeat_with_same_key_gets_the_first_answer_and_publishes_nothing(shop):
     headers = {"Idempotency-Key": "order-abc"}
     first = await shop.client.post("/orders", json=ORDER, headers=headers)
+    await eventually(lambda: _is(shop, first.json()["order_id"], "confirmed"))
     count = await stream_count(shop, "QOSMESH_ORDER_PLACED")
     again = await shop.client.post("/orders", json=ORDER, headers=headers)
     assert again.status_code == first.status_code == 202
     assert again.json() == first.json()
-    assert await stream_count(shop, "QOSMESH_ORDER_PLACED") == count
+    await asyncio.sleep(0.5)  # what the relay would have published by now
+    assert await stream_count(shop, "QOSMESH_ORDER_PLACED") == count == 1
 
     conflict = await shop.client.post("/orders", json={**ORDER, "quantity": 3}, headers=headers)
     assert conflict.status_code == 409
@@ -186,38 +188,47 @@ async def _paid(shop, order_id: str, amount: int) -> bool:
     return bool((await shop.client.get(f"/orders/{order_id}")).json()["paid"] == amount)
 
 
-async def test_broker_down_is_503_with_retry_after_quickly(shop, nats_server):
+async def test_broker_down_accepts_commands_into_the_outbox_and_confirms_them_later(
+    shop, nats_server
+):
+    """NATS away, the database up: commands answer 202 at once (safe in the outbox), readiness
+    stays 200 reporting NATS, and the orders are confirmed once NATS is back."""
     nats_server.kill()
     await eventually(lambda: not services_of(shop.app).brokers.nc.is_connected)
     started = time.monotonic()
-    response = await shop.client.post("/orders", json=ORDER)
-    assert response.status_code == 503
-    assert response.headers["Retry-After"].isdigit()
-    assert time.monotonic() - started < 1.0
+    accepted = [await shop.client.post("/orders", json=ORDER) for _ in range(5)]
+    assert [response.status_code for response in accepted] == [202] * 5
+    assert time.monotonic() - started < 2.0
+    ready = await shop.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["nats"] == "disconnected"
+    assert ready.json()["checks"]["database"] == "ok"
+    order_id = accepted[0].json()["order_id"]
+    assert await order_status(shop, order_id) == "pending"
     nats_server.start()
+    for response in accepted:
+        await eventually(lambda r=response: _is(shop, r.json()["order_id"], "confirmed"), 30)
 
 
-async def test_retry_after_an_unconfirmed_publish_confirms_the_order_once(shop):
-    """The stream refuses writes, so the publish budget runs out (503); the client retries with
-    the same key once it accepts them: same order, same message id, confirmed once."""
+async def test_a_stream_refusing_writes_holds_the_event_until_it_accepts_them(shop):
+    """The stream refuses writes: the command is accepted all the same (its event waits in the
+    outbox), and once the stream takes writes again the order is confirmed, once."""
     js = shop.js
     await shop.client.post("/orders", json=ORDER)  # the stream exists from here on
+    await eventually(lambda: stream_count(shop, "QOSMESH_ORDER_PLACED"))
     info = await js.stream_info("QOSMESH_ORDER_PLACED")
     full = info.config
     full.max_msgs = info.state.messages
     full.discard = DiscardPolicy.NEW
     await js.update_stream(full)
 
-    headers = {"Idempotency-Key": "retry-me"}
-    refused = await shop.client.post("/orders", json=ORDER, headers=headers)
-    assert refused.status_code == 503
-    assert "Retry-After" in refused.headers
+    accepted = await shop.client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k1"})
+    assert accepted.status_code == 202
+    order_id = accepted.json()["order_id"]
+    await asyncio.sleep(1.0)
+    assert await order_status(shop, order_id) == "pending"
 
     full.max_msgs = -1
     await js.update_stream(full)
-    accepted = await shop.client.post("/orders", json=ORDER, headers=headers)
-    assert accepted.status_code == 202
-    order_id = accepted.json()["order_id"]
-    await eventually(lambda: _is(shop, order_id, "confirmed"))
-    again = await shop.client.post("/orders", json=ORDER, headers=headers)
-    assert again.json() == accepted.json()
+    await eventually(lambda: _is(shop, order_id, "confirmed"), 30)
+    assert await stream_count(shop, "QOSMESH_ORDER_PLACED") == info.state.messages + 1
