@@ -200,9 +200,8 @@ class Bus:
         if broadcast:
             name = f"{name}__{self._instance_id}"
         types: dict[str, type[Message]] = {message_type.type_name(): message_type}
-        if transactional:
-            handler = self._in_transaction(handler, name, qos)
-        on_delivery = self._dispatcher(types, handler, qos, name, transport.name, transactional)
+        run = self._in_transaction(handler, name, qos) if transactional else handler
+        on_delivery = self._dispatcher(types, run, qos, name, transport.name, transactional)
         self._subscriptions.append(
             (
                 transport,
@@ -218,8 +217,9 @@ class Bus:
 
     def _in_transaction(
         self, handler: Callable[..., Awaitable[None]], consumer: str, qos: QoS
-    ) -> Callable[[Message], Awaitable[None]]:
-        """`handler(message, session)` as a plain handler, once per message id (the inbox)."""
+    ) -> Callable[[Message], Awaitable[bool]]:
+        """`handler(message, session)` as a plain handler, once per message id (the inbox):
+        False for a message already handled."""
         database = self._database
         if database is None:
             raise ConfigurationError(f"{consumer}: a transactional handler needs the database")
@@ -227,16 +227,18 @@ class Bus:
             raise ConfigurationError(f"{consumer}: QoS 0 messages cannot be handled in the inbox")
         from app.database.inbox import handle_once
 
-        async def run(message: Message) -> None:
-            if not await handle_once(database, consumer, message, handler):
-                dedupe_hits.add(1, {"side": "inbox"})
+        async def run(message: Message) -> bool:
+            if await handle_once(database, consumer, message, handler):
+                return True
+            dedupe_hits.add(1, {"side": "inbox"})
+            return False
 
         return run
 
     def _dispatcher(
         self,
         types: dict[str, type[Message]],
-        handler: MessageHandler[Any],
+        handler: Callable[[Any], Awaitable[bool | None]],
         qos: QoS,
         consumer: str,
         transport: str,
@@ -260,7 +262,10 @@ class Bus:
                     )
                 message = decode_message(envelope, types)
                 if claims is None or qos < QoS.EXACTLY_ONCE:
-                    await handler(message)
+                    # False only from the inbox: a message already handled.
+                    if await handler(message) is False:
+                        span.set_attribute("qosmesh.duplicate", True)
+                        return False
                     return True
                 key = f"{consumer}.{message.message_id}"
                 claim = await claims.claim(key, stale_after=stale_after)

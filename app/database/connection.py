@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.brokers import redact_url
+from app.brokers import RUNNING_URL, redact_url
 from app.database.migrate import upgrade
 from app.embedded import PostgresServer, StoreLock
-from app.errors import DatabaseUnavailableError
+from app.errors import ConfigurationError, DatabaseUnavailableError
 from app.observability.instruments import outbox_levels
 from app.settings import Settings
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
+SHARE_TIMEOUT = 30.0
 READY_TIMEOUT = 1.0
 
 
@@ -135,14 +137,7 @@ async def open_database(
     line that never shows the password."""
     async with AsyncExitStack() as stack:
         if settings.database_url is None:
-            server = PostgresServer(settings.data_path / "postgres")
-            lock = StoreLock(server.store_dir)
-            lock.acquire()
-            stack.callback(lock.release)
-            await asyncio.to_thread(server.start, 30.0)
-            stack.callback(server.stop)
-            url = server.url
-            log.info("using embedded PostgreSQL at %s", url)
+            url = await _embedded(stack, settings.data_path / "postgres")
         else:
             url = settings.database_url.get_secret_value()
             log.info("using PostgreSQL at %s", redact_url(url))
@@ -163,6 +158,39 @@ async def open_database(
             await upgrade(engine, domains)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         yield Database(engine, sessions, url, settings.outbox_max_backlog)
+
+
+async def _embedded(stack: AsyncExitStack, store: Path) -> str:
+    """Start the embedded server under `store`, or share the one another instance on the same
+    APP_DATA_DIR runs (it stops when that instance does)."""
+    running = store / RUNNING_URL
+    lock = StoreLock(store)
+    try:
+        lock.acquire()
+    except ConfigurationError:
+        deadline = time.monotonic() + SHARE_TIMEOUT
+        while not running.exists():
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+        url = running.read_text().strip()
+        log.info("using the embedded PostgreSQL of another instance at %s", url)
+        return url
+    stack.callback(lock.release)
+    running.unlink(missing_ok=True)  # left by an instance that was killed
+    try:
+        server = PostgresServer(store)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            "the service keeps data in PostgreSQL: set APP_DATABASE_URL, or install "
+            f"qosmesh[embedded] for an embedded server ({exc})"
+        ) from None
+    await asyncio.to_thread(server.start, 30.0)
+    stack.callback(server.stop)
+    running.write_text(server.url)
+    stack.callback(running.unlink, missing_ok=True)
+    log.info("using embedded PostgreSQL at %s", server.url)
+    return server.url
 
 
 async def _check(engine: AsyncEngine, url: str) -> None:

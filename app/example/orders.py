@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.observability.spans import step_span
+
 ORDER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 metadata = MetaData()
@@ -76,11 +78,12 @@ async def exists(session: AsyncSession, order_id: str) -> bool:
 
 
 async def confirm(session: AsyncSession, order_id: str) -> None:
-    await session.execute(
-        orders.update()
-        .where(orders.c.order_id == order_id, orders.c.status == "pending")
-        .values(status="confirmed", updated_at=func.now())
-    )
+    with step_span("db update orders"):
+        await session.execute(
+            orders.update()
+            .where(orders.c.order_id == order_id, orders.c.status == "pending")
+            .values(status="confirmed", updated_at=func.now())
+        )
 
 
 async def add_payment(session: AsyncSession, order_id: str, payment_id: str, amount: int) -> bool:

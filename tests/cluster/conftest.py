@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from app.embedded import PostgresServer
 from app.testing import NatsCluster, ServiceProcess, eventually
 from tests.discovery.conftest import node_id, status, view
 
@@ -21,17 +22,18 @@ STREAMS = [
     "QOSMESH_ADVISORIES",
     "KV_qosmesh_nodes",
     "KV_qosmesh_processed",
-    "KV_qosmesh_orders",
-    "KV_qosmesh_http_keys",
 ]
-"""Every stream qosmesh with the example creates; a KV bucket is the stream `KV_<bucket>`."""
+"""Every stream qosmesh with the example creates; a KV bucket is the stream `KV_<bucket>`. The
+example's orders and HTTP keys are in PostgreSQL."""
 
 
-def cluster_env(cluster: NatsCluster) -> dict[str, str]:
+def cluster_env(cluster: NatsCluster, database: PostgresServer) -> dict[str, str]:
     """Settings for an instance on the cluster: three replicas of everything, heartbeats and
-    publishes that outlast a leader election."""
+    publishes that outlast a leader election, and the one database the instances share."""
     return {
         "APP_NATS_URL": cluster.urls,
+        "APP_DATABASE_URL": database.url,
+        "APP_DATABASE_MIGRATE": "true",
         "APP_REPLICAS": "3",
         "APP_NODE_TTL": str(TTL),
         "APP_HEARTBEAT_INTERVAL": "2",
@@ -52,11 +54,12 @@ async def start_instances(
     cluster: NatsCluster,
     count: int,
     client: httpx.AsyncClient,
+    database: PostgresServer,
 ) -> tuple[list[ServiceProcess], list[str]]:
     """Start `count` instances on the cluster at once; return them once every one is ready
     and sees all the others, with their node ids in the same order."""
     started = time.monotonic()
-    services = [service_process(cluster_env(cluster), wait=None) for _ in range(count)]
+    services = [service_process(cluster_env(cluster, database), wait=None) for _ in range(count)]
 
     async def all_ready() -> bool:
         for service in services:

@@ -14,11 +14,13 @@ from tests.cluster.conftest import STREAMS, TTL, start_instances, views_are
 pytestmark = pytest.mark.slow
 
 
-async def test_every_stream_and_bucket_has_a_replica_on_each_node(nats_cluster, service_process):
+async def test_every_stream_and_bucket_has_a_replica_on_each_node(
+    nats_cluster, service_process, postgres_server
+):
     """With APP_REPLICAS=3: discovery, orders and payments, dead letters, advisories, the
     idempotency store, the orders read model and the HTTP keys all live on all three nodes."""
     async with httpx.AsyncClient() as client:
-        await start_instances(service_process, nats_cluster, 1, client)
+        await start_instances(service_process, nats_cluster, 1, client, postgres_server)
     async with nats_cluster.client() as js:
         for stream in STREAMS:
             info = await js.stream_info(stream)
@@ -29,10 +31,14 @@ async def test_every_stream_and_bucket_has_a_replica_on_each_node(nats_cluster, 
             assert peers == {"n0", "n1", "n2"}, stream
 
 
-async def test_instances_see_each_other_and_every_leave(nats_cluster, service_process):
+async def test_instances_see_each_other_and_every_leave(
+    nats_cluster, service_process, postgres_server
+):
     """A graceful stop is seen within a second, a SIGKILL within the TTL and a second."""
     async with httpx.AsyncClient() as client:
-        services, ids = await start_instances(service_process, nats_cluster, 4, client)
+        services, ids = await start_instances(
+            service_process, nats_cluster, 4, client, postgres_server
+        )
         leaving, crashing, *staying = services
 
         leaving.send_signal(signal.SIGTERM)

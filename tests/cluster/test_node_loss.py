@@ -196,10 +196,12 @@ async def all_current(cluster: NatsCluster) -> bool:
         return False
 
 
-async def test_node_killed_under_load_loses_nothing_and_catches_up(nats_cluster, service_process):
+async def test_node_killed_under_load_loses_nothing_and_catches_up(
+    nats_cluster, service_process, postgres_server
+):
     cluster = nats_cluster
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as client:
-        services, ids = await start_instances(service_process, cluster, 3, client)
+        services, ids = await start_instances(service_process, cluster, 3, client, postgres_server)
         async with cluster.client() as js:
             victim = await cluster.leader(js, "QOSMESH_ORDER_PLACED")
         assert victim is not None

@@ -1,5 +1,5 @@
-"""The example domain, unchanged, with QoS 1 and 2 on Redis Streams (its read model stays in
-NATS KV): orders confirmed, payments applied once, dead letters served by /admin/dlq."""
+"""The example domain, unchanged, with QoS 1 and 2 on Redis Streams (its orders stay in
+PostgreSQL): orders confirmed, payments applied once, dead letters served by /admin/dlq."""
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable

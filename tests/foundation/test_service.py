@@ -22,26 +22,34 @@ def nats_children(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True) if "nats-server" in p.name()]
 
 
+def embedded_servers(pid: int) -> list[psutil.Process]:
+    """The embedded nats-server and PostgreSQL (its postmaster and the processes it forked)."""
+    names = ("nats-server", "postgres")
+    return [p for p in psutil.Process(pid).children(recursive=True) if p.name() in names]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_stop_signal_leaves_no_nats_server_behind(service_process, sig):
+def test_stop_signal_leaves_no_embedded_server_behind(service_process, sig):
     service = service_process(wait="/readyz")
     assert httpx.get(service.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(service.url + "/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"nats": "ok", "discovery": "ok"}}
-    children = nats_children(service.pid)
-    assert len(children) == 1
+    checks = {"nats": "ok", "discovery": "ok", "database": "ok"}
+    assert ready.json() == {"status": "ready", "checks": checks}
+    children = embedded_servers(service.pid)
+    assert len(nats_children(service.pid)) == 1
+    assert any(p.name() == "postgres" for p in children)
 
     assert service.stop(sig) is not None
-    _gone, alive = psutil.wait_procs(children, timeout=5)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
 
 
-def test_sigkill_of_the_service_takes_its_nats_server_along(service_process):
+def test_sigkill_of_the_service_takes_its_embedded_servers_along(service_process):
     service = service_process(wait="/readyz")
-    children = nats_children(service.pid)
+    children = embedded_servers(service.pid)
     service.kill()
-    _gone, alive = psutil.wait_procs(children, timeout=5)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
 
 
@@ -81,7 +89,10 @@ def wait_status(url: str, status: int, timeout: float) -> float:
 
 
 def test_readyz_follows_the_broker_without_a_restart(service_process, nats_server):
-    service = service_process({"APP_NATS_URL": nats_server.url}, wait="/readyz")
+    """A service without a database (no domain): NATS away is not ready. (With one, the
+    database decides: tests/example/test_orders.py.)"""
+    env = {"APP_NATS_URL": nats_server.url, "APP_DOMAIN": ""}
+    service = service_process(env, wait="/readyz")
     nats_server.kill()
     wait_status(service.url + "/readyz", 503, timeout=5)
     body = httpx.get(service.url + "/readyz").json()
