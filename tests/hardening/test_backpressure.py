@@ -100,12 +100,12 @@ async def test_a_stopped_database_gets_quick_503s(service_process, nats_server, 
         assert statuses(answers) == {503}
         assert all(response.headers["Retry-After"].isdigit() for response in answers)
         assert slowest < 2.0
-    ready = httpx.get(service.url + "/readyz")
-    assert ready.status_code == 503
-    assert ready.json()["checks"]["database"] == "unavailable"
-
-    postgres_server.start()
-    await eventually(lambda: httpx.get(service.url + "/readyz").status_code == 200, timeout=15)
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "unavailable"
+        postgres_server.start()
+        await eventually(lambda: _status(client, "/readyz", 200), timeout=15)
     answers, _ = await burst(service.url, 20)
     assert statuses(answers) == {202}
 
@@ -117,3 +117,7 @@ async def _nats_ok(url: str) -> bool:
 
 async def _confirmed(client: httpx.AsyncClient, path: str) -> bool:
     return bool((await client.get(path)).json()["status"] == "confirmed")
+
+
+async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
+    return (await client.get(path)).status_code == status
