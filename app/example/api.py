@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api.idempotency_keys import fingerprint
 from app.database.http_keys import TransactionalCommand
@@ -25,11 +25,22 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_not_bool)]
+"""A JSON integer (604 or 604.0, as JSON Schema's `integer` allows); `true` is not 1."""
+
+
 class PlaceOrder(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sku: str = Field(min_length=1, max_length=64)
-    quantity: int = Field(ge=1, le=10000)
+    # PostgreSQL text cannot hold NUL: refused here, naming the field, not by the database.
+    sku: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00]+$")
+    quantity: Whole = Field(ge=1, le=10000)
 
 
 class OrderAccepted(BaseModel):
@@ -41,7 +52,7 @@ class OrderAccepted(BaseModel):
 class CapturePayment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: int = Field(gt=0, le=10**12)
+    amount: Whole = Field(gt=0, le=10**12)
 
 
 class PaymentAccepted(BaseModel):
