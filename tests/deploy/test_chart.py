@@ -20,7 +20,13 @@ from app.transports.registry import BUILT_IN
 from .conftest import CHART, NAMESPACE, RELEASE, Manifest, ci_values, one, render
 
 VALUES_FILES = ["default", "external-nats", "ha", "observability"]
-SECRET_SETTINGS = {"APP_NATS_PASSWORD", "APP_NATS_TOKEN", "APP_ADMIN_TOKEN", "APP_REDIS_URL"}
+SECRET_SETTINGS = {
+    "APP_NATS_PASSWORD",
+    "APP_NATS_TOKEN",
+    "APP_ADMIN_TOKEN",
+    "APP_REDIS_URL",
+    "APP_DATABASE_URL",
+}
 # Set by the chart from its own values, never through `config`.
 CHART_MANAGED = {
     "APP_NATS_SYNC",  # the embedded broker's; a chart's NATS is set in its own values
@@ -201,6 +207,7 @@ def test_external_nats_with_user_password_creds_and_tls(rendered):
         "APP_NATS_PASSWORD": "change-me",
         "APP_ADMIN_TOKEN": "admin-change-me-0123456789",
         "APP_REDIS_URL": values["secrets"]["APP_REDIS_URL"],
+        "APP_DATABASE_URL": values["secrets"]["APP_DATABASE_URL"],
     }
     c = container(docs)
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
@@ -228,7 +235,24 @@ def test_settings_from_config_reach_the_app_as_valid_settings(rendered, monkeypa
 
 def test_without_bundled_or_external_nats_the_chart_refuses_to_render():
     with pytest.raises(helm_python.HelmRenderError, match=r"externalNats\.url"):
-        render({"nats": {"enabled": False}})
+        render({"nats": {"enabled": False}, "database": {"required": False}})
+
+
+def test_a_domain_with_a_database_but_no_database_url_is_refused():
+    with pytest.raises(helm_python.HelmRenderError, match="APP_DATABASE_URL"):
+        render({})
+    assert one(render({"database": {"required": False}}), "Deployment")
+
+
+def test_pods_migrate_the_schema_in_an_init_container_before_the_service_starts(rendered):
+    pod = one(rendered("default"), "Deployment")["spec"]["template"]["spec"]
+    (migrate,) = pod["initContainers"]
+    assert migrate["command"] == ["python", "-m", "app", "db", "upgrade"]
+    assert migrate["image"] == pod["containers"][0]["image"]
+    assert migrate["envFrom"] == pod["containers"][0]["envFrom"]  # the Secret with the URL
+    assert migrate["securityContext"] == pod["containers"][0]["securityContext"]
+    values = {**ci_values("default"), "database": {"migrate": False}}
+    assert "initContainers" not in one(render(values), "Deployment")["spec"]["template"]["spec"]
 
 
 def test_redis_transport_without_a_redis_url_is_refused():
@@ -236,9 +260,10 @@ def test_redis_transport_without_a_redis_url_is_refused():
         render({"config": {"APP_QOS1_TRANSPORT": "redis"}})
 
 
-def test_default_values_make_no_secret_and_no_optional_objects(rendered):
+def test_default_values_make_no_optional_objects(rendered):
     kinds = [d["kind"] for d in rendered("default")]
-    for absent in ("Secret", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress"):
+    assert kinds.count("Secret") == 1  # the database URL, the one value without a default
+    for absent in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress"):
         assert absent not in kinds
     assert "ServiceMonitor" not in kinds
     assert one(rendered("default"), "Deployment")["spec"]["replicas"] == 2

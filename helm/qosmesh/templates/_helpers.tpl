@@ -119,6 +119,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $usesRedis (not .Values.secrets.APP_REDIS_URL) (not .Values.existingSecret) }}
 {{- fail "a QoS level uses the redis transport: set secrets.APP_REDIS_URL (or existingSecret); the image has no embedded Valkey" }}
 {{- end }}
+{{- if and .Values.database.required (not .Values.secrets.APP_DATABASE_URL) (not .Values.existingSecret) }}
+{{- fail "the service keeps data in PostgreSQL (the example does): set secrets.APP_DATABASE_URL (or existingSecret), or database.required=false for a domain without one; the image has no embedded PostgreSQL" }}
+{{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
