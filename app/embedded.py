@@ -337,11 +337,19 @@ def _postgres_system_user() -> str | None:
         return None
     import pwd
 
-    try:
-        pwd.getpwnam(POSTGRES_USER)
-    except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        subprocess.run([useradd, "--system", POSTGRES_USER], check=True, capture_output=True)
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    for attempt in range(20):
+        try:
+            pwd.getpwnam(POSTGRES_USER)
+            return POSTGRES_USER
+        except KeyError:
+            pass
+        # Two processes adding the user at once: one waits on /etc/passwd's lock, or finds
+        # the user there; the next look sees it.
+        made = subprocess.run([useradd, "--system", POSTGRES_USER], capture_output=True, text=True)
+        if made.returncode != 0 and attempt == 19:
+            raise ConfigurationError(f"cannot create the {POSTGRES_USER} user: {made.stderr}")
+        time.sleep(0.05)
     return POSTGRES_USER
 
 

@@ -1,0 +1,127 @@
+"""Commands under load while the broker or the database goes away, on real servers: every
+command answered 202 takes effect once after the outage, and the outbox drains."""
+
+import asyncio
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.database.tables import outbox
+from app.services import services_of
+from app.testing import eventually, running_app
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Load:
+    orders: list[str] = field(default_factory=list)  # order ids answered 202
+    payments: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    statuses: list[int] = field(default_factory=list)
+
+
+async def drive(client: httpx.AsyncClient, load: Load, seconds: float) -> None:
+    """Orders, and payments on the orders already accepted, for `seconds`, four at a time."""
+    keys = itertools.count()
+    deadline = time.monotonic() + seconds
+
+    async def worker(n: int) -> None:
+        for turn in itertools.count():
+            if time.monotonic() > deadline:
+                return
+            try:
+                if load.orders and turn % 2:
+                    order_id = load.orders[-1 - (n + turn) % len(load.orders)]
+                    key = f"pay-{next(keys)}"
+                    response = await client.post(
+                        f"/orders/{order_id}/payments",
+                        json={"amount": 5},
+                        headers={"Idempotency-Key": key},
+                    )
+                    if response.status_code == 202:
+                        load.payments[order_id][key] = 5
+                else:
+                    response = await client.post("/orders", json={"sku": "load", "quantity": 1})
+                    if response.status_code == 202:
+                        load.orders.append(response.json()["order_id"])
+                load.statuses.append(response.status_code)
+            except httpx.HTTPError:
+                load.statuses.append(0)
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(worker(n) for n in range(4)))
+
+
+async def every_command_applied_once(client: httpx.AsyncClient, load: Load) -> bool:
+    for order_id in load.orders:
+        body = (await client.get(f"/orders/{order_id}")).json()
+        if body.get("status") != "confirmed":
+            return False
+        if body["paid"] != sum(load.payments.get(order_id, {}).values()):
+            return False
+    return True
+
+
+async def backlog(app) -> int:
+    database = services_of(app).database
+    assert database is not None
+    async with database.sessions() as session:
+        count = select(func.count()).where(outbox.c.sent_at.is_(None))
+        return int((await session.execute(count)).scalar_one())
+
+
+@pytest.fixture
+async def shop(settings_for, nats_server, postgres_server) -> AsyncIterator[tuple[object, str]]:
+    settings = settings_for(
+        nats_url=nats_server.url,
+        database_url=postgres_server.url,
+        database_migrate=True,
+        publish_attempt_timeout=0.5,
+        publish_deadline=2,
+        ack_wait=2,
+    )
+    async with running_app(settings) as (app, url):
+        yield app, url
+
+
+async def test_broker_stopped_for_10s_under_orders_and_payments(shop, nats_server):
+    app, url = shop
+    load = Load()
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def outage() -> None:
+            await asyncio.sleep(2)
+            await asyncio.to_thread(nats_server.kill)
+            await asyncio.sleep(10)
+            await asyncio.to_thread(nats_server.start)
+
+        await asyncio.gather(drive(client, load, 15), outage())
+        print(f"\n{len(load.orders)} orders, {sum(map(len, load.payments.values()))} payments")
+        assert set(load.statuses) == {202}  # the database never went away
+        await eventually(lambda: every_command_applied_once(client, load), timeout=60)
+    assert await backlog(app) == 0
+
+
+async def test_database_restarted_under_load_loses_no_accepted_command(shop, postgres_server):
+    app, url = shop
+    load = Load()
+    async with httpx.AsyncClient(base_url=url, timeout=40) as client:
+
+        async def restart() -> None:
+            await asyncio.sleep(2)
+            await asyncio.to_thread(postgres_server.kill)
+            await asyncio.sleep(2)
+            await asyncio.to_thread(postgres_server.start, 30)
+
+        await asyncio.gather(drive(client, load, 8), restart())
+        print(f"\nstatuses: { {s: load.statuses.count(s) for s in set(load.statuses)} }")
+        assert set(load.statuses) <= {202, 503}
+        assert load.statuses.count(503) > 0  # the outage was felt
+        await eventually(lambda: every_command_applied_once(client, load), timeout=60)
+    assert await backlog(app) == 0
