@@ -146,8 +146,9 @@ async def open_database(
                 sqlalchemy_url(url),
                 pool_size=settings.database_pool_size,
                 max_overflow=settings.database_pool_size,
-                pool_pre_ping=True,
-                # A frozen or cut-off server fails a statement instead of hanging it.
+                # No ping before each use (a round trip per transaction): a connection the server
+                # dropped fails its first statement, is discarded, and the caller's retry or 503
+                # follows. A frozen or cut-off server fails a statement instead of hanging it.
                 connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
             )
         except Exception as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +45,6 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 CHANNEL = "qosmesh_outbox"
-KEY_LOCK_CLASS = 0x716D6F62  # "qmob": the advisory lock class of the per-key write locks
 POLL_EVERY = 1.0
 LEVELS_EVERY = 5.0
 PRUNE_EVERY = 60.0
@@ -55,6 +55,12 @@ Publish = Callable[[Envelope, QoS, str], Awaitable[None]]
 broker did not confirm it (or there is no broker connection right now)."""
 
 
+_ADD = text(
+    "SELECT qosmesh_outbox_add(:message_id, :subject, CAST(:qos AS smallint), :transport,"
+    " :ordering_key, CAST(:headers AS jsonb), :body)"
+)
+
+
 async def add(
     session: AsyncSession,
     envelope: Envelope,
@@ -62,26 +68,23 @@ async def add(
     transport: str,
     ordering_key: str | None = None,
 ) -> None:
-    """Write `envelope` to the outbox in `session`'s transaction (begun if it was not)."""
-    if ordering_key is not None:
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
-            {"cls": KEY_LOCK_CLASS, "key": ordering_key},
-        )
+    """Write `envelope` to the outbox in `session`'s transaction (begun if it was not): one
+    round trip to a function (migration 0001) that takes the key's lock, inserts the row and
+    notifies the relays."""
     if sending_traced():
         propagate.inject(envelope.headers)  # the relay's publish joins the caller's trace
     await session.execute(
-        outbox.insert().values(
-            message_id=envelope.message_id,
-            subject=envelope.subject,
-            qos=int(qos),
-            transport=transport,
-            ordering_key=ordering_key,
-            headers=envelope.headers,
-            body=envelope.body,
-        )
+        _ADD,
+        {
+            "message_id": envelope.message_id,
+            "subject": envelope.subject,
+            "qos": int(qos),
+            "transport": transport,
+            "ordering_key": ordering_key,
+            "headers": json.dumps(envelope.headers),
+            "body": envelope.body,
+        },
     )
-    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 @dataclass(slots=True)
@@ -165,7 +168,9 @@ class Relay:
             failed = {row.id: error for _sent, row, error in outcomes if row is not None}
             if sent:
                 await session.execute(
-                    update(outbox).where(outbox.c.id.in_(sent)).values(sent_at=func.now())
+                    update(outbox)
+                    .where(outbox.c.id.in_(sent))
+                    .values(sent_at=func.clock_timestamp())
                 )
             for row_id, error in failed.items():
                 await session.execute(

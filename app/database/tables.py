@@ -34,8 +34,10 @@ outbox = Table(
     Column("ordering_key", Text, nullable=True),
     Column("headers", JSONB, nullable=False),
     Column("body", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column(
+        "created_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
+    ),
+    Column("sent_at", DateTime(timezone=True), nullable=True),  # when the broker had acked it
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),
 )

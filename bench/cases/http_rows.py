@@ -16,15 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import asyncpg
 import httpx
-import nats
 import psutil
-from nats.js import JetStreamContext
 
-from app.embedded import free_port
-from app.example.messages import OrderPlaced
-from app.messages import snake_case
-from app.transports.jetstream.streams import stream_name
+from app.embedded import PostgresServer, free_port
 from bench import loadgen
 from bench.cases.common import Env, unique
 from bench.loadgen import Load
@@ -33,6 +29,8 @@ from bench.report import Row, Table
 
 BODY = json.dumps({"sku": "bench-sku", "quantity": 1})
 IDLE_CPU = 5.0  # percent of a core: a service below it has caught up with its consumer's work
+OUTBOX_ORDERS = 300
+OUTBOX_P99_BOUND = 50.0  # ms, on an idle machine
 
 
 @dataclass
@@ -40,8 +38,8 @@ class Service:
     label: str
     command: list[str]
     env: dict[str, str]
-    stream: str  # where its OrderPlaced events go
-    durable: str  # the consumer that confirms the orders
+    database: str  # its own database on the benchmark's PostgreSQL
+    pending: str  # SQL: how many of its orders are not confirmed yet
     loads: list[Load] = field(default_factory=list)
     confirmed: list[float] = field(default_factory=list)  # orders confirmed per second
     proc: subprocess.Popen[bytes] | None = None
@@ -51,7 +49,7 @@ class Service:
         return statistics.median(pick(load) for load in self.loads)
 
 
-def _services(env: Env) -> list[Service]:
+async def _services(env: Env, postgres: PostgresServer) -> list[Service]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     ours = {
         **base,
@@ -62,11 +60,17 @@ def _services(env: Env) -> list[Service]:
     services = []
     for label, mode in (("qosmesh", "off"), ("qosmesh, tracing on", "on")):
         name = unique("http")
-        settings = {**ours, "APP_SERVICE_NAME": name, "APP_DATA_DIR": str(env.tmp / name)}
+        database = await _database_url(postgres, name.replace("-", "_"))
+        settings = {
+            **ours,
+            "APP_SERVICE_NAME": name,
+            "APP_DATA_DIR": str(env.tmp / name),
+            "APP_DATABASE_URL": database,
+            "APP_DATABASE_MIGRATE": "true",
+        }
         command = [python, "-m", "bench.serve", "{port}", mode]
-        stream = stream_name(OrderPlaced.subject_for(name))
-        durable = f"{name}__{snake_case(OrderPlaced.type_name())}"  # as Bus.subscribe names it
-        services.append(Service(label, command, settings, stream, durable))
+        pending = "SELECT count(*) FROM example_orders WHERE status = 'pending'"
+        services.append(Service(label, command, settings, database, pending))
     peers = [("FastAPI + nats-py", "bench.peers.http_raw")]
     if importlib.util.find_spec("faststream") is not None:
         peers.append(("FastAPI + FastStream", "bench.peers.http_faststream"))
@@ -74,9 +78,21 @@ def _services(env: Env) -> list[Service]:
         print("  FastAPI + FastStream: not installed here (python3 dev.py bench installs it)")
     for label, module in peers:
         names = Names(unique("peer").replace("-", "_"))
-        command = [python, "-m", module, "{port}", env.nats_url, names.service]
-        services.append(Service(label, command, base, names.stream, names.durable))
+        database = await _database_url(postgres, names.service)
+        command = [python, "-m", module, "{port}", env.nats_url, database, names.service]
+        pending = f"SELECT count(*) FROM {names.table} WHERE status = 'pending'"  # noqa: S608 (a generated name)
+        services.append(Service(label, command, base, database, pending))
     return services
+
+
+async def _database_url(postgres: PostgresServer, name: str) -> str:
+    """A new database on the benchmark's server, for one service."""
+    connection = await asyncpg.connect(postgres.url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _start(env: Env, service: Service) -> None:
@@ -150,16 +166,44 @@ async def _wait_listening(service: Service) -> None:
     raise RuntimeError(f"{service.label} not listening within 30 s")
 
 
-async def _drained(js: JetStreamContext, service: Service, timeout: float = 300.0) -> float:
-    """Seconds until the service's consumer has confirmed every order of the load: a service
-    whose handler fell behind during the load does that work now."""
+async def _drained(service: Service, timeout: float = 300.0) -> float:
+    """Seconds until the service has confirmed every order of the load: a service whose
+    handler (or outbox relay) fell behind during the load does that work now."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        info = await js.consumer_info(service.stream, service.durable)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
+    connection = await asyncpg.connect(service.database)
+    try:
+        while time.monotonic() - started < timeout:
+            if await connection.fetchval(service.pending) == 0:
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
     raise RuntimeError(f"{service.label}: orders still unconfirmed after {timeout:g} s")
+
+
+async def _outbox_latency(service: Service, orders: int) -> tuple[float, float]:
+    """p50 and p99 (ms) from an order's outbox row being written to the broker's ack of its
+    event, over `orders` commands sent one at a time, read off the outbox table."""
+    connection = await asyncpg.connect(service.database)
+    try:
+        after = await connection.fetchval("SELECT coalesce(max(id), 0) FROM qosmesh_outbox")
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            for _ in range(orders):
+                headers = {"content-type": "application/json"}
+                (await client.post("/orders", content=BODY, headers=headers)).raise_for_status()
+                await asyncio.sleep(0.01)
+        await _drained(service)
+        rows = await connection.fetch(
+            "SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms"
+            " FROM qosmesh_outbox WHERE id > $1 AND sent_at IS NOT NULL",
+            after,
+        )
+    finally:
+        await connection.close()
+    latencies = sorted(float(row["ms"]) for row in rows)
+    if not latencies:
+        raise RuntimeError("no outbox row was sent")
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
 
 def _stop(service: Service) -> None:
@@ -262,9 +306,9 @@ async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
         print("  wrk not found (apt-get install wrk, brew install wrk): bench/loadgen.py loads")
     ceiling = await _ceiling(env)
     print(f"  load generator ({loadgen.generator()}) ceiling: {ceiling.rate:,.0f} req/s")
-    services = _services(env)
-    nc = await nats.connect(env.nats_url)
-    js = nc.jetstream()
+    postgres = PostgresServer(env.tmp / "postgres")
+    await asyncio.to_thread(postgres.start, 30.0)
+    services = await _services(env, postgres)
     try:
         for service in services:
             _start(env, service)
@@ -275,7 +319,7 @@ async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
             for service in services:
                 await _idle(services)
                 load = await _load(service, env.http_seconds, env.http_clients)
-                drain = await _drained(js, service)
+                drain = await _drained(service)
                 service.loads.append(load)
                 service.confirmed.append(load.requests / (load.requests / load.rate + drain))
                 print(
@@ -285,11 +329,20 @@ async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
                     f"{service.confirmed[-1]:,.0f} orders/s",
                     flush=True,
                 )
+        await _idle(services)
+        latency = await _outbox_latency(services[0], OUTBOX_ORDERS)
     finally:
-        await nc.close()
         for service in services:
             _stop(service)
+        postgres.stop()
     compared, tracing = _rows(services, env, ceiling)
+    p50, p99 = latency
+    print(f"  outbox, commit to broker ack: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    how = f"{OUTBOX_ORDERS} orders one at a time on an idle machine; the raw column is the bound"
+    outbox_rows = [
+        Row("commit to broker ack, p50", "ms", p50, note=how),
+        Row("commit to broker ack, p99", "ms", p99, OUTBOX_P99_BOUND, 1.0, lower_better=True),
+    ]
     return [
         Table(
             "HTTP POST /orders",
@@ -299,4 +352,5 @@ async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
             peer_label="FastAPI + FastStream",
         ),
         Table("HTTP POST /orders, tracing", "tracing on", "tracing off", tracing),
+        Table("Outbox: from the commit to the broker's ack", "qosmesh", "bound", outbox_rows),
     ]

@@ -1,11 +1,12 @@
-"""`python -m bench.peers.http_faststream PORT NATS_URL SERVICE`: FastAPI + FastStream doing the
-work of qosmesh's `POST /orders`, written to FastStream's documented API (its FastAPI `NatsRouter`,
-`JStream`, `PullSub`, a publisher object), as its users would.
+"""`python -m bench.peers.http_faststream PORT NATS_URL DATABASE_URL SERVICE`: FastAPI +
+FastStream + SQLAlchemy doing the work of qosmesh's `POST /orders`, written to FastStream's
+documented API (its FastAPI `NatsRouter`, `JStream`, `PullSub`, a publisher object) and
+SQLAlchemy's async engine, as their users would.
 
-Validate the body, publish `OrderPlaced` to JetStream awaiting the PubAck (with a message id for
-the stream's dedupe), create the order in a KV bucket; in the same process a durable pull
-subscriber confirms it (KV get + compare-and-set), acking after the handler and nacking (a
-redelivery) when it raises.
+Validate the body, insert the order into PostgreSQL, publish `OrderPlaced` to JetStream awaiting
+the PubAck (with a message id for the stream's dedupe); in the same process a durable pull
+subscriber confirms it (an UPDATE), acking after the handler and nacking (a redelivery) when it
+raises. Two writes and no outbox, as FastStream's documentation leaves it to the user.
 """
 
 from __future__ import annotations
@@ -16,31 +17,39 @@ from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.nats import JStream, PullSub
 from faststream.nats.fastapi import NatsRouter
-from nats.js.kv import KeyValue
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.peers.orders_work import (
     Names,
-    Order,
     OrderAccepted,
     OrderPlaced,
     PlaceOrder,
-    confirm,
-    create,
+    confirm_order,
+    create_table,
+    insert_order,
     new_id,
     serve,
 )
 
 
-def build(nats_url: str, names: Names) -> FastAPI:
+def build(nats_url: str, database_url: str, names: Names) -> FastAPI:
+    engine = create_async_engine(
+        database_url.replace("postgresql://", "postgresql+asyncpg://", 1), pool_size=16
+    )
+    # SQLAlchemy's text() takes named parameters.
+    insert = text(
+        insert_order(names).replace("$1", ":id").replace("$2", ":sku").replace("$3", ":q")
+    )
+    confirm = text(confirm_order(names).replace("$1", ":id"))
     router = NatsRouter(nats_url)
     stream = JStream(name=names.stream, subjects=[names.subject])
     publisher = router.publisher(names.subject, stream=stream)
-    buckets: dict[str, KeyValue] = {}
 
-    async def orders() -> KeyValue:
-        if names.bucket not in buckets:
-            buckets[names.bucket] = await router.broker.key_value(names.bucket)
-        return buckets[names.bucket]
+    @router.after_startup
+    async def schema(_: FastAPI) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(text(create_table(names)))
 
     @router.subscriber(
         names.subject,
@@ -49,18 +58,20 @@ def build(nats_url: str, names: Names) -> FastAPI:
         pull_sub=PullSub(batch_size=64, timeout=1),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def confirm_order(event: OrderPlaced) -> None:
-        await confirm(await orders(), event)
+    async def confirm_placed(event: OrderPlaced) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(confirm, {"id": event.order_id})
 
     @router.post("/orders", status_code=202)
     async def place_order(body: PlaceOrder) -> OrderAccepted:
         order_id, message_id = new_id(), new_id()
+        async with engine.begin() as connection:
+            values = {"id": order_id, "sku": body.sku, "q": body.quantity}
+            await connection.execute(insert, values)
         event = OrderPlaced(
             message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
         )
         await publisher.publish(event, headers={"Nats-Msg-Id": message_id})
-        order = Order(order_id=order_id, sku=body.sku, quantity=body.quantity)
-        await create(await orders(), order)
         return OrderAccepted(order_id=order_id, message_id=message_id)
 
     @router.get("/readyz")

@@ -1,9 +1,10 @@
-"""`python -m bench.peers.http_raw PORT NATS_URL SERVICE`: FastAPI + nats-py, hand-written,
-doing the work of qosmesh's `POST /orders`: the ceiling of the HTTP row.
+"""`python -m bench.peers.http_raw PORT NATS_URL DATABASE_URL SERVICE`: FastAPI + asyncpg +
+nats-py, hand-written, doing the work of qosmesh's `POST /orders`: the ceiling of the HTTP row.
 
-Validate the body, publish `OrderPlaced` to JetStream awaiting the PubAck (with a message id for
-the stream's dedupe), create the order in a KV bucket; in the same process a durable pull
-consumer confirms it (KV get + compare-and-set) and acks after the handler.
+Validate the body, insert the order into PostgreSQL, publish `OrderPlaced` to JetStream awaiting
+the PubAck (with a message id for the stream's dedupe); in the same process a durable pull
+consumer confirms it (an UPDATE) and acks after the handler. Two writes and no outbox: a crash
+between them loses the event, which is what qosmesh's outbox is for.
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 
+import asyncpg
 import nats
-import nats.errors
 from fastapi import FastAPI
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
-from nats.js.kv import KeyValue
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from bench.peers.orders_work import (
     Names,
-    Order,
     OrderAccepted,
     OrderPlaced,
     PlaceOrder,
-    confirm,
-    create,
+    confirm_order,
+    create_table,
+    insert_order,
     new_id,
     serve,
 )
@@ -35,21 +35,21 @@ from bench.peers.orders_work import (
 
 class Shop:
     js: JetStreamContext
-    kv: KeyValue
+    pool: asyncpg.Pool
 
 
-def build(nats_url: str, names: Names) -> FastAPI:
+def build(nats_url: str, database_url: str, names: Names) -> FastAPI:
     shop = Shop()
+    insert, confirm = insert_order(names), confirm_order(names)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(database_url, min_size=4, max_size=16)
+        await pool.execute(create_table(names))
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         await js.add_stream(
             StreamConfig(name=names.stream, subjects=[names.subject], storage=StorageType.FILE)
-        )
-        kv = await js.create_key_value(
-            KeyValueConfig(bucket=names.bucket, storage=StorageType.FILE)
         )
         sub = await js.pull_subscribe(
             names.subject, names.durable, config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
@@ -62,32 +62,34 @@ def build(nats_url: str, names: Names) -> FastAPI:
                 except TimeoutError:  # nats-py raises its own or asyncio's
                     continue
                 for msg in batch:
-                    await confirm(kv, OrderPlaced.model_validate_json(msg.data))
+                    event = OrderPlaced.model_validate_json(msg.data)
+                    await pool.execute(confirm, event.order_id)
                     await msg.ack()
 
-        shop.js, shop.kv = js, kv
+        shop.js, shop.pool = js, pool
         consumer = asyncio.create_task(consume())
         yield
         consumer.cancel()
         await nc.drain()
+        await pool.close()
 
     app = FastAPI(lifespan=lifespan)
 
     @app.post("/orders", status_code=202)
     async def place_order(body: PlaceOrder) -> OrderAccepted:
         order_id, message_id = new_id(), new_id()
+        await shop.pool.execute(insert, order_id, body.sku, body.quantity)
         event = OrderPlaced(
             message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
         )
         await shop.js.publish(
             names.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": message_id}
         )
-        await create(shop.kv, Order(order_id=order_id, sku=body.sku, quantity=body.quantity))
         return OrderAccepted(order_id=order_id, message_id=message_id)
 
     @app.get("/readyz")
     async def ready() -> dict[str, str]:
-        return {"status": "ready"}  # the lifespan has run before the first request
+        return {"status": "ready"}
 
     return app
 

@@ -28,8 +28,13 @@ def upgrade() -> None:
         sa.Column("ordering_key", sa.Text, nullable=True),
         sa.Column("headers", JSONB, nullable=False),
         sa.Column("body", sa.LargeBinary, nullable=False),
+        # The clock at the insert, not the transaction's start (now()): a row's latency to the
+        # broker counts from when it was written.
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.func.clock_timestamp(),
         ),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
@@ -53,6 +58,28 @@ def upgrade() -> None:
         ["sent_at"],
         postgresql_where=sa.text("sent_at IS NOT NULL"),
     )
+    # One round trip for the write: the per-key lock (held to the commit), the row, and the
+    # notification the relays wake on (delivered at the commit).
+    op.execute(
+        """
+        CREATE FUNCTION qosmesh_outbox_add(
+            p_message_id text, p_subject text, p_qos smallint, p_transport text,
+            p_ordering_key text, p_headers jsonb, p_body bytea
+        ) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            IF p_ordering_key IS NOT NULL THEN
+                -- the lock class 0x716D6F62, "qmob": the per-key write locks
+                PERFORM pg_advisory_xact_lock(1902997346, hashtext(p_ordering_key));
+            END IF;
+            INSERT INTO qosmesh_outbox
+                (message_id, subject, qos, transport, ordering_key, headers, body)
+            VALUES
+                (p_message_id, p_subject, p_qos, p_transport, p_ordering_key, p_headers, p_body);
+            PERFORM pg_notify('qosmesh_outbox', '');
+        END
+        $$
+        """
+    )
     op.create_table(
         "qosmesh_inbox",
         sa.Column("consumer", sa.Text, primary_key=True),
@@ -65,5 +92,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION qosmesh_outbox_add")
     op.drop_table("qosmesh_inbox")
     op.drop_table("qosmesh_outbox")
