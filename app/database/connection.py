@@ -144,8 +144,10 @@ async def open_database(
         try:
             engine = create_async_engine(
                 sqlalchemy_url(url),
+                # A fixed pool: connections made past it under load and closed after it cost
+                # the server a process each; callers wait for one instead.
                 pool_size=settings.database_pool_size,
-                max_overflow=settings.database_pool_size,
+                max_overflow=0,
                 # No ping before each use (a round trip per transaction): a connection the server
                 # dropped fails its first statement, is discarded, and the caller's retry or 503
                 # follows. A frozen or cut-off server fails a statement instead of hanging it.

@@ -22,15 +22,13 @@ M = TypeVar("M", bound=Message)
 SessionHandler = Callable[[M, AsyncSession], Awaitable[None]]
 
 
+_RECORD = insert(inbox).on_conflict_do_nothing().returning(inbox.c.message_id)
+
+
 async def first_time(session: AsyncSession, consumer: str, message_id: str) -> bool:
     """Record `message_id` as handled by `consumer` in this transaction; False if it already
     was (by a committed transaction)."""
-    result = await session.execute(
-        insert(inbox)
-        .values(consumer=consumer, message_id=message_id)
-        .on_conflict_do_nothing()
-        .returning(inbox.c.message_id)
-    )
+    result = await session.execute(_RECORD, {"consumer": consumer, "message_id": message_id})
     return result.first() is not None
 
 

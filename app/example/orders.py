@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     func,
     select,
     text,
@@ -59,46 +60,50 @@ class Order(BaseModel):
     updated_at: datetime
 
 
+# Statements built once: each call only binds its values (SQLAlchemy caches their SQL).
+_ADD = orders.insert()
+_GET = select(orders).where(orders.c.order_id == bindparam("order_id"))
+_EXISTS = select(orders.c.order_id).where(orders.c.order_id == bindparam("order_id"))
+_CONFIRM = (
+    orders.update()
+    .where(orders.c.order_id == bindparam("id"), orders.c.status == "pending")
+    .values(status="confirmed", updated_at=func.now())
+)
+_PAY = insert(payments).on_conflict_do_nothing().returning(payments.c.payment_id)
+_ADD_PAID = (
+    orders.update()
+    .where(orders.c.order_id == bindparam("id"))
+    .values(paid=orders.c.paid + bindparam("amount"), updated_at=func.now())
+)
+
+
 async def add_order(session: AsyncSession, order_id: str, sku: str, quantity: int) -> None:
-    await session.execute(orders.insert().values(order_id=order_id, sku=sku, quantity=quantity))
+    await session.execute(_ADD, {"order_id": order_id, "sku": sku, "quantity": quantity})
 
 
 async def get_order(session: AsyncSession, order_id: str) -> Order | None:
     if not ORDER_ID.match(order_id):
         return None
-    row = (await session.execute(select(orders).where(orders.c.order_id == order_id))).first()
+    row = (await session.execute(_GET, {"order_id": order_id})).first()
     return None if row is None else Order.model_validate(row._asdict())
 
 
 async def exists(session: AsyncSession, order_id: str) -> bool:
     if not ORDER_ID.match(order_id):
         return False
-    found = await session.execute(select(orders.c.order_id).where(orders.c.order_id == order_id))
+    found = await session.execute(_EXISTS, {"order_id": order_id})
     return found.first() is not None
 
 
 async def confirm(session: AsyncSession, order_id: str) -> None:
     with step_span("db update orders"):
-        await session.execute(
-            orders.update()
-            .where(orders.c.order_id == order_id, orders.c.status == "pending")
-            .values(status="confirmed", updated_at=func.now())
-        )
+        await session.execute(_CONFIRM, {"id": order_id})
 
 
 async def add_payment(session: AsyncSession, order_id: str, payment_id: str, amount: int) -> bool:
     """Add the amount to the order once per payment id; False when it was already added."""
-    added = await session.execute(
-        insert(payments)
-        .values(order_id=order_id, payment_id=payment_id, amount=amount)
-        .on_conflict_do_nothing()
-        .returning(payments.c.payment_id)
-    )
-    if added.first() is None:
+    payment = {"order_id": order_id, "payment_id": payment_id, "amount": amount}
+    if (await session.execute(_PAY, payment)).first() is None:
         return False
-    await session.execute(
-        orders.update()
-        .where(orders.c.order_id == order_id)
-        .values(paid=orders.c.paid + amount, updated_at=func.now())
-    )
+    await session.execute(_ADD_PAID, {"id": order_id, "amount": amount})
     return True
