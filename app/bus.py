@@ -39,9 +39,7 @@ from app.transports.registry import SPECS, spec_of
 from app.transports.retry import publish_concurrently
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    from app.database.connection import Database
+    from app.database.connection import Database, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +109,7 @@ class Bus:
         self,
         message: Message,
         *,
-        session: AsyncSession | None = None,
+        session: Transaction | None = None,
         ordering_key: str | None = None,
     ) -> None:
         """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed.

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.database.connection import Transaction
 from app.database.tables import http_keys
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,13 +38,13 @@ class TransactionalCommand:
 
     __slots__ = ("_key", "_scope", "_session", "replay")
 
-    def __init__(self, session: AsyncSession, scope: str, key: str | None) -> None:
+    def __init__(self, session: Transaction, scope: str, key: str | None) -> None:
         self._session, self._scope, self._key = session, scope, key
         self.replay: JSONResponse | None = None
 
     @classmethod
     async def begin(
-        cls, session: AsyncSession, scope: str, key: str | None, fingerprint: str
+        cls, session: Transaction, scope: str, key: str | None, fingerprint: str
     ) -> TransactionalCommand:
         command = cls(session, scope, key)
         if key is None:

@@ -10,22 +10,22 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import failpoints
-from app.database.connection import Database, unavailable
+from app.database.connection import Database, Transaction, unavailable
 from app.database.tables import inbox
 from app.errors import StoreUnavailableError
 from app.messages import Message
 
 M = TypeVar("M", bound=Message)
-SessionHandler = Callable[[M, AsyncSession], Awaitable[None]]
+SessionHandler = Callable[[M, AsyncConnection], Awaitable[None]]
 
 
 _RECORD = insert(inbox).on_conflict_do_nothing().returning(inbox.c.message_id)
 
 
-async def first_time(session: AsyncSession, consumer: str, message_id: str) -> bool:
+async def first_time(session: Transaction, consumer: str, message_id: str) -> bool:
     """Record `message_id` as handled by `consumer` in this transaction; False if it already
     was (by a committed transaction)."""
     result = await session.execute(_RECORD, {"consumer": consumer, "message_id": message_id})
@@ -35,13 +35,13 @@ async def first_time(session: AsyncSession, consumer: str, message_id: str) -> b
 async def handle_once(
     database: Database, consumer: str, message: M, handler: SessionHandler[M]
 ) -> bool:
-    """Run `handler` with a session, in one transaction with the inbox record; False (and the
-    handler not run) when the message was already handled."""
+    """Run `handler` with a connection in one transaction with the inbox record; False (and
+    the handler not run) when the message was already handled."""
     try:
-        async with database.sessions() as session, session.begin():
-            if not await first_time(session, consumer, message.message_id):
+        async with database.engine.begin() as connection:
+            if not await first_time(connection, consumer, message.message_id):
                 return False
-            await handler(message, session)
+            await handler(message, connection)
         failpoints.reached("inbox.before_ack")
         return True
     except Exception as exc:

@@ -31,10 +31,10 @@ from datetime import timedelta
 import asyncpg
 from opentelemetry import context, propagate
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import failpoints
-from app.database.connection import Database, asyncpg_url
+from app.database.connection import Database, Transaction, asyncpg_url
 from app.database.tables import http_keys, inbox, outbox
 from app.errors import QosMeshError
 from app.messages import Envelope, QoS
@@ -62,7 +62,7 @@ _ADD = text(
 
 
 async def add(
-    session: AsyncSession,
+    session: Transaction,
     envelope: Envelope,
     qos: QoS,
     transport: str,
@@ -158,7 +158,7 @@ class Relay:
     async def relay_once(self) -> bool:
         """One batch: lock up to APP_OUTBOX_BATCH unsent rows, publish what may go now, mark
         it sent. Whether a full batch was taken (more may be waiting)."""
-        async with self._database.sessions() as session, session.begin():
+        async with self._database.engine.begin() as session:
             rows = await self._lock_batch(session)
             if not rows:
                 return False
@@ -183,7 +183,7 @@ class Relay:
             raise RelayError(f"{len(failed)} outbox row(s) not confirmed: {first}")
         return len(rows) >= self._batch
 
-    async def _lock_batch(self, session: AsyncSession) -> list[_Row]:
+    async def _lock_batch(self, session: AsyncConnection) -> list[_Row]:
         result = await session.execute(
             select(
                 outbox.c.id,
@@ -214,7 +214,7 @@ class Relay:
         ]
 
     async def _unsent_of_keys(
-        self, session: AsyncSession, rows: Sequence[_Row]
+        self, session: AsyncConnection, rows: Sequence[_Row]
     ) -> list[tuple[int, str]]:
         keys = sorted({row.key for row in rows if row.key is not None})
         if not keys:
@@ -261,7 +261,7 @@ class Relay:
 
     async def read_levels(self) -> tuple[int, float]:
         """Backlog and the oldest unsent row's age, read into the metrics."""
-        async with self._database.sessions() as session:
+        async with self._database.engine.connect() as session:
             row = (
                 await session.execute(
                     select(
@@ -278,7 +278,7 @@ class Relay:
     async def prune(self) -> None:
         """Delete sent rows older than APP_OUTBOX_RETENTION, inbox ids older than
         APP_INBOX_RETENTION and HTTP keys older than APP_IDEMPOTENCY_TTL."""
-        async with self._database.sessions() as session, session.begin():
+        async with self._database.engine.begin() as session:
             await session.execute(
                 delete(outbox).where(
                     outbox.c.sent_at.isnot(None), outbox.c.sent_at < func.now() - self._retention

@@ -22,7 +22,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.observability.spans import step_span
 
@@ -77,30 +77,32 @@ _ADD_PAID = (
 )
 
 
-async def add_order(session: AsyncSession, order_id: str, sku: str, quantity: int) -> None:
+async def add_order(session: AsyncConnection, order_id: str, sku: str, quantity: int) -> None:
     await session.execute(_ADD, {"order_id": order_id, "sku": sku, "quantity": quantity})
 
 
-async def get_order(session: AsyncSession, order_id: str) -> Order | None:
+async def get_order(session: AsyncConnection, order_id: str) -> Order | None:
     if not ORDER_ID.match(order_id):
         return None
     row = (await session.execute(_GET, {"order_id": order_id})).first()
     return None if row is None else Order.model_validate(row._asdict())
 
 
-async def exists(session: AsyncSession, order_id: str) -> bool:
+async def exists(session: AsyncConnection, order_id: str) -> bool:
     if not ORDER_ID.match(order_id):
         return False
     found = await session.execute(_EXISTS, {"order_id": order_id})
     return found.first() is not None
 
 
-async def confirm(session: AsyncSession, order_id: str) -> None:
+async def confirm(session: AsyncConnection, order_id: str) -> None:
     with step_span("db update orders"):
         await session.execute(_CONFIRM, {"id": order_id})
 
 
-async def add_payment(session: AsyncSession, order_id: str, payment_id: str, amount: int) -> bool:
+async def add_payment(
+    session: AsyncConnection, order_id: str, payment_id: str, amount: int
+) -> bool:
     """Add the amount to the order once per payment id; False when it was already added."""
     payment = {"order_id": order_id, "payment_id": payment_id, "amount": amount}
     if (await session.execute(_PAY, payment)).first() is None:

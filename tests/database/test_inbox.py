@@ -4,7 +4,7 @@ apply once per message id, however often the message arrives, and wait out a dat
 import asyncio
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.database.connection import Database
 from app.dead_letters import DeadLetters
@@ -24,7 +24,7 @@ async def applied(database: Database) -> dict[str, int]:
 
 
 def recording(calls: list[str]):
-    async def handle(message: Ping | Charge, session: AsyncSession) -> None:
+    async def handle(message: Ping | Charge, session: AsyncConnection) -> None:
         calls.append(message.message_id)
         await session.execute(effects.insert().values(message_id=message.message_id, n=message.n))
 
@@ -56,7 +56,7 @@ async def test_concurrent_deliveries_of_one_message_apply_it_once(db_settings, d
     settings = db_settings()
     calls: list[str] = []
 
-    async def slow(message: Ping, session: AsyncSession) -> None:
+    async def slow(message: Ping, session: AsyncConnection) -> None:
         await recording(calls)(message, session)
         await asyncio.sleep(0.3)  # the other delivery arrives while this one is open
 
