@@ -377,6 +377,6 @@ outbox_oldest = meter.create_observable_gauge(
 relay_duration = Histogram(
     "qosmesh.outbox.relay.duration",
     unit="s",
-    description="From an outbox row's commit to its broker ack",
+    description="From an outbox row's write to the broker's ack of its publish",
     boundaries=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
