@@ -49,6 +49,7 @@ POLL_EVERY = 1.0
 LEVELS_EVERY = 5.0
 PRUNE_EVERY = 60.0
 BACKOFF_CAP = 5.0
+HELD_UP_PAUSE = 0.01
 
 Publish = Callable[[Envelope, QoS, str], Awaitable[None]]
 """Publish an envelope at a QoS through the named transport, as the bus does; raises when the
@@ -157,7 +158,8 @@ class Relay:
 
     async def relay_once(self) -> bool:
         """One batch: lock up to APP_OUTBOX_BATCH unsent rows, publish what may go now, mark
-        it sent. Whether a full batch was taken (more may be waiting)."""
+        it sent. Whether to go on: a full batch went out (more may be waiting), or rows of it
+        wait behind another relay's rows of their key (tried again after a short pause)."""
         async with self._database.engine.begin() as session:
             rows = await self._lock_batch(session)
             if not rows:
@@ -181,6 +183,9 @@ class Relay:
         if failed:
             first = next(iter(failed.values()))
             raise RelayError(f"{len(failed)} outbox row(s) not confirmed: {first}")
+        if len(sent) < len(rows):  # held up by another relay's rows of their keys
+            await asyncio.sleep(HELD_UP_PAUSE)
+            return True
         return len(rows) >= self._batch
 
     async def _lock_batch(self, session: AsyncConnection) -> list[_Row]:
