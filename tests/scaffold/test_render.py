@@ -93,7 +93,8 @@ def test_default_render_names_follow_the_service(render: Render):
     assert (project / "dev.py").stat().st_mode & 0o111
     streams = (project / "tests" / "example" / "test_orders.py").read_text()
     assert '"MY-SERVICE_ORDER_PLACED"' in streams  # as app/transports/jetstream/streams.py names it
-    assert '"KV_my_service_processed"' in (project / "tests" / "cluster" / "conftest.py").read_text()
+    cluster = (project / "tests" / "cluster" / "conftest.py").read_text()
+    assert '"KV_my_service_processed"' in cluster
 
 
 def test_example_off_leaves_out_the_example_and_its_tests(render: Render):
