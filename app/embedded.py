@@ -364,8 +364,8 @@ def _open_path_to(path: Path) -> None:
 
 class PostgresServer(ServerProcess):
     """PostgreSQL on a loopback port with its data directory under `store_dir`, created by
-    initdb on first start (trust authentication: it listens on loopback only, with a socket in
-    its own folder). Stopped with SIGINT, PostgreSQL's fast shutdown, which does not wait for
+    initdb on first start (trust authentication: it listens on loopback only, and on no Unix
+    socket). Stopped with SIGINT, PostgreSQL's fast shutdown, which does not wait for
     clients to disconnect."""
 
     name = "postgres"
@@ -390,7 +390,15 @@ class PostgresServer(ServerProcess):
             _open_path_to(self.store_dir)
             shutil.chown(self.store_dir, self.user)
         if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb()
+            try:
+                self._initdb()
+            except ConfigurationError:
+                if self.user is None:
+                    raise
+                # A folder above was made private again meanwhile (pytest does that to its
+                # temp root when a session starts): open the way once more and try again.
+                _open_path_to(self.store_dir)
+                self._initdb()
         super().spawn()
 
     def _initdb(self) -> None:
@@ -422,8 +430,8 @@ class PostgresServer(ServerProcess):
             self.host,
             "-p",
             str(self.port),
-            "-k",
-            str(self.store_dir),
+            "-c",
+            "unix_socket_directories=",  # TCP on loopback only: no socket path length limit
             "-c",
             "max_connections=200",
             *self.extra_args,

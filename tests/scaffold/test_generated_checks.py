@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,17 @@ LINKED_TOOLS = ("hadolint", "nats-server")
 """Binaries tests look up beside their interpreter (sysconfig scripts)."""
 
 
-def project_venv(project: Path, where: Path) -> tuple[Path, dict[str, str]]:
+@pytest.fixture
+def nested_tmp() -> Iterator[Path]:
+    """The generated project's own TMPDIR. A pytest session makes `$TMPDIR/pytest-of-<user>`
+    private (0700) as it starts; sharing /tmp with this session's would close the path this
+    session's embedded PostgreSQL (run as another user when root) starts through."""
+    path = Path(tempfile.mkdtemp(prefix="qm-nested-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def project_venv(project: Path, where: Path, tmp: Path) -> tuple[Path, dict[str, str]]:
     """A venv holding the generated project (not editable: hatchling's editable build wants
     the `editables` package, which the dev extra does not install)."""
     subprocess.run(
@@ -49,7 +61,7 @@ def project_venv(project: Path, where: Path) -> tuple[Path, dict[str, str]]:
     env = {
         "PATH": f"{where / 'bin'}:{DEV_BIN}:/usr/bin:/bin",
         "HOME": str(where),
-        "TMPDIR": tempfile.gettempdir(),
+        "TMPDIR": str(tmp),
     }
     install = subprocess.run(
         [
@@ -94,9 +106,9 @@ def fast_tests(python: Path, project: Path, env: dict[str, str]) -> str:
 
 
 @pytest.mark.timeout(400)
-def test_default_render_passes_ruff_mypy_and_its_fast_tests(render: Render, tmp_path):
+def test_default_render_passes_ruff_mypy_and_its_fast_tests(render: Render, tmp_path, nested_tmp):
     project = render()
-    python, env = project_venv(project, tmp_path / "venv")
+    python, env = project_venv(project, tmp_path / "venv", nested_tmp)
     check(project, env, [str(DEV_BIN / "ruff"), "format", "--check", "--no-cache", "."], 60)
     check(project, env, [str(DEV_BIN / "ruff"), "check", "--no-cache", "."], 60)
     mypy = [str(python), "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")]
@@ -110,11 +122,11 @@ def test_default_render_passes_ruff_mypy_and_its_fast_tests(render: Render, tmp_
 
 @pytest.mark.timeout(400)
 def test_without_example_on_redis_starts_registers_and_passes_its_fast_tests(
-    render: Render, tmp_path
+    render: Render, tmp_path, nested_tmp
 ):
     """Redis as the QoS 1 default on a bare machine: the run command's embedded Valkey."""
     project = render(include_example="no", qos1_transport="redis", slug="billing")
-    python, env = project_venv(project, tmp_path / "venv")
+    python, env = project_venv(project, tmp_path / "venv", nested_tmp)
     port = free_port()
     run_env = {
         **env,
