@@ -73,7 +73,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("broker unavailable: %s: %s", type(exc).__name__, exc)
+    log.warning("unavailable: %s: %s", type(exc).__name__, exc)
     return problem(503, "Broker unavailable", "the message was not confirmed; retry later")
 
 

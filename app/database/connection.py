@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
 SHARE_TIMEOUT = 30.0
+RETRY_CAP = 2.0
 READY_TIMEOUT = 1.0
 
 
@@ -164,7 +165,7 @@ async def open_database(
         except Exception as exc:
             raise _unavailable(url, exc) from None
         stack.push_async_callback(engine.dispose)
-        await _check(engine, url)
+        await _check(engine, url, settings.database_connect_timeout)
         if migrate if migrate is not None else migrate_on_start(settings):
             await upgrade(engine, domains)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -204,12 +205,23 @@ async def _embedded(stack: AsyncExitStack, store: Path) -> str:
     return server.url
 
 
-async def _check(engine: AsyncEngine, url: str) -> None:
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT), engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        raise _unavailable(url, exc) from None
+async def _check(engine: AsyncEngine, url: str, wait_for: float) -> None:
+    """Connect once. A server that does not answer yet (restarting, starting beside us) is
+    waited for up to `wait_for` seconds; one that answers no (credentials, no such database)
+    stops the start at once."""
+    give_up = time.monotonic() + wait_for
+    delay = 0.25
+    while True:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT), engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return
+        except Exception as exc:
+            if not unavailable(exc) or time.monotonic() + delay > give_up:
+                raise _unavailable(url, exc) from None
+            log.warning("start: PostgreSQL did not answer (%s); trying again", type(exc).__name__)
+        await asyncio.sleep(delay)
+        delay = min(RETRY_CAP, delay * 2)
 
 
 def _unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
