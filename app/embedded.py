@@ -85,6 +85,7 @@ class ServerProcess:
         self.host = host
         self.port = port or free_port(host)
         self.extra_args = list(extra_args)
+        self.run_as: str | None = None  # the system user the process runs as; None for ours
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -126,12 +127,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            user=self._popen_user(),
+            user=self.run_as,
         )
-
-    def _popen_user(self) -> str | None:
-        """The system user the process runs as; None for ours."""
-        return None
 
     def listening(self) -> bool:
         """Whether the server accepts connections; raises if it exited."""
@@ -382,18 +379,18 @@ class PostgresServer(ServerProcess):
         super().__init__(store_dir, host=host, port=port, extra_args=extra_args)
         self.bin_dir = postgres_bin_dir()
         self.data_dir = self.store_dir / "data"
-        self.user = _postgres_system_user()
+        self.run_as = _postgres_system_user()
 
     def spawn(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        if self.user is not None:
+        if self.run_as is not None:
             _open_path_to(self.store_dir)
-            shutil.chown(self.store_dir, self.user)
+            shutil.chown(self.store_dir, self.run_as)
         if not (self.data_dir / "PG_VERSION").exists():
             try:
                 self._initdb()
             except ConfigurationError:
-                if self.user is None:
+                if self.run_as is None:
                     raise
                 # A folder above was made private again meanwhile (pytest does that to its
                 # temp root when a session starts): open the way once more and try again.
@@ -416,7 +413,7 @@ class PostgresServer(ServerProcess):
             ],
             capture_output=True,
             text=True,
-            user=self.user,
+            user=self.run_as,
         )
         if result.returncode != 0:
             raise ConfigurationError(f"initdb failed: {result.stderr.strip()[-300:]}")
@@ -436,9 +433,6 @@ class PostgresServer(ServerProcess):
             "max_connections=200",
             *self.extra_args,
         ]
-
-    def _popen_user(self) -> str | None:
-        return self.user
 
     def listening(self) -> bool:
         """Accepting connections: the postmaster says `ready`, not only that it listens."""

@@ -226,11 +226,29 @@ consumed_messages = Counter(
     unit="{message}",
     description="Deliveries handled, by outcome (ack, nak, term, duplicate)",
 )
+SECONDS_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+"""Bucket bounds of the latency histograms, from 1 ms to 30 s."""
+
 process_duration = Histogram(
     "messaging.process.duration",
     unit="s",
     description="Handler time per delivery",
-    boundaries=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    boundaries=SECONDS_BUCKETS,
 )
 qos0_lost = Counter("qosmesh.qos0.lost", unit="{message}", description="QoS 0 publishes dropped")
 publish_retries = Counter(
@@ -378,5 +396,5 @@ relay_duration = Histogram(
     "qosmesh.outbox.relay.duration",
     unit="s",
     description="From an outbox row's write to the broker's ack of its publish",
-    boundaries=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    boundaries=SECONDS_BUCKETS,
 )

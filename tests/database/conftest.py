@@ -12,7 +12,7 @@ from app.database.connection import Database, open_database
 from app.database.outbox import Relay
 from app.settings import Settings
 from app.transports.registry import build_transports
-from tests.transports.conftest import Running
+from tests.transports.conftest import FAST_BUS, Running
 
 effects_metadata = MetaData()
 effects = Table(
@@ -33,11 +33,7 @@ def db_settings(settings_for, nats_server, postgres_server) -> Callable[..., Set
         values: dict[str, object] = {
             "nats_url": nats_server.url,
             "database_url": postgres_server.url,
-            "service_name": "svc",
-            "ack_wait": 2,
-            "max_deliver": 3,
-            "publish_attempt_timeout": 0.5,
-            "publish_deadline": 3,
+            **FAST_BUS,
         }
         values.update(overrides)
         settings: Settings = settings_for(**values)

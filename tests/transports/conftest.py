@@ -49,19 +49,22 @@ async def running_bus(
             await bus.stop(5)
 
 
+FAST_BUS: dict[str, object] = {
+    "service_name": "svc",
+    "ack_wait": 2,
+    "max_deliver": 3,
+    "publish_attempt_timeout": 0.5,
+    "publish_deadline": 3,
+}
+"""A bus's settings for tests: fast retries and redeliveries."""
+
+
 @pytest.fixture
 def bus_settings(settings_for, nats_server) -> Callable[..., Settings]:
     """Settings for a bus on the test nats-server, fast retries and redeliveries."""
 
     def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "nats_url": nats_server.url,
-            "service_name": "svc",
-            "ack_wait": 2,
-            "max_deliver": 3,
-            "publish_attempt_timeout": 0.5,
-            "publish_deadline": 3,
-        }
+        values: dict[str, object] = {"nats_url": nats_server.url, **FAST_BUS}
         values.update(overrides)
         return settings_for(**values)  # type: ignore[no-any-return]
 
