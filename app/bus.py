@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.claims import ClaimStore, HeldClaims
 from app.dead_letters import DeadLetterStore
-from app.errors import ConfigurationError, PublishError
+from app.errors import ConfigurationError, MessageTooLargeError, PublishError
 from app.messages import (
     DeadLetterReason,
     DecodeError,
@@ -128,9 +128,18 @@ class Bus:
             raise ConfigurationError(
                 f"{message.type_name()} is QoS 0: the outbox is for QoS 1 and 2 messages"
             )
+        envelope = encode(message, qos, subject)
+        limit = self._settings.max_message_bytes
+        if len(envelope.body) > limit:
+            # Refused in the caller's transaction: in the outbox it could never be published,
+            # and it would hold up the messages of its key behind it.
+            raise MessageTooLargeError(
+                f"{message.type_name()} body of {len(envelope.body)} bytes exceeds "
+                f"APP_MAX_MESSAGE_BYTES ({limit})"
+            )
         from app.database import outbox
 
-        await outbox.add(session, encode(message, qos, subject), qos, transport.name, ordering_key)
+        await outbox.add(session, envelope, qos, transport.name, ordering_key)
 
     async def relay(self, envelope: Envelope, qos: QoS, transport_name: str) -> None:
         """Publish an envelope the outbox kept, through the transport it was routed to."""

@@ -14,8 +14,8 @@ from sqlalchemy import func, select, update
 from app.database.connection import Database
 from app.database.outbox import Relay
 from app.database.tables import outbox
-from app.errors import ConfigurationError
-from app.messages import H_ID
+from app.errors import ConfigurationError, MessageTooLargeError
+from app.messages import H_ID, Message
 from app.testing import eventually
 from app.transports.jetstream.streams import stream_name
 from app.transports.jetstream.transport import MSG_ID
@@ -85,6 +85,23 @@ async def test_qos0_and_a_bus_without_a_database_refuse_the_outbox(db_settings, 
     async with bus_with_database(settings, None) as running, database.sessions() as session:  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="needs the database"):
             await running.bus.publish(Ping(n=1), session=session)
+
+
+class Blob(Message):
+    data: str
+
+
+async def test_a_message_over_the_size_limit_is_refused_in_the_callers_transaction(
+    db_settings, database
+):
+    """In the outbox it could never be published, and would hold up its key's messages."""
+    settings = db_settings(max_message_bytes=2048)
+    async with bus_with_database(settings, database) as running, database.sessions() as session:
+        await running.bus.publish(Blob(data="x" * 1500), session=session, ordering_key="k")
+        with pytest.raises(MessageTooLargeError, match="APP_MAX_MESSAGE_BYTES"):
+            await running.bus.publish(Blob(data="x" * 3000), session=session, ordering_key="k")
+        await session.commit()
+    assert await unsent(database) == 1  # the one that fits
 
 
 async def test_two_relays_publish_each_row_once_and_every_key_in_commit_order(
