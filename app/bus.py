@@ -118,12 +118,18 @@ class Bus:
         transaction instead (app/database/outbox.py): it reaches the broker if and only if the
         transaction commits, published by the relay. Messages with the same `ordering_key` are
         published in commit order."""
-        qos, transport, subject = self._route_of(type(message))
-        if session is None:
-            await transport.publish(encode(message, qos, subject), qos)
+        if session is not None:
+            await self._into_outbox(message, session, ordering_key)
             return
+        qos, transport, subject = self._route_of(type(message))
+        await transport.publish(encode(message, qos, subject), qos)
+
+    async def _into_outbox(
+        self, message: Message, session: Transaction, ordering_key: str | None
+    ) -> None:
         if self._database is None:
             raise ConfigurationError("publish(session=...) needs the database")
+        qos, transport, subject = self._route_of(type(message))
         if qos == QoS.AT_MOST_ONCE:
             raise ConfigurationError(
                 f"{message.type_name()} is QoS 0: the outbox is for QoS 1 and 2 messages"

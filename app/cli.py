@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app import dlq_cli
+from app.database import cli as database_cli
 from app.errors import ConfigurationError
 from app.services import services_of
 from app.settings import Settings, describe_validation_error
@@ -66,34 +67,12 @@ def serve(settings: Settings) -> int:
     return 0 if server.started else 3
 
 
-async def database_command(settings: Settings, command: str) -> int:
-    """`db upgrade` migrates (the deploy step for a database at APP_DATABASE_URL); `db current`
-    prints the revision. A database that cannot be reached is one line and exit code 1."""
-    from app.database.connection import open_database
-    from app.database.migrate import current_revisions
-    from app.errors import DatabaseUnavailableError
-    from app.main import domain_migrations, load_domain
-
-    try:
-        domains = domain_migrations(load_domain(settings.domain))
-        async with open_database(settings, migrate=command == "upgrade", domains=domains) as db:
-            revisions = await current_revisions(db.engine)
-    except (DatabaseUnavailableError, ConfigurationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"schema at revision {', '.join(revisions) or 'none'}")
-    return 0
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Run a qosmesh service.")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP service (the default)")
     dlq_cli.add_parser(commands)
-    database = commands.add_parser("db", help="the database's schema")
-    database_commands = database.add_subparsers(dest="db_command", required=True)
-    database_commands.add_parser("upgrade", help="migrate the schema to the newest revision")
-    database_commands.add_parser("current", help="print the schema's revision")
+    database_cli.add_parser(commands)
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -106,6 +85,6 @@ def main(argv: list[str]) -> int:
         return asyncio.run(dlq_cli.run(settings, args))
     if args.command == "db":
         logging.basicConfig(level=logging.ERROR)
-        return asyncio.run(database_command(settings, args.db_command))
+        return asyncio.run(database_cli.run(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

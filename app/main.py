@@ -6,9 +6,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 from typing import Any
 
@@ -18,11 +17,10 @@ from fastapi.routing import APIRoute
 from app import __version__
 from app.api import admin, cluster, health, nodes, openapi, problems
 from app.api.health import Readiness
-from app.database.connection import open_database
+from app.database.service import relaying, service_database
 from app.discovery.models import new_node_id
 from app.errors import ConfigurationError
 from app.lifecycle import Drain
-from app.messages import Envelope, QoS
 from app.observability.setup import (
     FASTAPI_OPTIONS,
     instrument_app,
@@ -32,7 +30,7 @@ from app.observability.setup import (
 from app.runtime import Supervisor
 from app.services import Services
 from app.settings import DEFAULT_DOMAIN, Settings
-from app.supervision import Supervision, supervised, use
+from app.supervision import Supervision, use
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +50,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         use(supervision)  # every task the instance starts from here reports to it
         async with AsyncExitStack() as stack:
             readiness = Readiness()
-            if uses_database(settings, domain):
-                database = open_database(settings, domains=domain_migrations(domain))
-                services.database = await stack.enter_async_context(database)
-                readiness.add(services.database.readiness)
+            database = service_database(settings, domain, readiness)
+            services.database = await stack.enter_async_context(database)
             services.supervisor = supervisor = Supervisor(
                 settings, domain, instance_id, supervision, services.database
             )
             readiness.add(supervisor.readiness, required=services.database is None)
-            try:
-                await supervisor.start()
-                if services.database is not None:
-                    stack.enter_context(_relaying(services))
-                services.readiness = readiness
-                services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
-                log.info("service started", extra={"service": settings.service_name})
-                yield
-                log.info("service stopping", extra={"service": settings.service_name})
-                await drain.begin()
-            finally:
-                await supervisor.stop()
-                shutdown_telemetry()
+            stack.callback(shutdown_telemetry)
+            stack.push_async_callback(supervisor.stop)
+            await supervisor.start()
+            if services.database is not None:
+                stack.enter_context(relaying(services))
+            services.readiness = readiness
+            services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
+            log.info("service started", extra={"service": settings.service_name})
+            yield
+            log.info("service stopping", extra={"service": settings.service_name})
+            await drain.begin()
 
     app = FastAPI(
         title=settings.service_name, version=__version__, lifespan=lifespan, **FASTAPI_OPTIONS
@@ -89,34 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in built_in:
         app.include_router(router)
     return app
-
-
-def uses_database(settings: Settings, domain: ModuleType | None) -> bool:
-    """A database is opened when APP_DATABASE_URL names one or the domain declares that it
-    keeps its data in one (`USES_DATABASE = True`)."""
-    return settings.database_url is not None or bool(getattr(domain, "USES_DATABASE", False))
-
-
-def domain_migrations(domain: ModuleType | None) -> list[Path]:
-    """The domain's folder of migrations (its `MIGRATIONS`), if it keeps tables."""
-    folder = getattr(domain, "MIGRATIONS", None)
-    return [Path(folder)] if folder is not None else []
-
-
-@contextmanager
-def _relaying(services: Services) -> Iterator[None]:
-    """The outbox relay, publishing through whichever bus the supervisor holds now."""
-    from app.database.outbox import Relay
-
-    async def publish(envelope: Envelope, qos: QoS, transport: str) -> None:
-        await services.bus.relay(envelope, qos, transport)
-
-    assert services.database is not None
-    task = supervised(Relay(services.database, publish, services.settings).run(), "outbox relay")
-    try:
-        yield
-    finally:
-        task.cancel()
 
 
 def _refuse_shadowing(domain: APIRouter, built_in: tuple[APIRouter, ...]) -> None:

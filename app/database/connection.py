@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.brokers import RUNNING_URL, redact_url
+from app.database.metrics import outbox_levels
 from app.database.migrate import upgrade
 from app.embedded import PostgresServer, StoreLock
 from app.errors import ConfigurationError, DatabaseUnavailableError
-from app.observability.instruments import outbox_levels
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import failpoints
 from app.database.connection import Database, Transaction, asyncpg_url
+from app.database.metrics import outbox_levels, relay_duration
 from app.database.tables import http_keys, inbox, outbox
 from app.errors import QosMeshError
 from app.messages import Envelope, QoS
-from app.observability.instruments import outbox_levels, relay_duration
 from app.observability.spans import sending_traced
 from app.settings import Settings
 

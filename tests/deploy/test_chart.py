@@ -240,12 +240,13 @@ def test_without_bundled_or_external_nats_the_chart_refuses_to_render():
 
 def test_a_domain_with_a_database_but_no_database_url_is_refused():
     with pytest.raises(helm_python.HelmRenderError, match="APP_DATABASE_URL"):
-        render({})
+        render({"database": {"required": True}})
     assert one(render({"database": {"required": False}}), "Deployment")
 
 
-def test_pods_migrate_the_schema_in_an_init_container_before_the_service_starts(rendered):
-    pod = one(rendered("default"), "Deployment")["spec"]["template"]["spec"]
+def test_pods_migrate_the_schema_in_an_init_container_before_the_service_starts():
+    migrating = {**ci_values("default"), "database": {"migrate": True}}
+    pod = one(render(migrating), "Deployment")["spec"]["template"]["spec"]
     (migrate,) = pod["initContainers"]
     assert migrate["command"] == ["python", "-m", "app", "db", "upgrade"]
     assert migrate["image"] == pod["containers"][0]["image"]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from app.embedded import free_port
@@ -121,12 +122,17 @@ def test_default_render_passes_ruff_mypy_and_its_fast_tests(render: Render, tmp_
 
 
 @pytest.mark.timeout(400)
-def test_without_example_on_redis_starts_registers_and_passes_its_fast_tests(
+def test_without_database_on_redis_starts_registers_and_passes_its_checks_and_fast_tests(
     render: Render, tmp_path, nested_tmp
 ):
-    """Redis as the QoS 1 default on a bare machine: the run command's embedded Valkey."""
-    project = render(include_example="no", qos1_transport="redis", slug="billing")
+    """No database (so no example) and Redis as the QoS 1 default, on a bare machine: the run
+    command's embedded Valkey, and no PostgreSQL."""
+    project = render(database="none", qos1_transport="redis", slug="billing")
     python, env = project_venv(project, tmp_path / "venv", nested_tmp)
+    check(project, env, [str(DEV_BIN / "ruff"), "format", "--check", "--no-cache", "."], 60)
+    check(project, env, [str(DEV_BIN / "ruff"), "check", "--no-cache", "."], 60)
+    mypy = [str(python), "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")]
+    check(project, env, mypy, 180)
     port = free_port()
     run_env = {
         **env,
@@ -163,10 +169,12 @@ def test_without_example_on_redis_starts_registers_and_passes_its_fast_tests(
         mine = [n for n in nodes["nodes"] if n["node_id"] == nodes["self"]]
         assert [n["service"] for n in mine] == ["billing"]
         assert httpx.post(url + "/orders", json={"sku": "a"}, timeout=2).status_code == 404
+        assert set(ready.json()["checks"]) == {"nats", "redis", "discovery"}
+        assert not [p for p in psutil.Process(proc.pid).children(True) if p.name() == "postgres"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) is not None
     summary = fast_tests(python, project, env)
-    print(f"billing without the example, QoS 1 on Redis: {summary}")
+    print(f"billing without a database, QoS 1 on Redis: {summary}")
     assert " passed" in summary
     assert "failed" not in summary

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scaffold.generate import (
+    DATABASE_ONLY,
     EXAMPLE_ONLY,
     IGNORED_PARTS,
     SHARED_NAMES,
@@ -24,6 +25,7 @@ from tests.scaffold.conftest import ROOT, Render, run_cookiecutter
 OPTION_SWITCHES = [
     {},
     {"include_example": "no"},
+    {"database": "none"},
     {"include_helm": "no"},
     {"qos1_transport": "redis"},
     {"python_version": "3.12"},
@@ -126,6 +128,50 @@ def test_every_test_driving_the_example_is_left_out_with_it():
     assert offenders == listed
 
 
+def test_no_database_leaves_out_the_database_code_its_dependencies_and_the_example(
+    render: Render,
+):
+    project = render(database="none")
+    for path in (*DATABASE_ONLY, *EXAMPLE_ONLY):
+        assert not (project / path).exists(), path
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    dependencies = " ".join(
+        [
+            *pyproject["project"]["dependencies"],
+            *pyproject["project"]["optional-dependencies"]["embedded"],
+        ]
+    )
+    for package in ("sqlalchemy", "asyncpg", "alembic", "pgserver"):
+        assert package not in dependencies
+    database_code = re.compile(r"app\.database|sqlalchemy|asyncpg|PostgresServer|APP_DATABASE")
+    left = [
+        relative
+        for relative, data in files(project).items()
+        if relative.endswith((".py", ".toml", ".yaml", ".tpl"))
+        and database_code.search(data.decode())
+        and not relative.startswith("helm/")
+    ]
+    assert left == []
+    values = (project / "helm" / "my-service" / "values.yaml").read_text()
+    assert "required: false" in values
+    assert "migrate: false" in values
+    assert "APP_DATABASE_URL:" not in values
+    assert "APP_DATABASE_URL" not in (project / "README.md").read_text()
+
+
+def test_example_without_a_database_url_asks_the_chart_for_none(render: Render):
+    """No domain keeps data, so the chart needs no database URL to render."""
+    values = (render(include_example="no") / "helm" / "my-service" / "values.yaml").read_text()
+    assert "  required: false\n" in values
+
+
+def test_an_unknown_database_is_refused_by_the_hook(cookiecutter_env, tmp_path):
+    result = run_cookiecutter(cookiecutter_env, tmp_path, {"database": "mysql"})
+    assert result.returncode != 0
+    assert "mysql provided for choice variable database" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_helm_off_leaves_out_the_chart_and_its_tests(render: Render):
     project = render(include_helm="no")
     assert not (project / "helm").exists()
@@ -153,7 +199,11 @@ def test_python_version_sets_tools_and_base_image(render: Render):
     assert "ARG PYTHON_IMAGE=python:3.12." in (project / "Dockerfile").read_text()
 
 
-@pytest.mark.parametrize("answers", [{}, {"include_example": "no", "include_helm": "no"}])
+@pytest.mark.parametrize(
+    "answers",
+    [{}, {"include_example": "no", "include_helm": "no"}, {"database": "none"}],
+    ids=["defaults", "no-example-no-helm", "no-database"],
+)
 def test_generated_files_are_the_live_files_modulo_the_renames(render: Render, answers, tmp_path):
     """Fails when the template and the live code disagree: the project holds exactly the live
     files (renamed and edited as docs/scaffold.md lists), formatted the same way."""

@@ -1,0 +1,37 @@
+"""`python -m app db upgrade|current`: the schema, from a shell (the deploy step when the
+database is at APP_DATABASE_URL and migrations do not run on start)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.database.connection import open_database
+from app.database.migrate import current_revisions
+from app.database.service import domain_migrations
+from app.errors import ConfigurationError, DatabaseUnavailableError
+from app.settings import Settings
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    database = commands.add_parser("db", help="the database's schema")
+    actions = database.add_subparsers(dest="db_command", required=True)
+    actions.add_parser("upgrade", help="migrate the schema to the newest revision")
+    actions.add_parser("current", help="print the schema's revision")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """`upgrade` migrates, `current` prints the revision. A database that cannot be reached is
+    one line and exit code 1."""
+    from app.main import load_domain
+
+    try:
+        domains = domain_migrations(load_domain(settings.domain))
+        upgrade = args.db_command == "upgrade"
+        async with open_database(settings, migrate=upgrade, domains=domains) as db:
+            revisions = await current_revisions(db.engine)
+    except (DatabaseUnavailableError, ConfigurationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema at revision {', '.join(revisions) or 'none'}")
+    return 0

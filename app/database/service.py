@@ -1,0 +1,57 @@
+"""The database's part in a running service: whether one is opened, with which migrations, its
+readiness check, and the outbox relay publishing through the current bus."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from types import ModuleType
+
+from app.api.health import Readiness
+from app.database.connection import Database, open_database
+from app.messages import Envelope, QoS
+from app.services import Services
+from app.settings import Settings
+from app.supervision import supervised
+
+
+def uses_database(settings: Settings, domain: ModuleType | None) -> bool:
+    """A database is opened when APP_DATABASE_URL names one or the domain declares that it
+    keeps its data in one (`USES_DATABASE = True`)."""
+    return settings.database_url is not None or bool(getattr(domain, "USES_DATABASE", False))
+
+
+def domain_migrations(domain: ModuleType | None) -> list[Path]:
+    """The domain's folder of migrations (its `MIGRATIONS`), if it keeps tables."""
+    folder = getattr(domain, "MIGRATIONS", None)
+    return [Path(folder)] if folder is not None else []
+
+
+@asynccontextmanager
+async def service_database(
+    settings: Settings, domain: ModuleType | None, readiness: Readiness
+) -> AsyncIterator[Database | None]:
+    """The service's database, checked, migrated and part of readiness; None when it has none."""
+    if not uses_database(settings, domain):
+        yield None
+        return
+    async with open_database(settings, domains=domain_migrations(domain)) as database:
+        readiness.add(database.readiness)
+        yield database
+
+
+@contextmanager
+def relaying(services: Services) -> Iterator[None]:
+    """The outbox relay, publishing through whichever bus the supervisor holds now."""
+    from app.database.outbox import Relay
+
+    async def publish(envelope: Envelope, qos: QoS, transport: str) -> None:
+        await services.bus.relay(envelope, qos, transport)
+
+    assert services.database is not None
+    task = supervised(Relay(services.database, publish, services.settings).run(), "outbox relay")
+    try:
+        yield
+    finally:
+        task.cancel()
