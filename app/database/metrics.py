@@ -1,5 +1,5 @@
-"""The outbox's instruments: its backlog and oldest unsent row (read by the relay on its
-interval), and the time from a row's write to the broker's ack of its publish."""
+"""The outbox's instruments: its backlog, oldest unsent row and dead rows (read by the relay on
+its interval), and the time from a row's write to the broker's ack of its publish."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class OutboxLevels:
 
     backlog: int | None = None
     oldest_seconds: float | None = None
+    dead: int | None = None
 
 
 outbox_levels = OutboxLevels()
@@ -31,6 +32,11 @@ def _observe_oldest(options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(outbox_levels.oldest_seconds)
 
 
+def _observe_dead(options: CallbackOptions) -> Iterable[Observation]:
+    if outbox_levels.dead is not None:
+        yield Observation(outbox_levels.dead)
+
+
 outbox_backlog = meter.create_observable_gauge(
     "qosmesh.outbox.backlog",
     callbacks=[_observe_backlog],
@@ -42,6 +48,12 @@ outbox_oldest = meter.create_observable_gauge(
     callbacks=[_observe_oldest],
     unit="s",
     description="Age of the oldest outbox row not yet published",
+)
+outbox_dead = meter.create_observable_gauge(
+    "qosmesh.outbox.dead",
+    callbacks=[_observe_dead],
+    unit="{message}",
+    description="Outbox rows set aside because the broker refuses them as they are (too large)",
 )
 relay_duration = Histogram(
     "qosmesh.outbox.relay.duration",

@@ -14,6 +14,10 @@ commit order, by two locks:
   there; the rest of the batch waits for a later round. A relay publishes one key's rows one
   after the other, each after the broker acked the one before.
 
+A row the broker refuses as it is (over its max_payload, which can be below
+APP_MAX_MESSAGE_BYTES) is set aside as dead: retrying cannot help, and it would hold up its
+key's later rows for ever. It stays in the table, counted by `qosmesh_outbox_dead`.
+
 The relay wakes on LISTEN/NOTIFY and polls once a second for what a lost notification missed.
 """
 
@@ -25,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
@@ -37,7 +41,7 @@ from app import failpoints
 from app.database.connection import Database, Transaction, asyncpg_url
 from app.database.metrics import outbox_levels, relay_duration
 from app.database.tables import http_keys, inbox, outbox
-from app.errors import QosMeshError
+from app.errors import MessageTooLargeError, QosMeshError
 from app.messages import Envelope, QoS
 from app.observability.spans import sending_traced
 from app.settings import Settings
@@ -96,6 +100,14 @@ class _Row:
     transport: str
     key: str | None
     created_at: float  # epoch seconds
+
+
+@dataclass(slots=True)
+class _RunOutcome:
+    sent: list[_Row] = field(default_factory=list)
+    dead: list[tuple[_Row, str]] = field(default_factory=list)  # with why
+    failed: _Row | None = None  # where the run stopped, to be retried
+    error: str = ""
 
 
 def publishable(batch: Sequence[_Row], unsent: Sequence[tuple[int, str]]) -> list[list[_Row]]:
@@ -166,13 +178,28 @@ class Relay:
                 return False
             runs = publishable(rows, await self._unsent_of_keys(session, rows))
             outcomes = await asyncio.gather(*(self._publish_run(run) for run in runs))
-            sent = [row.id for done in outcomes for row in done[0]]
-            failed = {row.id: error for _sent, row, error in outcomes if row is not None}
+            sent = [row.id for outcome in outcomes for row in outcome.sent]
+            dead = [pair for outcome in outcomes for pair in outcome.dead]
+            failed = {o.failed.id: o.error for o in outcomes if o.failed is not None}
             if sent:
                 await session.execute(
                     update(outbox)
                     .where(outbox.c.id.in_(sent))
                     .values(sent_at=func.clock_timestamp())
+                )
+            for row, error in dead:
+                log.error(
+                    "outbox row %d (message %s to %s) set aside as dead: %s",
+                    *(row.id, row.envelope.message_id, row.envelope.subject, error),
+                )
+                await session.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id)
+                    .values(
+                        dead_at=func.clock_timestamp(),
+                        attempts=outbox.c.attempts + 1,
+                        last_error=error[:500],
+                    )
                 )
             for row_id, error in failed.items():
                 await session.execute(
@@ -183,7 +210,7 @@ class Relay:
         if failed:
             first = next(iter(failed.values()))
             raise RelayError(f"{len(failed)} outbox row(s) not confirmed: {first}")
-        if len(sent) < len(rows):  # held up by another relay's rows of their keys
+        if len(sent) + len(dead) < len(rows):  # held up by another relay's rows of their keys
             await asyncio.sleep(HELD_UP_PAUSE)
             return True
         return len(rows) >= self._batch
@@ -201,7 +228,7 @@ class Relay:
                 outbox.c.body,
                 func.extract("epoch", outbox.c.created_at),
             )
-            .where(outbox.c.sent_at.is_(None))
+            .where(outbox.c.sent_at.is_(None), outbox.c.dead_at.is_(None))
             .order_by(outbox.c.id)
             .limit(self._batch)
             .with_for_update(skip_locked=True)
@@ -228,6 +255,7 @@ class Relay:
             select(outbox.c.id, outbox.c.ordering_key)
             .where(
                 outbox.c.sent_at.is_(None),
+                outbox.c.dead_at.is_(None),
                 outbox.c.ordering_key.in_(keys),
                 outbox.c.id <= rows[-1].id,
             )
@@ -235,16 +263,21 @@ class Relay:
         )
         return [(r[0], r[1]) for r in result.all()]
 
-    async def _publish_run(self, run: list[_Row]) -> tuple[list[_Row], _Row | None, str]:
-        """Publish `run` in order; stop at the first failure. (sent, failed row, error)."""
-        sent: list[_Row] = []
+    async def _publish_run(self, run: list[_Row]) -> _RunOutcome:
+        """Publish `run` in order; stop at the first failure the broker may not repeat. A row
+        it refuses as it is (too large) is set aside, and the run goes on past it."""
+        outcome = _RunOutcome()
         for row in run:
             try:
                 await self._publish_row(row)
+            except MessageTooLargeError as exc:
+                outcome.dead.append((row, _describe(exc)))
+                continue
             except Exception as exc:
-                return sent, row, _describe(exc)
-            sent.append(row)
-        return sent, None, ""
+                outcome.failed, outcome.error = row, _describe(exc)
+                return outcome
+            outcome.sent.append(row)
+        return outcome
 
     async def _publish_row(self, row: _Row) -> None:
         failpoints.reached("relay.before_publish")
@@ -265,19 +298,22 @@ class Relay:
             await self.prune()
 
     async def read_levels(self) -> tuple[int, float]:
-        """Backlog and the oldest unsent row's age, read into the metrics."""
+        """Backlog and the oldest unsent row's age (dead rows aside), and the dead rows, read
+        into the metrics."""
+        waiting = outbox.c.dead_at.is_(None)
+        oldest = func.min(outbox.c.created_at).filter(waiting)
         async with self._database.engine.connect() as session:
             row = (
                 await session.execute(
                     select(
-                        func.count(),
-                        func.coalesce(
-                            func.extract("epoch", func.now() - func.min(outbox.c.created_at)), 0
-                        ),
+                        func.count().filter(waiting),
+                        func.coalesce(func.extract("epoch", func.now() - oldest), 0),
+                        func.count().filter(outbox.c.dead_at.isnot(None)),
                     ).where(outbox.c.sent_at.is_(None))
                 )
             ).one()
         outbox_levels.backlog, outbox_levels.oldest_seconds = int(row[0]), float(row[1])
+        outbox_levels.dead = int(row[2])
         return outbox_levels.backlog, outbox_levels.oldest_seconds
 
     async def prune(self) -> None:

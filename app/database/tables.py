@@ -40,6 +40,9 @@ outbox = Table(
     Column("sent_at", DateTime(timezone=True), nullable=True),  # when the broker had acked it
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),
+    # Set aside: the broker refuses the message as it is (over its max_payload). Never retried;
+    # an operator clears it to send the row again (docs/outbox.md).
+    Column("dead_at", DateTime(timezone=True), nullable=True),
 )
 Index("qosmesh_outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
 Index(

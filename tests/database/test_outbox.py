@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.database.connection import Database
+from app.database.metrics import outbox_levels
 from app.database.outbox import Relay
 from app.database.tables import outbox
+from app.embedded import NatsServer
 from app.errors import ConfigurationError, MessageTooLargeError
 from app.messages import H_ID, Message
 from app.testing import eventually
@@ -145,6 +147,50 @@ async def test_two_relays_publish_each_row_once_and_every_key_in_commit_order(
             seen[key_of[stored.headers[H_ID]]].append(json.loads(stored.data or b"")["n"])
     assert info.state.messages == 4 * 60
     assert seen == committed
+
+
+async def test_a_row_the_broker_refuses_as_too_large_is_set_aside_and_its_key_goes_on(
+    db_settings, database, tmp_path
+):
+    """A broker whose max_payload is below APP_MAX_MESSAGE_BYTES: the row passed the size check
+    in its transaction but can never be published. It is set aside as dead (kept, counted, not
+    retried), and the rows after it in its key are published."""
+    config = tmp_path / "small.conf"
+    config.write_text("max_payload: 8192\n")
+    server = NatsServer(tmp_path / "nats", extra_args=["-c", str(config)])
+    server.start()
+    got: list[int] = []
+
+    async def handle(message: Blob) -> None:
+        got.append(len(message.data))
+
+    try:
+        settings = db_settings(nats_url=server.url)
+        async with bus_with_database(
+            settings, database, lambda b: b.subscribe(Blob, handle)
+        ) as running:
+            async with database.sessions() as session, session.begin():
+                for size in (100, 20000, 200):
+                    blob = Blob(data="x" * size)
+                    await running.bus.publish(blob, session=session, ordering_key="k")
+            relay = relay_for(database, running.bus, settings)
+            async with relaying(relay):
+                await eventually(lambda: sorted(got) == [100, 200], timeout=15)
+            assert await relay.read_levels() == (0, 0.0)
+            assert outbox_levels.dead == 1
+        async with database.sessions() as session:
+            dead = (
+                await session.execute(
+                    select(outbox.c.attempts, outbox.c.last_error).where(
+                        outbox.c.dead_at.isnot(None)
+                    )
+                )
+            ).all()
+        assert [(attempts, error.split(":")[0]) for attempts, error in dead] == [
+            (1, "MessageTooLargeError")
+        ]
+    finally:
+        server.stop()
 
 
 async def _keys_by_message(database: Database) -> dict[str, str]:
