@@ -35,6 +35,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StartFailure(logging.Filter):
+    """Drops the traceback the ASGI server logs for a start the service has already explained
+    in one line (`start_failed`): a broker or database that cannot be reached, or settings
+    that cannot work, are the operator's to fix, not a bug to debug."""
+
+    reported = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.reported and str(record.msg).startswith("Traceback"):
+            self.reported = False
+            return False
+        return True
+
+
+_start_failure = _StartFailure()
+
+
+def start_failed(log: logging.Logger, exc: BaseException) -> None:
+    """One line saying why the service cannot start; the server's traceback of it is dropped."""
+    log.error("cannot start: %s", exc)
+    _start_failure.reported = True
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -48,3 +71,4 @@ def configure_logging(level: str, fmt: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    logging.getLogger("uvicorn.error").addFilter(_start_failure)

@@ -19,8 +19,9 @@ from app.api import admin, cluster, health, nodes, openapi, problems
 from app.api.health import Readiness
 from app.database.service import relaying, service_database
 from app.discovery.models import new_node_id
-from app.errors import ConfigurationError
+from app.errors import ConfigurationError, QosMeshError
 from app.lifecycle import Drain
+from app.logs import start_failed
 from app.observability.setup import (
     FASTAPI_OPTIONS,
     instrument_app,
@@ -44,25 +45,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     services = Services(settings)
 
+    async def start(stack: AsyncExitStack, supervision: Supervision) -> Drain:
+        """The database, the brokers and everything on them; stopped by `stack`."""
+        readiness = Readiness()
+        database = service_database(settings, domain, readiness)
+        services.database = await stack.enter_async_context(database)
+        services.supervisor = supervisor = Supervisor(
+            settings, domain, instance_id, supervision, services.database
+        )
+        readiness.add(supervisor.readiness, required=services.database is None)
+        stack.callback(shutdown_telemetry)
+        stack.push_async_callback(supervisor.stop)
+        await supervisor.start()
+        if services.database is not None:
+            stack.enter_context(relaying(services))
+        services.readiness = readiness
+        services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
+        return drain
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.supervision = supervision = Supervision()
         use(supervision)  # every task the instance starts from here reports to it
         async with AsyncExitStack() as stack:
-            readiness = Readiness()
-            database = service_database(settings, domain, readiness)
-            services.database = await stack.enter_async_context(database)
-            services.supervisor = supervisor = Supervisor(
-                settings, domain, instance_id, supervision, services.database
-            )
-            readiness.add(supervisor.readiness, required=services.database is None)
-            stack.callback(shutdown_telemetry)
-            stack.push_async_callback(supervisor.stop)
-            await supervisor.start()
-            if services.database is not None:
-                stack.enter_context(relaying(services))
-            services.readiness = readiness
-            services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
+            try:
+                drain = await start(stack, supervision)
+            except QosMeshError as exc:
+                start_failed(log, exc)
+                raise
             log.info("service started", extra={"service": settings.service_name})
             yield
             log.info("service stopping", extra={"service": settings.service_name})

@@ -381,16 +381,17 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     ),
     "app/main.py": (
         ("from app.database.service import relaying, service_database\n", ""),
+        ("The database, the brokers and everything", "The brokers and everything"),
         (
-            "            database = service_database(settings, domain, readiness)\n"
-            "            services.database = await stack.enter_async_context(database)\n",
+            "        database = service_database(settings, domain, readiness)\n"
+            "        services.database = await stack.enter_async_context(database)\n",
             "",
         ),
         ("supervision, services.database\n", "supervision\n"),
         ("(supervisor.readiness, required=services.database is None)", "(supervisor.readiness)"),
         (
-            "            if services.database is not None:\n"
-            "                stack.enter_context(relaying(services))\n",
+            "        if services.database is not None:\n"
+            "            stack.enter_context(relaying(services))\n",
             "",
         ),
     ),

@@ -45,3 +45,6 @@ def test_a_database_that_refuses_stops_the_start_at_once_with_one_line(
     assert f"cannot connect to PostgreSQL at postgresql://***@{host}/no_such_db" in log
     assert "does not exist" in log  # the server's reason
     assert PASSWORD not in log
+    (line,) = [line for line in log.splitlines() if "cannot connect to PostgreSQL" in line]
+    assert "cannot start: cannot connect" in line
+    assert "Traceback" not in log  # the line says it all
