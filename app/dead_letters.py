@@ -7,14 +7,16 @@ lists, for each store that has more, the id to resume it from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from pydantic import BaseModel
 
-from app.errors import DeadLetterNotFoundError
-from app.messages import H_ID, H_TYPE
+from app.errors import DeadLetterNotFoundError, QosMeshError
+from app.messages import H_ID, H_TYPE, DeadLetterReason
 
 # What a dead-letter record says about its message, as headers (JetStream) or fields (Redis)
 # next to the original ones; each store adds where in its broker the message was.
@@ -25,6 +27,41 @@ D_SUBJECT = "qm-dlq-subject"
 D_CONSUMER = "qm-dlq-consumer"
 D_AT = "qm-dlq-at"
 D_STUB = "qm-dlq-stub"
+D_ERROR_TYPE = "qm-dlq-error-type"
+
+SCAN_PAGE = 500
+SCAN_LIMIT = 10_000
+"""Grouping reads at most this many dead letters, the newest; a bulk action finds its group's
+members among them."""
+BULK_LIMIT = 1000
+UNKNOWN = "unknown"
+"""The error type of records kept before they had one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a message is dead-lettered: the reason, the error, and the error's type (the
+    exception's class name), by which failures are grouped."""
+
+    reason: str
+    error: str
+    error_type: str = UNKNOWN
+
+    def record(self) -> dict[str, str]:
+        """The headers (JetStream) or fields (Redis) a dead-letter record keeps of it."""
+        return {
+            D_REASON: self.reason,
+            D_ERROR: " ".join(self.error.split())[:1000],
+            D_ERROR_TYPE: self.error_type or UNKNOWN,
+        }
+
+
+NO_RESULT = Failure(
+    DeadLetterReason.MAX_DELIVERIES,
+    "delivery limit reached with no handler result (consumer died or timed out)",
+    "NoHandlerResult",
+)
+"""A message given up on with no handler having ended on any of its deliveries."""
 
 
 class DeadLetter(BaseModel):
@@ -37,6 +74,7 @@ class DeadLetter(BaseModel):
     transport: str
     reason: str
     error: str
+    error_type: str = UNKNOWN
     deliveries: int
     dead_at: datetime
     stub: bool = False  # too large to keep whole: the record and the first KiB, not replayable
@@ -45,6 +83,40 @@ class DeadLetter(BaseModel):
 class DeadLetterDetail(DeadLetter):
     headers: dict[str, str]
     body: str
+
+
+class DeadLetterGroup(BaseModel):
+    """Dead letters that failed the same way: same message type, reason and error type."""
+
+    fingerprint: str
+    type: str
+    reason: str
+    error_type: str
+    count: int
+    first_dead_at: datetime
+    last_dead_at: datetime
+    example_error: str  # the newest one's
+
+
+class DeadLetterGroups(BaseModel):
+    groups: list[DeadLetterGroup]  # the largest first
+    scanned: int
+    complete: bool  # False: more than the scan limit are stored, the counts are of the newest
+
+
+class BulkResult(BaseModel):
+    """What a bulk replay or discard of one group did, one dead letter at a time."""
+
+    fingerprint: str
+    matched: int  # members found, at most the limit
+    done: int
+    errors: dict[str, str]  # dlq_id -> why it was not done
+
+
+def fingerprint(item: DeadLetter) -> str:
+    """A failure's group: message type + reason + error type, as a short URL-safe id."""
+    key = "\x00".join((item.type, item.reason, item.error_type))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class DeadLetterPage(BaseModel):
@@ -99,6 +171,7 @@ def detail_from(
         transport=transport,
         reason=headers.get(D_REASON, ""),
         error=headers.get(D_ERROR, ""),
+        error_type=headers.get(D_ERROR_TYPE) or UNKNOWN,
         deliveries=int(headers.get(D_DELIVERIES, "0") or 0),
         dead_at=parse_time(headers.get(D_AT)) or stored_at or datetime.now(UTC),
         stub=headers.get(D_STUB) == "true",
@@ -157,5 +230,65 @@ class DeadLetters:
     async def replay(self, dlq_id: str) -> str:
         return await self._store(dlq_id).replay(dlq_id)
 
+    async def scan(self, limit: int) -> tuple[Sequence[DeadLetter], bool]:
+        """Up to `limit` dead letters, newest first, and whether that was all of them."""
+        items: list[DeadLetter] = []
+        cursor: str | None = None
+        while len(items) < limit:
+            page = await self.list(min(SCAN_PAGE, limit - len(items)), cursor)
+            items.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                return items, True
+        return items, False
 
-__all__ = ["DeadLetter", "DeadLetterDetail", "DeadLetterPage", "DeadLetters"]
+    async def groups(self, scan_limit: int = SCAN_LIMIT) -> DeadLetterGroups:
+        """The dead letters grouped by failure fingerprint, the largest group first."""
+        items, complete = await self.scan(scan_limit)
+        groups: dict[str, DeadLetterGroup] = {}
+        for item in items:  # newest first
+            key = fingerprint(item)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = DeadLetterGroup(
+                    fingerprint=key,
+                    type=item.type,
+                    reason=item.reason,
+                    error_type=item.error_type,
+                    count=1,
+                    first_dead_at=item.dead_at,
+                    last_dead_at=item.dead_at,
+                    example_error=item.error,
+                )
+            else:
+                group.count += 1
+                group.first_dead_at = min(group.first_dead_at, item.dead_at)
+        ordered = sorted(groups.values(), key=lambda g: (-g.count, g.type, g.reason))
+        return DeadLetterGroups(groups=ordered, scanned=len(items), complete=complete)
+
+    async def bulk(
+        self, key: str, action: Callable[[str], Awaitable[object]], limit: int
+    ) -> BulkResult:
+        """`action(dlq_id)` on each of up to `limit` members of group `key`, oldest first; a
+        member that fails is reported and the rest go on."""
+        items, _complete = await self.scan(SCAN_LIMIT)
+        members = [item.dlq_id for item in reversed(items) if fingerprint(item) == key][:limit]
+        errors: dict[str, str] = {}
+        for dlq_id in members:
+            try:
+                await action(dlq_id)
+            except QosMeshError as exc:
+                errors[dlq_id] = f"{type(exc).__name__}: {exc}"
+        done = len(members) - len(errors)
+        return BulkResult(fingerprint=key, matched=len(members), done=done, errors=errors)
+
+
+__all__ = [
+    "BulkResult",
+    "DeadLetter",
+    "DeadLetterDetail",
+    "DeadLetterGroup",
+    "DeadLetterGroups",
+    "DeadLetterPage",
+    "DeadLetters",
+]

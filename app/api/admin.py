@@ -8,10 +8,16 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 
 from app.api.deps import DeadLettersDep, SettingsDep
-from app.dead_letters import DeadLetterDetail, DeadLetterPage
+from app.dead_letters import (
+    BULK_LIMIT,
+    BulkResult,
+    DeadLetterDetail,
+    DeadLetterGroups,
+    DeadLetterPage,
+)
 
 
 async def require_admin(request: Request, settings: SettingsDep) -> None:
@@ -23,6 +29,9 @@ async def require_admin(request: Request, settings: SettingsDep) -> None:
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), expected):
         raise HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
+
+Fingerprint = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
+BulkLimit = Annotated[int, Query(ge=1, le=BULK_LIMIT)]
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 Store = DeadLettersDep
@@ -36,6 +45,29 @@ async def list_dead_letters(
 ) -> DeadLetterPage:
     """Dead letters, newest first; pass `next_cursor` back as `cursor` for the next page."""
     return await store.list(limit, cursor)
+
+
+@router.get("/dlq/groups")
+async def dead_letter_groups(store: Store) -> DeadLetterGroups:
+    """Dead letters grouped by failure (message type + reason + error type), largest first,
+    over the newest 10,000."""
+    return await store.groups()
+
+
+@router.post("/dlq/groups/{fingerprint}/replay")
+async def replay_group(
+    fingerprint: Fingerprint, store: Store, limit: BulkLimit = 1000
+) -> BulkResult:
+    """Replay up to `limit` dead letters of one group, oldest first, each with its message id."""
+    return await store.bulk(fingerprint, store.replay, limit)
+
+
+@router.post("/dlq/groups/{fingerprint}/discard")
+async def discard_group(
+    fingerprint: Fingerprint, store: Store, limit: BulkLimit = 1000
+) -> BulkResult:
+    """Delete up to `limit` dead letters of one group, oldest first."""
+    return await store.bulk(fingerprint, store.delete, limit)
 
 
 @router.get("/dlq/{dlq_id}")

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
 from app.claims import ClaimBusy
+from app.dead_letters import NO_RESULT, Failure
 from app.errors import (
     BrokerUnavailableError,
     DiscoveryError,
@@ -59,16 +60,12 @@ class Outcome(NamedTuple):
 
     verdict: Verdict
     delay: float = 0.0  # RETRY and BUSY: seconds until the next try
-    reason: DeadLetterReason = DeadLetterReason.MAX_DELIVERIES  # DEAD: why, as stored
-    error: str = ""
+    failure: Failure = NO_RESULT  # DEAD: why, as the dead-letter record keeps it
 
 
 ACKED = Outcome(Verdict.ACK)
 DUPLICATE = Outcome(Verdict.DUPLICATE)
-NO_RESULT = Outcome(
-    Verdict.DEAD,
-    error="delivery limit reached with no handler result (consumer died or timed out)",
-)
+GIVEN_UP = Outcome(Verdict.DEAD)
 """The last delivery came with no handler having ended on it: given up on."""
 
 
@@ -82,11 +79,12 @@ def judge(result: bool | BaseException, attempt: int, max_deliver: int) -> Outco
         # A rolling deploy: give the instances of the new version time to take it.
         return Outcome(Verdict.RETRY, delay=backoff(attempt, base=1.0, cap=30.0))
     if isinstance(result, DecodeError):
-        return Outcome(Verdict.DEAD, reason=result.reason, error=str(result))
+        return Outcome(Verdict.DEAD, failure=Failure(result.reason, str(result), _type(result)))
     if isinstance(result, HELD) and not isinstance(result, MessageTooLargeError):
         return Outcome(Verdict.BUSY, delay=backoff(attempt, base=0.2, cap=HOLD_CAP))
     if attempt >= max_deliver:
-        return Outcome(Verdict.DEAD, error=describe(result))
+        failure = Failure(DeadLetterReason.MAX_DELIVERIES, describe(result), _type(result))
+        return Outcome(Verdict.DEAD, failure=failure)
     return Outcome(Verdict.RETRY, delay=backoff(attempt, base=0.2, cap=10.0))
 
 
@@ -111,7 +109,7 @@ class Settlement(Protocol):
         """Hand it back: it comes again after `delay` seconds, as its next delivery."""
         ...
 
-    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
+    async def dead_letter(self, failure: Failure) -> None:
         """Copy it to the dead-letter store and settle it there (or leave it to come again
         when the copy fails)."""
         ...
@@ -163,10 +161,14 @@ async def settle(delivery: Settlement, outcome: Outcome, metrics: ConsumerMetric
     if verdict is Verdict.ACK or verdict is Verdict.DUPLICATE:
         await delivery.ack()
     elif verdict is Verdict.DEAD:
-        await delivery.dead_letter(outcome.reason, outcome.error)
+        await delivery.dead_letter(outcome.failure)
     else:
         await delivery.nak(outcome.delay)
     metrics.consumed[verdict.value].add(1)
+
+
+def _type(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 def describe(exc: BaseException) -> str:

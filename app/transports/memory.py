@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from app.claims import MemoryClaimStore
-from app.dead_letters import DeadLetter, DeadLetterDetail, DeadLetterPage
+from app.dead_letters import DeadLetter, DeadLetterDetail, DeadLetterPage, Failure
 from app.errors import DeadLetterNotFoundError
-from app.messages import H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
+from app.messages import H_QOS, H_TYPE, Envelope, QoS
 from app.observability.instruments import dead_letters, sent_messages
 from app.observability.spans import send_span
 from app.settings import Settings
@@ -123,11 +123,11 @@ class _Settlement:
     async def nak(self, delay: float) -> None:
         return None
 
-    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
+    async def dead_letter(self, failure: Failure) -> None:
         if self._qos == QoS.AT_MOST_ONCE:
-            log.info("QoS 0 message %s not handled: %s", self._envelope.message_id, error)
+            log.info("QoS 0 message %s not handled: %s", self._envelope.message_id, failure.error)
             return
-        self._transport.dead_letters.add(self._envelope, reason, error, self._attempt)
+        self._transport.dead_letters.add(self._envelope, failure, self._attempt)
 
 
 class MemoryDeadLetters:
@@ -140,7 +140,7 @@ class MemoryDeadLetters:
         self._items: dict[int, tuple[DeadLetterDetail, Envelope]] = {}
         self._ids = itertools.count(1)
 
-    def add(self, envelope: Envelope, reason: str, error: str, deliveries: int) -> None:
+    def add(self, envelope: Envelope, failure: Failure, deliveries: int) -> None:
         number = next(self._ids)
         detail = DeadLetterDetail(
             dlq_id=f"{self.prefix}-{number}",
@@ -148,11 +148,12 @@ class MemoryDeadLetters:
             type=envelope.headers.get(H_TYPE, ""),
             subject=envelope.subject,
             transport=self._transport.name,
-            reason=reason,
-            error=error,
+            reason=failure.reason,
+            error=failure.error,
+            error_type=failure.error_type,
             deliveries=deliveries,
             dead_at=datetime.now(UTC),
-            headers={**envelope.headers, "qm-dlq-reason": reason},
+            headers={**envelope.headers, **failure.record()},
             body=envelope.body.decode("utf-8", errors="replace"),
         )
         self._items[number] = (detail, envelope)
@@ -161,7 +162,7 @@ class MemoryDeadLetters:
             {
                 "messaging.system": self._transport.name,
                 "destination": envelope.subject,
-                "reason": reason,
+                "reason": failure.reason,
             },
         )
 

@@ -7,9 +7,10 @@ import sys
 import httpx
 import pytest
 
+from app.dead_letters import Failure
 from app.messages import QoS, encode
 from app.services import services_of
-from app.testing import running_app
+from app.testing import eventually, running_app
 from app.transports.jetstream.dead_letters import JetStreamDeadLetters
 from tests.transports.conftest import Ping
 
@@ -28,8 +29,7 @@ async def add_dead_letters(app, count: int) -> list[Ping]:
             stream="QOSMESH_PING",
             seq=seq,
             consumer="qosmesh__ping",
-            reason="max_deliveries",
-            error="ValueError: boom",
+            failure=Failure("max_deliveries", "ValueError: boom", "ValueError"),
             deliveries=5,
         )
     return pings
@@ -62,6 +62,9 @@ async def test_admin_needs_the_right_bearer_token(admin, headers):
         ("GET", "/admin/dlq/js-1"),
         ("DELETE", "/admin/dlq/js-1"),
         ("POST", "/admin/dlq/js-1/replay"),
+        ("GET", "/admin/dlq/groups"),
+        ("POST", "/admin/dlq/groups/0123456789abcdef/replay"),
+        ("POST", "/admin/dlq/groups/0123456789abcdef/discard"),
     ]:
         response = await client.request(method, path, headers=headers)
         assert response.status_code == 401, (method, path)
@@ -73,6 +76,9 @@ async def test_admin_is_off_without_a_configured_token(settings_for, nats_server
     async with running_app(settings) as (_, url), httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/admin/dlq")).status_code == 404
         assert (await client.get("/admin/dlq", headers=AUTH)).status_code == 404
+        assert (await client.get("/admin/dlq/groups", headers=AUTH)).status_code == 404
+        path = "/admin/dlq/groups/0123456789abcdef/replay"
+        assert (await client.post(path, headers=AUTH)).status_code == 404
 
 
 @pytest.mark.parametrize("blank", ["", "   ", "\t"])
@@ -161,3 +167,90 @@ async def test_cli_mirrors_the_admin_api(admin, nats_server, tmp_path):
     missing = cli("delete", dlq_id)
     assert missing.returncode == 1
     assert "DeadLetterNotFoundError" in missing.stderr
+
+
+async def add_failures(app, failures: list[Failure]) -> None:
+    store = services_of(app).bus.dead_letters[0]
+    assert isinstance(store, JetStreamDeadLetters)
+    for seq, failure in enumerate(failures, start=1):
+        envelope = encode(Ping(n=seq), QoS.AT_LEAST_ONCE, "qosmesh.ping")
+        await store.add(
+            envelope,
+            stream="QOSMESH_PING",
+            seq=seq,
+            consumer="qosmesh__ping",
+            failure=failure,
+            deliveries=5,
+        )
+
+
+async def test_dead_letters_group_by_type_reason_and_error_type(admin):
+    app, client = admin
+    boom = Failure("max_deliveries", "ValueError: boom 1", "ValueError")
+    other = Failure("max_deliveries", "KeyError: 'x'", "KeyError")
+    decode = Failure("undecodable", "not JSON", "DecodeError")
+    await add_failures(app, [boom, other, boom, decode, boom])
+    body = (await client.get("/admin/dlq/groups", headers=AUTH)).json()
+    assert body["scanned"] == 5
+    assert body["complete"] is True
+    counts = [(g["type"], g["reason"], g["error_type"], g["count"]) for g in body["groups"]]
+    assert counts == [
+        ("Ping", "max_deliveries", "ValueError", 3),
+        ("Ping", "max_deliveries", "KeyError", 1),
+        ("Ping", "undecodable", "DecodeError", 1),
+    ]
+    assert len({g["fingerprint"] for g in body["groups"]}) == 3
+
+
+async def test_a_record_without_an_error_type_groups_as_unknown(admin):
+    """Records kept before dead letters had an error type."""
+    app, client = admin
+    store = services_of(app).bus.dead_letters[0]
+    assert isinstance(store, JetStreamDeadLetters)
+    headers = {**encode(Ping(n=1), QoS.AT_LEAST_ONCE, "qosmesh.ping").headers}
+    headers |= {"qm-dlq-reason": "max_deliveries", "qm-dlq-error": "ValueError: old"}
+    nc = services_of(app).brokers.nc
+    await nc.jetstream().publish(store.subject, b"{}", headers=headers)
+    (group,) = (await client.get("/admin/dlq/groups", headers=AUTH)).json()["groups"]
+    assert group["error_type"] == "unknown"
+    listed = (await client.get("/admin/dlq", headers=AUTH)).json()["items"]
+    assert [item["error_type"] for item in listed] == ["unknown"]
+
+
+async def test_a_group_is_replayed_or_discarded_in_bulk_and_the_others_stay(admin):
+    app, client = admin
+    got: list[int] = []
+    boom = Failure("max_deliveries", "ValueError: boom", "ValueError")
+    other = Failure("max_deliveries", "KeyError: 'x'", "KeyError")
+    await add_failures(app, [boom, other, boom, boom, other])
+    groups = (await client.get("/admin/dlq/groups", headers=AUTH)).json()["groups"]
+    by_type = {g["error_type"]: g["fingerprint"] for g in groups}
+
+    nc = services_of(app).brokers.nc
+
+    async def record(msg) -> None:
+        got.append(json.loads(msg.data)["n"])
+
+    sub = await nc.subscribe("qosmesh.ping", cb=record)
+    path = f"/admin/dlq/groups/{by_type['ValueError']}/replay"
+    first = (await client.post(path, params={"limit": 2}, headers=AUTH)).json()
+    assert (first["matched"], first["done"], first["errors"]) == (2, 2, {})
+    rest = (await client.post(path, headers=AUTH)).json()
+    assert (rest["matched"], rest["done"]) == (1, 1)
+    await eventually(lambda: sorted(got) == [1, 3, 4])  # oldest first, each once
+    await sub.unsubscribe()
+
+    path = f"/admin/dlq/groups/{by_type['KeyError']}/discard"
+    assert (await client.post(path, headers=AUTH)).json()["done"] == 2
+    assert (await client.get("/admin/dlq", headers=AUTH)).json()["total"] == 0
+    again = (await client.post(path, headers=AUTH)).json()
+    assert (again["matched"], again["done"]) == (0, 0)
+
+
+@pytest.mark.parametrize("fingerprint", ["xyz", "0123456789ABCDEF", "0" * 17])
+async def test_a_malformed_group_fingerprint_is_422(admin, fingerprint):
+    _, client = admin
+    path = f"/admin/dlq/groups/{fingerprint}/replay"
+    response = await client.post(path, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "path.fingerprint"

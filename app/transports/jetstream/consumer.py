@@ -28,13 +28,14 @@ from nats.js.api import (
 from opentelemetry.metrics import Observation
 
 from app import nats_wire
-from app.messages import DeadLetterReason, Envelope
+from app.dead_letters import Failure
+from app.messages import Envelope
 from app.observability.instruments import consumer_gaps, watch_pending
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports.base import Delivery, Subscription
 from app.transports.consuming import (
-    NO_RESULT,
+    GIVEN_UP,
     ConsumerMetrics,
     HandlerTasks,
     Verdict,
@@ -278,7 +279,7 @@ class PullConsumer:
             # The server gives more deliveries than the router (a margin for deliveries lost
             # to crashes and outages): the last one ended with no handler result.
             self._running.pop(id(msg), None)
-            await settle(settlement, NO_RESULT, self._metrics)
+            await settle(settlement, GIVEN_UP, self._metrics)
             return
         if attempt > 1:
             self._metrics.redelivered.add()
@@ -315,7 +316,11 @@ class PullConsumer:
                     await _settle(msg.in_progress())
 
     async def dead_letter(
-        self, msg: Msg, envelope: Envelope, reason: str, error: str, attempt: int
+        self,
+        msg: Msg,
+        envelope: Envelope,
+        failure: Failure,
+        attempt: int,
     ) -> None:
         """Copy to the dead-letter stream, then term; if the copy fails, the server's
         MAX_DELIVERIES advisory brings the message to the dead-letter stream later."""
@@ -325,8 +330,7 @@ class PullConsumer:
                 stream=self._stream,
                 seq=msg.metadata.sequence.stream,
                 consumer=self._sub.name,
-                reason=reason,
-                error=error,
+                failure=failure,
                 deliveries=attempt,
             )
         except Exception:
@@ -371,8 +375,8 @@ class _Settlement:
     async def nak(self, delay: float) -> None:
         await _settle(self._msg.nak(delay=delay))
 
-    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
-        await self._consumer.dead_letter(self._msg, self._envelope, reason, error, self._attempt)
+    async def dead_letter(self, failure: Failure) -> None:
+        await self._consumer.dead_letter(self._msg, self._envelope, failure, self._attempt)
 
 
 def _stream_seq(msg: Msg) -> int:

@@ -33,12 +33,15 @@ from app.dead_letters import (
     D_CONSUMER,
     D_DELIVERIES,
     D_ERROR,
+    D_ERROR_TYPE,
     D_REASON,
     D_STUB,
     D_SUBJECT,
+    NO_RESULT,
     DeadLetter,
     DeadLetterDetail,
     DeadLetterPage,
+    Failure,
     detail_from,
 )
 from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
@@ -62,6 +65,7 @@ ORIG_MSG_ID = "qm-orig-msg-id"
 _DLQ_HEADERS = (
     D_REASON,
     D_ERROR,
+    D_ERROR_TYPE,
     D_DELIVERIES,
     D_SUBJECT,
     D_STREAM,
@@ -144,16 +148,14 @@ class JetStreamDeadLetters:
         stream: str,
         seq: int,
         consumer: str,
-        reason: str,
-        error: str,
+        failure: Failure,
         deliveries: int,
         stub: bool = False,
     ) -> None:
         """Keep a copy of a message that will not be handled (once per stream sequence); a
         stub when asked or when the whole copy would not fit."""
         record = {
-            D_REASON: reason,
-            D_ERROR: _one_line(error)[:1000],
+            **failure.record(),
             D_DELIVERIES: str(deliveries),
             D_SUBJECT: _one_line(envelope.subject),
             D_STREAM: stream,
@@ -173,15 +175,19 @@ class JetStreamDeadLetters:
         if not ack.duplicate:
             dead_letters.add(
                 1,
-                {"messaging.system": "nats", "destination": envelope.subject, "reason": reason},
+                {
+                    "messaging.system": "nats",
+                    "destination": envelope.subject,
+                    "reason": failure.reason,
+                },
             )
             log.warning(
                 "message %s dead-lettered as js-%d%s: %s: %s",
                 envelope.message_id,
                 ack.seq,
                 f" (a stub: {size} bytes do not fit)" if D_STUB in headers else "",
-                reason,
-                error,
+                failure.reason,
+                failure.error,
             )
 
     async def _follow_advisories(self) -> None:
@@ -229,8 +235,11 @@ class JetStreamDeadLetters:
                 stream=stream,
                 seq=seq,
                 consumer=str(advisory.get("consumer", "")),
-                reason=DeadLetterReason.MAX_DELIVERIES,
-                error=f"copy failed {ADVISORY_MAX_DELIVER} times: {cause}",
+                failure=Failure(
+                    DeadLetterReason.MAX_DELIVERIES,
+                    f"copy failed {ADVISORY_MAX_DELIVER} times: {cause}",
+                    NO_RESULT.error_type,
+                ),
                 deliveries=int(str(advisory.get("deliveries", 0))),
                 stub=True,
             )
@@ -258,10 +267,9 @@ class JetStreamDeadLetters:
             stream=stream,
             seq=seq,
             consumer=consumer,
-            reason=DeadLetterReason.TERMINATED if terminated else DeadLetterReason.MAX_DELIVERIES,
-            error="terminated by a consumer"
+            failure=Failure(DeadLetterReason.TERMINATED, "terminated by a consumer", "Terminated")
             if terminated
-            else "delivery limit reached with no handler result (consumer died or timed out)",
+            else NO_RESULT,
             deliveries=int(str(advisory.get("deliveries", 0))),
         )
 

@@ -17,14 +17,14 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app.messages import DeadLetterReason
+from app.dead_letters import Failure
 from app.retries import backoff
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports.base import Delivery, Subscription
 from app.transports.batching import Batcher
 from app.transports.consuming import (
-    NO_RESULT,
+    GIVEN_UP,
     ConsumerMetrics,
     HandlerTasks,
     Verdict,
@@ -270,7 +270,7 @@ class RedisConsumer:
         if attempt > max_deliver:
             self._running.pop(entry_id, None)
             settlement.deliveries = attempt - 1
-            await settle(settlement, NO_RESULT, self._metrics)
+            await settle(settlement, GIVEN_UP, self._metrics)
             return
         delivery = Delivery("redis", self.key, attempt, max_deliver, envelope.message_id)
         if attempt > 1:
@@ -327,7 +327,7 @@ class RedisConsumer:
             log.warning("could not ack %s on %s: %s", entry_id, self.key, exc)
 
     async def dead_letter(
-        self, entry_id: bytes, fields: Fields, reason: str, error: str, deliveries: int
+        self, entry_id: bytes, fields: Fields, failure: Failure, deliveries: int
     ) -> None:
         try:
             await self._dlq.add(
@@ -336,8 +336,7 @@ class RedisConsumer:
                 entry=entry_id,
                 group=self.group,
                 consumer=self.name,
-                reason=reason,
-                error=error,
+                failure=failure,
                 deliveries=deliveries,
             )
         except Exception:
@@ -386,7 +385,5 @@ class _Settlement:
     async def nak(self, delay: float) -> None:
         self._consumer.retry_later(self._entry_id, delay)
 
-    async def dead_letter(self, reason: DeadLetterReason, error: str) -> None:
-        await self._consumer.dead_letter(
-            self._entry_id, self._fields, reason, error, self.deliveries
-        )
+    async def dead_letter(self, failure: Failure) -> None:
+        await self._consumer.dead_letter(self._entry_id, self._fields, failure, self.deliveries)

@@ -19,11 +19,13 @@ from app.dead_letters import (
     D_CONSUMER,
     D_DELIVERIES,
     D_ERROR,
+    D_ERROR_TYPE,
     D_REASON,
     D_SUBJECT,
     DeadLetter,
     DeadLetterDetail,
     DeadLetterPage,
+    Failure,
     detail_from,
 )
 from app.errors import DeadLetterNotFoundError
@@ -36,7 +38,17 @@ log = logging.getLogger(__name__)
 
 D_ENTRY = "qm-dlq-entry"
 D_GROUP = "qm-dlq-group"
-_DLQ_FIELDS = (D_REASON, D_ERROR, D_DELIVERIES, D_SUBJECT, D_ENTRY, D_GROUP, D_CONSUMER, D_AT)
+_DLQ_FIELDS = (
+    D_REASON,
+    D_ERROR,
+    D_ERROR_TYPE,
+    D_DELIVERIES,
+    D_SUBJECT,
+    D_ENTRY,
+    D_GROUP,
+    D_CONSUMER,
+    D_AT,
+)
 
 Publish = Callable[[Envelope, QoS], Awaitable[None]]
 
@@ -59,8 +71,7 @@ class RedisDeadLetters:
         entry: bytes,
         group: str,
         consumer: str,
-        reason: str,
-        error: str,
+        failure: Failure,
         deliveries: int,
     ) -> None:
         """Copy the entry here and ack it on its stream, atomically."""
@@ -70,8 +81,7 @@ class RedisDeadLetters:
                 for k, v in fields.items()
                 if not k.decode(errors="replace").startswith("qm-dlq-")
             },
-            D_REASON: reason,
-            D_ERROR: error[:1000],
+            **failure.record(),
             D_DELIVERIES: str(deliveries),
             D_SUBJECT: subject,
             D_ENTRY: entry,
@@ -87,14 +97,15 @@ class RedisDeadLetters:
             # Another consumer settled it first: keep a single copy.
             await self._redis.xdel(self.stream, added)
             return
-        dead_letters.add(1, {"messaging.system": "redis", "destination": subject, "reason": reason})
+        attributes = {"messaging.system": "redis", "destination": subject, "reason": failure.reason}
+        dead_letters.add(1, attributes)
         message_id = fields.get(H_ID.encode(), b"").decode(errors="replace")
         log.warning(
             "message %s dead-lettered as rd-%s: %s: %s",
             message_id,
             added.decode(),
-            reason,
-            error,
+            failure.reason,
+            failure.error,
         )
 
     # -- the DeadLetterStore contract ------------------------------------------------------
