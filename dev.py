@@ -8,6 +8,9 @@ python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), do
 python3 dev.py chaos   set up .venv and run fault schedules against real processes
                        [--seeds N | --seed S] [--minutes M] [--transport jetstream|redis]
                        [--cluster]; docs/reliability.md
+python3 dev.py screenshots
+                       set up .venv and save the console's screenshots (1280 and 390 px wide)
+                       into docs/console/, from its browser tests; docs/console.md
 python3 dev.py lock    resolve the dependencies afresh and pin them in constraints.txt
 """
 
@@ -160,6 +163,11 @@ def main(argv: list[str]) -> int:
         ensure_venv("bench", BENCH_VENV)
         python = bin_dir(BENCH_VENV) / "python"
         return subprocess.run([str(python), "-m", "bench", *argv[1:]], cwd=ROOT).returncode
+    if task == "screenshots":
+        ensure_venv("dev")
+        env = {**os.environ, "QOSMESH_SCREENSHOTS": str(ROOT / "docs" / "console")}
+        argv = [str(PYTHON), "-m", "pytest", "-q", "-p", "no:randomly", "tests/console"]
+        return subprocess.run(argv, cwd=ROOT, env=env).returncode
     if task == "chaos":
         ensure_venv("dev")
         return subprocess.run([str(PYTHON), "-m", "app.chaos", *argv[1:]], cwd=ROOT).returncode

@@ -322,6 +322,11 @@ class Bus:
             self._renewing.cancel()
 
     @property
+    def consumers(self) -> list[tuple[str, Subscription]]:
+        """(transport name, subscription) of every handler registered."""
+        return [(transport.name, sub) for transport, sub in self._subscriptions]
+
+    @property
     def dead_letters(self) -> list[DeadLetterStore]:
         stores = (transport.dead_letters for transport in self._transports.values())
         return [store for store in stores if store is not None]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from app.errors import DeadLetterNotFoundError, QosMeshError
 from app.messages import H_ID, H_TYPE, DeadLetterReason
@@ -79,6 +79,12 @@ class DeadLetter(BaseModel):
     dead_at: datetime
     stub: bool = False  # too large to keep whole: the record and the first KiB, not replayable
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def fingerprint(self) -> str:
+        """Its failure group (message type + reason + error type), as /admin/dlq/groups."""
+        return failure_fingerprint(self)
+
 
 class DeadLetterDetail(DeadLetter):
     headers: dict[str, str]
@@ -113,7 +119,7 @@ class BulkResult(BaseModel):
     errors: dict[str, str]  # dlq_id -> why it was not done
 
 
-def fingerprint(item: DeadLetter) -> str:
+def failure_fingerprint(item: DeadLetter) -> str:
     """A failure's group: message type + reason + error type, as a short URL-safe id."""
     key = "\x00".join((item.type, item.reason, item.error_type))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -247,7 +253,7 @@ class DeadLetters:
         items, complete = await self.scan(scan_limit)
         groups: dict[str, DeadLetterGroup] = {}
         for item in items:  # newest first
-            key = fingerprint(item)
+            key = failure_fingerprint(item)
             group = groups.get(key)
             if group is None:
                 groups[key] = DeadLetterGroup(
@@ -272,7 +278,7 @@ class DeadLetters:
         """`action(dlq_id)` on each of up to `limit` members of group `key`, oldest first; a
         member that fails is reported and the rest go on."""
         items, _complete = await self.scan(SCAN_LIMIT)
-        members = [item.dlq_id for item in reversed(items) if fingerprint(item) == key][:limit]
+        members = [item.dlq_id for item in reversed(items) if item.fingerprint == key][:limit]
         errors: dict[str, str] = {}
         for dlq_id in members:
             try:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from app import __version__
-from app.api import admin, cluster, health, nodes, openapi, problems
+from app.api import admin, cluster, console, docs, health, nodes, openapi, problems
 from app.api.health import Readiness
 from app.database.service import relaying, service_database
 from app.discovery.models import new_node_id
@@ -79,13 +79,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await drain.begin()
 
     app = FastAPI(
-        title=settings.service_name, version=__version__, lifespan=lifespan, **FASTAPI_OPTIONS
+        title=settings.service_name,
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,  # served offline by app/api/docs.py
+        redoc_url=None,
+        **FASTAPI_OPTIONS,
     )
     app.state.services = services
     problems.install(app, settings.max_body_bytes)
     openapi.install(app)
+    docs.install(app)
     instrument_app(app)
-    built_in = (health.router, nodes.router, cluster.router, admin.router)
+    built_in = (
+        health.router,
+        nodes.router,
+        cluster.router,
+        admin.router,
+        console.router,
+        docs.router,
+    )
     if domain is not None:
         # First: requests are matched route by route, and the domain's carry the traffic.
         _refuse_shadowing(domain.router, built_in)

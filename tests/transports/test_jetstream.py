@@ -375,9 +375,12 @@ async def test_an_existing_streams_replicas_and_duplicate_window_are_not_overwri
 
 
 @pytest.mark.usefixtures("untraced")
-async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, nats_server):
+async def test_publish_many_makes_exactly_the_configured_attempts(
+    bus_settings, nats_server, metrics
+):
     """The batch's first attempt counts: 3 attempts in all, not 1 + 3. Every attempt is a
-    message on the subject, so a plain subscriber counts them; the stream refuses them all."""
+    message on the subject, so a plain subscriber counts them; the stream refuses them all.
+    The retries the client counted are checked too."""
     # The attempts, not the deadline, must be what ends them: a deadline far out of reach.
     settings = bus_settings(publish_attempts=3, publish_attempt_timeout=0.3, publish_deadline=120)
     async with running_bus(settings) as running:
@@ -394,13 +397,20 @@ async def test_publish_many_makes_exactly_the_configured_attempts(bus_settings, 
 
         await watcher.subscribe("svc.ping", cb=note)
         await watcher.flush()
+        retries = metrics.value("qosmesh.publish.retries", **{"messaging.system": "nats"})
+        written = running.brokers.nc.stats["out_msgs"]
         with pytest.raises(PublishError, match="10 of 10") as refused:
             await running.bus.publish_many([Ping(n=n) for n in range(1, 11)])
         await _settled_count(seen, expected=30)
+        written = running.brokers.nc.stats["out_msgs"] - written
+        received = watcher.stats["in_msgs"]
         await watcher.close()
+    after = metrics.value("qosmesh.publish.retries", **{"messaging.system": "nats"})
+    assert after - retries == 20  # 2 per message: the batch's attempt was the first
     per_message = Counter(Ping.model_validate_json(data).n for data in seen)
     assert per_message == dict.fromkeys(range(1, 11), 3), (
-        f"{per_message}\n{refused.value}\nnats-server: {nats_server.log_tail(20)}"
+        f"{per_message}; the bus wrote {written} messages, the watcher read {received}\n"
+        f"{refused.value}\nnats-server: {nats_server.log_tail(20)}"
     )
 
 

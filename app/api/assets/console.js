@@ -1,0 +1,369 @@
+// The operations console. Every row is built from text nodes, never HTML, so node metadata,
+// error messages and message bodies show as text whatever they hold. No library, no build.
+"use strict";
+
+const TOKEN_KEY = "qosmesh.admin-token";
+const POLL_MESSAGING_MS = 2000;
+const POLL_HEALTH_MS = 5000;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  info: null, // /console/api/info: service, node_id, version, admin
+  nodes: new Map(), // node_id -> NodeInfo, from /nodes/events
+  ready: new Map(), // node_id -> bool, from /cluster/health (this service's instances)
+  handled: new Map(), // consumer -> [handled, at ms], for the rate
+  group: null, // the dead-letter group open, if any
+};
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "onclick") node.addEventListener("click", value);
+    else node.setAttribute(key, value);
+  }
+  node.append(...children.map((c) => (c instanceof Node ? c : String(c ?? ""))));
+  return node;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function age(seconds) {
+  if (!Number.isFinite(seconds)) return "";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 90) return `${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 90) return `${m} min`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function since(iso) {
+  return (Date.now() - Date.parse(iso)) / 1000;
+}
+
+async function getJson(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { Accept: "application/json", ...options.headers } });
+  if (!response.ok) {
+    const error = new Error(`HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
+  return response.status === 204 ? null : response.json();
+}
+
+// -- tabs -------------------------------------------------------------------------------
+
+function show(tab) {
+  for (const button of document.querySelectorAll("[role=tab]")) {
+    const selected = button.dataset.tab === tab;
+    button.setAttribute("aria-selected", String(selected));
+    $(button.dataset.tab).hidden = !selected;
+  }
+  if (location.hash !== `#${tab}`) history.replaceState(null, "", `#${tab}`);
+  if (tab === "dlq") openDeadLetters();
+}
+
+// -- nodes ------------------------------------------------------------------------------
+
+function renderNodes() {
+  const nodes = [...state.nodes.values()].sort(
+    (a, b) => a.service.localeCompare(b.service) || a.node_id.localeCompare(b.node_id),
+  );
+  fill(
+    $("nodes-table").tBodies[0],
+    nodes.map((node) => {
+      const mine = state.info && node.service === state.info.service;
+      const ready = state.ready.get(node.node_id);
+      const self = state.info && node.node_id === state.info.node_id;
+      return el(
+        "tr",
+        { class: self ? "self" : "", "data-node": node.node_id },
+        el("td", {}, node.service),
+        el("td", {}, node.node_id, self ? " (this instance)" : ""),
+        el("td", {}, node.address),
+        el("td", {}, node.version),
+        el("td", {}, age(since(node.started_at))),
+        el("td", { class: "heartbeat" }, age(since(node.last_seen))),
+        el("td", { class: ready ? "ok" : "bad" }, !mine || ready === undefined ? "" : ready ? "yes" : "no"),
+      );
+    }),
+  );
+  $("nodes-status").textContent = `${nodes.length} instance${nodes.length === 1 ? "" : "s"}`;
+}
+
+function followNodes() {
+  const source = new EventSource("/nodes/events");
+  let opened = false;
+  source.addEventListener("open", () => {
+    if (opened) state.nodes.clear(); // the stream sends every live node again
+    opened = true;
+  });
+  const upsert = (event) => {
+    const { node } = JSON.parse(event.data);
+    state.nodes.set(node.node_id, node);
+    renderNodes();
+  };
+  source.addEventListener("joined", upsert);
+  source.addEventListener("updated", upsert);
+  source.addEventListener("left", (event) => {
+    state.nodes.delete(JSON.parse(event.data).node.node_id);
+    renderNodes();
+  });
+  source.addEventListener("error", () => {
+    $("nodes-status").textContent = "reconnecting…";
+  });
+  setInterval(renderNodes, 1000); // heartbeat ages move without events
+}
+
+// -- messaging --------------------------------------------------------------------------
+
+function counter(label, value) {
+  return el("div", { class: "counter" }, el("b", {}, value), el("span", {}, label));
+}
+
+async function pollMessaging() {
+  try {
+    const data = await getJson("/console/api/messaging");
+    const now = Date.now();
+    const hits = Object.entries(data.qos.dedupe_hits);
+    $("qos-counters").replaceChildren(
+      counter("QoS 0 lost", data.qos.qos0_lost),
+      counter("publish retries", data.qos.publish_retries),
+      counter("redeliveries", data.qos.redeliveries),
+      counter(
+        `dedupe hits (${hits.map(([side, n]) => `${side} ${n}`).join(", ")})`,
+        hits.reduce((sum, [, n]) => sum + n, 0),
+      ),
+    );
+    fill(
+      $("consumers-table").tBodies[0],
+      data.consumers.map((c) => {
+        const before = state.handled.get(c.consumer);
+        state.handled.set(c.consumer, [c.handled, now]);
+        const rate = before ? ((c.handled - before[0]) * 1000) / Math.max(1, now - before[1]) : 0;
+        return el(
+          "tr",
+          { "data-consumer": c.consumer },
+          el("td", {}, c.consumer, el("br"), el("small", {}, c.subject)),
+          el("td", {}, c.qos),
+          el("td", {}, c.transport),
+          el("td", {}, c.pending ?? "n/a"),
+          el("td", {}, rate.toFixed(1)),
+          el("td", {}, c.handled),
+          el("td", {}, c.redeliveries),
+          el("td", { class: c.dead_letters ? "bad" : "" }, c.dead_letters),
+        );
+      }),
+    );
+  } catch (error) {
+    $("qos-counters").replaceChildren(el("p", { class: "status" }, `messaging: ${error.message}`));
+  }
+}
+
+// -- cluster health ---------------------------------------------------------------------
+
+async function pollHealth() {
+  try {
+    const data = await getJson("/cluster/health");
+    state.ready = new Map(data.instances.map((i) => [i.node_id, i.ready]));
+    fill(
+      $("health-table").tBodies[0],
+      data.instances.map((i) =>
+        el(
+          "tr",
+          { class: i.node_id === data.self ? "self" : "" },
+          el("td", {}, i.node_id),
+          el("td", {}, i.address),
+          el("td", { class: i.ready ? "ok" : "bad" }, i.ready ? "yes" : "no"),
+          el("td", {}, i.rtt_ms === null ? "" : `${i.rtt_ms} ms`),
+          el("td", { class: "error" }, i.error ?? ""),
+        ),
+      ),
+    );
+    $("health-status").textContent = `asked ${data.instances.length} at ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    $("health-status").textContent = `cluster health: ${error.message}`;
+  }
+}
+
+// -- dead letters -----------------------------------------------------------------------
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+async function admin(path, options = {}) {
+  try {
+    return await getJson(path, { ...options, headers: { Authorization: `Bearer ${token()}` } });
+  } catch (error) {
+    if (error.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      openDeadLetters("That token was refused.");
+    }
+    throw error;
+  }
+}
+
+function openDeadLetters(message) {
+  const enabled = state.info && state.info.admin;
+  $("dlq-off").hidden = enabled !== false;
+  $("dlq-login").hidden = !enabled || Boolean(token());
+  $("dlq-view").hidden = !enabled || !token();
+  if (message) $("dlq-status").textContent = message;
+  if (enabled && !token() && message) $("dlq-login").querySelector(".hint").textContent = message;
+  if (enabled && token()) loadGroups();
+}
+
+async function loadGroups() {
+  let data;
+  try {
+    data = await admin("/admin/dlq/groups");
+  } catch (error) {
+    $("dlq-status").textContent = `dead letters: ${error.message}`;
+    return;
+  }
+  const total = data.groups.reduce((sum, g) => sum + g.count, 0);
+  $("dlq-status").textContent =
+    `${total} dead letter${total === 1 ? "" : "s"} in ${data.groups.length} group${data.groups.length === 1 ? "" : "s"}` +
+    (data.complete ? "" : ` (the newest ${data.scanned})`);
+  fill(
+    $("groups-table").tBodies[0],
+    data.groups.map((g) =>
+      el(
+        "tr",
+        { "data-fingerprint": g.fingerprint },
+        el("td", {}, g.type),
+        el("td", {}, g.reason),
+        el("td", {}, g.error_type),
+        el("td", {}, g.count),
+        el("td", {}, new Date(g.last_dead_at).toLocaleString()),
+        el(
+          "td",
+          {},
+          el("button", { type: "button", class: "open", onclick: () => openGroup(g) }, "Open"),
+          el("button", { type: "button", class: "replay-group", onclick: () => groupAction(g, "replay") }, "Replay all"),
+          el("button", { type: "button", class: "discard-group", onclick: () => groupAction(g, "discard") }, "Discard all"),
+        ),
+      ),
+    ),
+  );
+  if (state.group) {
+    const still = data.groups.find((g) => g.fingerprint === state.group.fingerprint);
+    if (still) await openGroup(still);
+    else closeGroup();
+  }
+}
+
+function closeGroup() {
+  state.group = null;
+  $("group-detail").hidden = true;
+  $("letter-detail").hidden = true;
+}
+
+async function openGroup(group) {
+  state.group = group;
+  const page = await admin("/admin/dlq?limit=500");
+  const letters = page.items.filter((item) => item.fingerprint === group.fingerprint);
+  $("group-title").textContent = `${group.type} · ${group.reason} · ${group.error_type}`;
+  fill(
+    $("letters-table").tBodies[0],
+    letters.map((d) =>
+      el(
+        "tr",
+        { "data-dlq": d.dlq_id },
+        el("td", {}, d.dlq_id),
+        el("td", {}, d.message_id),
+        el("td", {}, new Date(d.dead_at).toLocaleString()),
+        el("td", { class: "error" }, d.error),
+        el(
+          "td",
+          {},
+          el("button", { type: "button", class: "show", onclick: () => showLetter(d.dlq_id) }, "Show"),
+          el("button", { type: "button", class: "replay", onclick: () => letterAction(d, "replay") }, "Replay"),
+          el("button", { type: "button", class: "discard", onclick: () => letterAction(d, "discard") }, "Discard"),
+        ),
+      ),
+    ),
+  );
+  $("group-detail").hidden = false;
+}
+
+async function showLetter(id) {
+  const d = await admin(`/admin/dlq/${encodeURIComponent(id)}`);
+  $("letter-title").textContent = `${d.dlq_id}: ${d.type} ${d.message_id}`;
+  $("letter-error").textContent = `${d.reason}: ${d.error}`;
+  fill(
+    $("letter-headers").tBodies[0],
+    Object.entries(d.headers).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))),
+  );
+  $("letter-body").textContent = d.body;
+  $("letter-detail").hidden = false;
+}
+
+async function letterAction(letter, action) {
+  const verb = action === "replay" ? "Replay" : "Discard";
+  if (!window.confirm(`${verb} dead letter ${letter.dlq_id} (${letter.type})?`)) return;
+  const id = encodeURIComponent(letter.dlq_id);
+  try {
+    if (action === "replay") await admin(`/admin/dlq/${id}/replay`, { method: "POST" });
+    else await admin(`/admin/dlq/${id}`, { method: "DELETE" });
+    $("dlq-status").textContent = `${verb.toLowerCase()}ed ${letter.dlq_id}`;
+  } catch (error) {
+    $("dlq-status").textContent = `${verb} ${letter.dlq_id}: ${error.message}`;
+  }
+  $("letter-detail").hidden = true;
+  await loadGroups();
+}
+
+async function groupAction(group, action) {
+  const verb = action === "replay" ? "Replay" : "Discard";
+  const n = Math.min(group.count, 1000);
+  if (!window.confirm(`${verb} ${n} dead letter${n === 1 ? "" : "s"}: ${group.type} · ${group.reason} · ${group.error_type}?`)) return;
+  try {
+    const result = await admin(`/admin/dlq/groups/${group.fingerprint}/${action}`, { method: "POST" });
+    const failed = Object.keys(result.errors).length;
+    $("dlq-status").textContent = `${verb.toLowerCase()}ed ${result.done} of ${result.matched}${failed ? `, ${failed} failed` : ""}`;
+  } catch (error) {
+    $("dlq-status").textContent = `${verb} group: ${error.message}`;
+  }
+  closeGroup();
+  await loadGroups();
+}
+
+// -- start ------------------------------------------------------------------------------
+
+async function start() {
+  for (const button of document.querySelectorAll("[role=tab]")) {
+    button.addEventListener("click", () => show(button.dataset.tab));
+  }
+  $("dlq-login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("dlq-token").value);
+    $("dlq-token").value = "";
+    openDeadLetters();
+  });
+  $("dlq-logout").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    closeGroup();
+    openDeadLetters();
+  });
+  try {
+    state.info = await getJson("/console/api/info");
+    $("service").textContent = state.info.service;
+    $("instance").textContent = `${state.info.node_id} · ${state.info.version}`;
+    document.title = `${state.info.service} · console`;
+  } catch (error) {
+    $("instance").textContent = `not ready: ${error.message}`;
+  }
+  followNodes();
+  pollMessaging();
+  pollHealth();
+  setInterval(pollMessaging, POLL_MESSAGING_MS);
+  setInterval(pollHealth, POLL_HEALTH_MS);
+  const tab = location.hash.slice(1);
+  show(["nodes", "messaging", "dlq", "health"].includes(tab) ? tab : "nodes");
+}
+
+start();
