@@ -176,7 +176,13 @@ def test_a_dead_letter_is_grouped_shown_as_text_and_replayed_from_the_console(
 
 
 def test_the_api_docs_render_their_operations_offline(browser, instances, shots):
-    service = instances()
+    """On an instance without APP_ADMIN_TOKEN, whose dead-letter tab says how to enable it."""
+    service = instances(APP_ADMIN_TOKEN="")
+    browser.get(service.url + "/console#dlq")
+    until(browser, lambda: browser.find_element(By.ID, "dlq-off").is_displayed())
+    assert "APP_ADMIN_TOKEN" in browser.find_element(By.ID, "dlq-off").text
+    assert not browser.find_element(By.ID, "dlq-login").is_displayed()
+    assert not browser.find_element(By.ID, "dlq-view").is_displayed()
     browser.get(service.url + "/docs")
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"), 20)
     paths = {
