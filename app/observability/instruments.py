@@ -309,19 +309,30 @@ def consumed_series(attributes: Attributes) -> dict[str, Series]:
     }
 
 
-PendingSource = Callable[[], Iterable[Observation]]
-_pending_sources: list[PendingSource] = []
+LagSource = Callable[[], tuple[Attributes, int | None, float]]
+"""A consumer's lag as its transport last read it: its attributes, the messages waiting for it
+or delivered and not acked (None until read), and the age in seconds of the oldest delivery it
+holds unacked."""
+_lag_sources: list[LagSource] = []
 
 
-def watch_pending(source: PendingSource) -> Callable[[], None]:
-    """Report `source`'s observations as `qosmesh.consumer.pending`; returns the undo."""
-    _pending_sources.append(source)
-    return lambda: _pending_sources.remove(source)
+def watch_lag(source: LagSource) -> Callable[[], None]:
+    """Report `source` as `qosmesh.consumer.pending` and `.oldest_unacked`; returns the undo."""
+    _lag_sources.append(source)
+    return lambda: _lag_sources.remove(source)
 
 
 def _observe_pending(options: CallbackOptions) -> Iterable[Observation]:
-    for source in list(_pending_sources):
-        yield from source()
+    for source in list(_lag_sources):
+        attributes, pending, _age = source()
+        if pending is not None:
+            yield Observation(pending, attributes)
+
+
+def _observe_oldest(options: CallbackOptions) -> Iterable[Observation]:
+    for source in list(_lag_sources):
+        attributes, _pending, age = source()
+        yield Observation(round(age, 3), attributes)
 
 
 consumer_pending = meter.create_observable_gauge(
@@ -329,6 +340,12 @@ consumer_pending = meter.create_observable_gauge(
     callbacks=[_observe_pending],
     unit="{message}",
     description="Messages waiting for a consumer or delivered and not yet acked",
+)
+consumer_oldest_unacked = meter.create_observable_gauge(
+    "qosmesh.consumer.oldest_unacked",
+    callbacks=[_observe_oldest],
+    unit="s",
+    description="Age of the oldest delivery this instance holds and has not acked yet",
 )
 
 

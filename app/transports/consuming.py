@@ -66,6 +66,10 @@ class Outcome(NamedTuple):
 ACKED = Outcome(Verdict.ACK)
 DUPLICATE = Outcome(Verdict.DUPLICATE)
 GIVEN_UP = Outcome(Verdict.DEAD)
+
+LAG_REFRESH = 5.0
+"""Seconds between reads of a consumer's backlog from its broker: on an interval, never per
+message."""
 """The last delivery came with no handler having ended on it: given up on."""
 
 
@@ -212,8 +216,8 @@ class HandlerTasks:
         self.limit = limit
         self.batch = max(1, limit // 4)
         self._reserved = reserved
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog: deque[tuple[Coroutine[Any, Any, None], GiveBack]] = deque()
+        self._tasks: dict[asyncio.Task[None], float] = {}  # -> when its delivery arrived
+        self._backlog: deque[tuple[Coroutine[Any, Any, None], GiveBack, float]] = deque()
         self._room = asyncio.Event()
         self.most = 0  # the most handlers ever running at once
 
@@ -226,20 +230,29 @@ class HandlerTasks:
     def start(self, handling: Coroutine[Any, Any, None], give_back: GiveBack = _keep) -> None:
         """Run `handling` now, or once a slot frees; `give_back` is called instead when the
         consumer stops before it could run."""
+        self._start(handling, give_back, time.monotonic())
+
+    def _start(self, handling: Coroutine[Any, Any, None], give_back: GiveBack, at: float) -> None:
         if len(self._tasks) >= self.limit:
-            self._backlog.append((handling, give_back))
+            self._backlog.append((handling, give_back, at))
             return
         task = asyncio.create_task(handling)
-        self._tasks.add(task)
+        self._tasks[task] = at
         self.most = max(self.most, len(self._tasks))
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if self._backlog:
-            self.start(*self._backlog.popleft())
+            self._start(*self._backlog.popleft())
         if self.has_room():
             self._room.set()
+
+    def oldest_unacked(self) -> float:
+        """Seconds since the oldest delivery still held here arrived (0 with none): its handler
+        runs, or waits for a slot, and it is not settled yet. Read on a scrape, not per message."""
+        arrived = [*self._tasks.values(), *(at for *_, at in self._backlog)]
+        return time.monotonic() - min(arrived) if arrived else 0.0
 
     def wake(self) -> None:
         """End a `wait_for_room` now (the consumer has something else to look at)."""
@@ -255,7 +268,7 @@ class HandlerTasks:
         """Give back what waits for a slot, give the running handlers `timeout` seconds, then
         cancel the rest."""
         while self._backlog:
-            handling, give_back = self._backlog.popleft()
+            handling, give_back, _ = self._backlog.popleft()
             handling.close()
             await give_back()
         if not self._tasks:

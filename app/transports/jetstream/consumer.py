@@ -25,14 +25,14 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
 )
-from opentelemetry.metrics import Observation
 
 from app import nats_wire
 from app.dead_letters import Failure
 from app.messages import Envelope
-from app.observability.instruments import consumer_gaps, watch_pending
+from app.observability.instruments import Attributes, consumer_gaps, watch_lag
 from app.settings import Settings
 from app.supervision import supervised
+from app.transports import consuming
 from app.transports.base import Delivery, Subscription
 from app.transports.consuming import (
     GIVEN_UP,
@@ -47,7 +47,6 @@ from app.transports.jetstream.dead_letters import JetStreamDeadLetters
 
 log = logging.getLogger(__name__)
 
-PENDING_REFRESH = 5.0
 PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after a reconnect
 PULL_GRACE = 0.5
 MAX_BATCH = 256
@@ -93,7 +92,7 @@ class PullConsumer:
         self._keepalive_task: asyncio.Task[None] | None = None
         # id(delivery) -> (delivery, when its handler started); a Msg is not hashable
         self._running: dict[int, tuple[Msg, float]] = {}
-        self._pending = 0
+        self._pending: int | None = None  # until the first read
         self._metrics = ConsumerMetrics(
             SYSTEM, subscription.subject, subscription.qos, subscription.subject
         )
@@ -121,7 +120,7 @@ class PullConsumer:
         self._loop_task = supervised(self._run(), f"consume {self._sub.name}")
         self._pending_task = asyncio.create_task(self._track_pending())
         self._keepalive_task = asyncio.create_task(self._keep_alive(self._settings.ack_wait / 3))
-        self._unwatch = watch_pending(self._observe_pending)
+        self._unwatch = watch_lag(self._lag)
 
     async def _track_pending(self) -> None:
         """Refresh the waiting + unacked count for the `qosmesh.consumer.pending` gauge."""
@@ -131,11 +130,11 @@ class PullConsumer:
                 self._pending = info.num_pending + info.num_ack_pending
             except Exception as exc:
                 log.debug("consumer info for %s failed: %s", self._sub.name, exc)
-            await asyncio.sleep(PENDING_REFRESH)
+            await asyncio.sleep(consuming.LAG_REFRESH)
 
-    def _observe_pending(self) -> list[Observation]:
+    def _lag(self) -> tuple[Attributes, int | None, float]:
         attributes = {"messaging.system": SYSTEM, "consumer": self._sub.name}
-        return [Observation(self._pending, attributes)]
+        return attributes, self._pending, self._handlers.oldest_unacked()
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -12,15 +12,18 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from app.dead_letters import Failure
+from app.observability.instruments import Attributes, watch_lag
 from app.retries import backoff
 from app.settings import Settings
 from app.supervision import supervised
+from app.transports import consuming
 from app.transports.base import Delivery, Subscription
 from app.transports.batching import Batcher
 from app.transports.consuming import (
@@ -85,6 +88,10 @@ def parse_autoclaim(reply: Any) -> tuple[bytes, list[tuple[bytes, Fields]], list
     return cursor, live, deleted
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisConsumer:
     def __init__(
         self,
@@ -110,6 +117,9 @@ class RedisConsumer:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self._pending: int | None = None  # the group's lag + pending, until the first read
+        self._unwatch: Callable[[], None] = lambda: None
         self._running: dict[bytes, float] = {}  # entry id -> when its handler started
         self._last_id = b"0-0"
         self._cursor = b"0-0"
@@ -124,6 +134,24 @@ class RedisConsumer:
         await self._create_group("$" if self.broadcast else "0")
         self._loop_task = supervised(self._run(), f"consume {self.name}")
         self._keepalive_task = asyncio.create_task(self._keep_alive(self._claim_idle / 3))
+        self._lag_task = asyncio.create_task(self._track_pending())
+        self._unwatch = watch_lag(self._lag)
+
+    async def _track_pending(self) -> None:
+        """Refresh the group's backlog for `qosmesh.consumer.pending`: entries not yet read by
+        the group (XINFO GROUPS `lag`) and read but not acked (`pending`)."""
+        while not self._stopping:
+            try:
+                for group in await self._redis.xinfo_groups(self.key):
+                    if _text(group.get("name")) == self.group:
+                        self._pending = int(group.get("lag") or 0) + int(group["pending"])
+            except Exception as exc:
+                log.debug("XINFO GROUPS for %s failed: %s", self.key, exc)
+            await asyncio.sleep(consuming.LAG_REFRESH)
+
+    def _lag(self) -> tuple[Attributes, int | None, float]:
+        attributes = {"messaging.system": SYSTEM, "consumer": self._sub.name}
+        return attributes, self._pending, self._handlers.oldest_unacked()
 
     async def _create_group(self, start: bytes | str) -> None:
         try:
@@ -347,6 +375,9 @@ class RedisConsumer:
         """Stop reading, give in-flight handlers `timeout` seconds; the rest stay pending."""
         self._stopping = True
         self._handlers.wake()
+        self._unwatch()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         if self._loop_task is not None:
             _, pending = await asyncio.wait(
                 {self._loop_task}, timeout=self._settings.redis_block_ms / 1000 + 0.5
