@@ -141,3 +141,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "qosmesh.natsCredsDir" -}}/etc/qosmesh/nats-creds{{- end }}
 {{- define "qosmesh.natsTlsDir" -}}/etc/qosmesh/nats-tls{{- end }}
 {{- define "qosmesh.dataDir" -}}/var/lib/qosmesh{{- end }}
+
+{{/* The service name instances register under (APP_SERVICE_NAME). */}}
+{{- define "qosmesh.serviceName" -}}
+{{- .Values.config.APP_SERVICE_NAME | default "qosmesh" -}}
+{{- end }}
+
+{{/* The label matchers that select this release's series, as the ServiceMonitor makes them. */}}
+{{- define "qosmesh.alertSelector" -}}
+namespace="{{ .Release.Namespace }}", job="{{ include "qosmesh.fullname" . }}"
+{{- end }}
