@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import helm_python
 import nats
@@ -15,7 +16,7 @@ from .conftest import NAMESPACE, RELEASE, ci_values, one, render
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def scaled(values: dict[str, object]) -> dict[str, object]:
+def scaled(values: dict[str, Any]) -> dict[str, Any]:
     return one(render({**ci_values("default"), **values}), "ScaledObject")
 
 
