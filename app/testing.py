@@ -152,6 +152,16 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class _InProcessServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals alone: several run in one test
+    process, and sse-starlette ends every event stream once the server holding SIGTERM is
+    exiting, so one stopping would end the others' streams."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def running_app(
     settings: Settings, app: FastAPI | None = None
@@ -162,7 +172,7 @@ async def running_app(
     app = app or create_app(settings)
     port = settings.port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _InProcessServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

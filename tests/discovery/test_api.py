@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,15 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[
         elif not line and data:
             yield event, json.loads(data)
             event, data = "message", ""
+
+
+async def test_in_process_servers_leave_the_process_signals_alone(nats_server, settings_for):
+    """sse-starlette ends every event stream of the process once the server handling SIGTERM
+    is exiting: with in-process test servers taking over SIGTERM, one stopping ended the
+    others' streams (test_event_stream_delivers_joins_and_leaves failed so under load)."""
+    before = signal.getsignal(signal.SIGTERM)
+    async with running_app(settings_for(nats_url=nats_server.url)):
+        assert signal.getsignal(signal.SIGTERM) is before
 
 
 async def test_nodes_lists_every_live_node_and_filters_by_service(nats_server, settings_for):
