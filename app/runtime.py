@@ -24,6 +24,7 @@ from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
 from app.dead_letters import DeadLetters
 from app.discovery import Discovery, open_discovery
+from app.discovery.micro import MicroService
 from app.peers import PeerClient
 from app.settings import Settings
 from app.supervision import Supervision, supervised
@@ -70,6 +71,9 @@ async def open_runtime(
         state = await domain.setup(bus, brokers, settings) if domain is not None else None
         await bus.start()
         stack.push_async_callback(bus.stop, settings.drain_timeout)
+        micro = MicroService(brokers.nc, settings, instance_id, bus)
+        await micro.start()
+        stack.push_async_callback(micro.stop)  # before the bus stops: no answers while draining
         yield Runtime(brokers, discovery, peers, bus, DeadLetters(bus.dead_letters), state)
 
 

