@@ -68,6 +68,8 @@ class Bus:
         self._renewing: asyncio.Task[None] | None = None
         # Per message type: the QoS, transport and subject (settings are fixed for a bus).
         self._routes: dict[type[Message], tuple[QoS, Transport, str]] = {}
+        self._published: list[type[Message]] = []
+        self._handled: list[tuple[type[Message], Subscription]] = []
 
     @property
     def database(self) -> Database | None:
@@ -94,6 +96,19 @@ class Bus:
         if transport is None:
             raise ConfigurationError(f"transport {name!r} is not available")
         return qos, transport
+
+    def publishes(self, *message_types: type[Message]) -> None:
+        """Declare the types this service publishes: their routes are checked now, and the
+        AsyncAPI document (`/asyncapi.json`) lists them as operations it sends."""
+        for message_type in message_types:
+            self._route_of(message_type)
+            if message_type not in self._published:
+                self._published.append(message_type)
+
+    @property
+    def message_types(self) -> tuple[list[type[Message]], list[tuple[type[Message], Subscription]]]:
+        """The types declared with `publishes`, and each handled type with its subscription."""
+        return list(self._published), list(self._handled)
 
     def subject(self, message_type: type[Message]) -> str:
         return message_type.subject_for(self._settings.service_name)
@@ -215,18 +230,15 @@ class Bus:
         types: dict[str, type[Message]] = {message_type.type_name(): message_type}
         run = self._in_transaction(handler, name, qos) if transactional else handler
         on_delivery = self._dispatcher(types, run, qos, name, transport.name, transactional)
-        self._subscriptions.append(
-            (
-                transport,
-                Subscription(
-                    subject=self.subject(message_type),
-                    group=None if broadcast else service,
-                    handler=on_delivery,
-                    qos=qos,
-                    name=name,
-                ),
-            )
+        subscription = Subscription(
+            subject=self.subject(message_type),
+            group=None if broadcast else service,
+            handler=on_delivery,
+            qos=qos,
+            name=name,
         )
+        self._subscriptions.append((transport, subscription))
+        self._handled.append((message_type, subscription))
 
     def _in_transaction(
         self, handler: Callable[..., Awaitable[None]], consumer: str, qos: QoS

@@ -15,7 +15,17 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from app import __version__
-from app.api import admin, cluster, console, docs, health, nodes, openapi, problems
+from app.api import (
+    admin,
+    asyncapi,
+    cluster,
+    console,
+    docs,
+    health,
+    nodes,
+    openapi,
+    problems,
+)
 from app.api.health import Readiness
 from app.database.service import relaying, service_database
 from app.discovery.models import new_node_id
@@ -98,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         console.router,
         docs.router,
+        asyncapi.router,
     )
     if domain is not None:
         # First: requests are matched route by route, and the domain's carry the traffic.

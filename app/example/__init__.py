@@ -15,6 +15,7 @@ from app.bus import Bus
 from app.errors import ConfigurationError
 from app.example import handlers
 from app.example.api import router
+from app.example.messages import OrderPlaced, PaymentCaptured
 from app.example.state import Example
 from app.settings import Settings
 
@@ -27,6 +28,7 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
     if bus.database is None:
         raise ConfigurationError("the example keeps its orders in the database")
     handlers.register(bus)
+    bus.publishes(OrderPlaced, PaymentCaptured)
     return Example(database=bus.database, bus=bus)
 
 

@@ -46,6 +46,8 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> None:
         with effects.open("a") as out:
             out.write(job.note.replace("\n", " ") + "\n")
 
+    bus.publishes(FlakyJob)
+
     @bus.handler(FlakyJob)
     async def handle(job: FlakyJob) -> None:
         await asyncio.to_thread(apply, job)

@@ -183,6 +183,15 @@ def test_the_api_docs_render_their_operations_offline(browser, instances, shots)
     assert "APP_ADMIN_TOKEN" in browser.find_element(By.ID, "dlq-off").text
     assert not browser.find_element(By.ID, "dlq-login").is_displayed()
     assert not browser.find_element(By.ID, "dlq-view").is_displayed()
+    browser.get(service.url + "/console#catalogue")
+    until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "article.channel"))
+    channel = browser.find_element(By.CSS_SELECTOR, "article.channel")
+    assert channel.get_attribute("data-channel") == "console-test.flaky_job"
+    assert "QoS 1 on jetstream" in channel.text
+    assert "sends and receives" in channel.text
+    browser.save_screenshot(str(shots / "console-catalogue-1280.png"))
+    assert console_errors(browser) == []
+
     browser.get(service.url + "/docs")
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"), 20)
     paths = {

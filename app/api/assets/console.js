@@ -3,6 +3,7 @@
 "use strict";
 
 const TOKEN_KEY = "qosmesh.admin-token";
+const TABS = ["nodes", "messaging", "dlq", "health", "catalogue"];
 const POLL_MESSAGING_MS = 2000;
 const POLL_HEALTH_MS = 5000;
 const $ = (id) => document.getElementById(id);
@@ -63,6 +64,7 @@ function show(tab) {
   }
   if (location.hash !== `#${tab}`) history.replaceState(null, "", `#${tab}`);
   if (tab === "dlq") openDeadLetters();
+  if (tab === "catalogue") loadCatalogue();
 }
 
 // -- nodes ------------------------------------------------------------------------------
@@ -332,6 +334,41 @@ async function groupAction(group, action) {
   await loadGroups();
 }
 
+// -- message catalogue (AsyncAPI) --------------------------------------------------------
+
+function resolve(doc, ref) {
+  return ref.replace(/^#\//, "").split("/").reduce((node, key) => node?.[key], doc);
+}
+
+async function loadCatalogue() {
+  let doc;
+  try {
+    doc = await getJson("/asyncapi.json");
+  } catch (error) {
+    $("catalogue-status").textContent = `AsyncAPI document: ${error.message}`;
+    return;
+  }
+  const operations = Object.values(doc.operations);
+  $("catalogue-list").replaceChildren(
+    ...Object.entries(doc.channels).map(([id, channel]) => {
+      const actions = operations
+        .filter((op) => op.channel.$ref === `#/channels/${id}`)
+        .map((op) => (op.action === "send" ? "sends" : `receives (${op["x-consumer"] ?? ""})`));
+      const message = resolve(doc, Object.values(channel.messages)[0].$ref);
+      const payload = resolve(doc, message.payload.$ref);
+      const headers = Object.keys(resolve(doc, message.headers.$ref).properties);
+      return el(
+        "article",
+        { class: "channel", "data-channel": channel.address },
+        el("h2", {}, `${message.name} on ${channel.address}`),
+        el("p", {}, `QoS ${channel["x-qos"]} on ${channel["x-transport"]}; this service ${actions.join(" and ")}`),
+        el("p", { class: "hint" }, `headers: ${headers.join(", ")}`),
+        el("pre", {}, JSON.stringify(payload, null, 2)),
+      );
+    }),
+  );
+}
+
 // -- start ------------------------------------------------------------------------------
 
 async function start() {
@@ -362,8 +399,12 @@ async function start() {
   pollHealth();
   setInterval(pollMessaging, POLL_MESSAGING_MS);
   setInterval(pollHealth, POLL_HEALTH_MS);
-  const tab = location.hash.slice(1);
-  show(["nodes", "messaging", "dlq", "health"].includes(tab) ? tab : "nodes");
+  const fromHash = () => {
+    const tab = location.hash.slice(1);
+    show(TABS.includes(tab) ? tab : "nodes");
+  };
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
 }
 
 start();
