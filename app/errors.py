@@ -10,8 +10,10 @@ QosMeshError
 ├── DeadLetterNotFoundError no dead letter with that id
 ├── NotReplayableError      a dead letter kept as a stub (too large to copy whole)
 ├── InvalidMessageError     a message that cannot be published as it is (QoS 2 with no id)
-└── DiscoveryError          membership could not be read or written
-    └── NoInstanceError     no live instance of the service a peer call names
+├── DiscoveryError          membership could not be read or written
+│   └── NoInstanceError     no live instance of the service a peer call names
+├── LeaseLostError          this instance no longer holds a lease it held (expired, or taken)
+└── StaleTokenError         a write carried a fencing token older than one already seen
 
 ValueError
 └── DecodeError             bytes on the wire that are not a message we can read
@@ -80,6 +82,16 @@ class NoInstanceError(DiscoveryError):
         self.service = service
 
 
+class LeaseLostError(QosMeshError):
+    """The lease expired (this instance paused or lost the broker past its TTL) or another
+    instance holds it now: stop the work it guarded."""
+
+
+class StaleTokenError(QosMeshError):
+    """A write with a fencing token older than the newest the resource has seen: it came from a
+    holder that lost its lease, and is refused."""
+
+
 from app.messages import DecodeError, UnknownVersionError  # noqa: E402
 
 __all__ = [
@@ -89,10 +101,12 @@ __all__ = [
     "DecodeError",
     "DiscoveryError",
     "InvalidMessageError",
+    "LeaseLostError",
     "MessageTooLargeError",
     "NoInstanceError",
     "NotReplayableError",
     "PublishError",
     "QosMeshError",
+    "StaleTokenError",
     "UnknownVersionError",
 ]

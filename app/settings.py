@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     replicas: Annotated[int, Field(ge=1, le=5)] = 1
     discovery_bucket: str = "qosmesh_nodes"
     node_ttl: Annotated[float, Field(ge=1)] = 6.0
+    lease_ttl: Annotated[float, Field(ge=1)] = 10.0
     heartbeat_interval: Annotated[float, Field(gt=0)] | None = None
 
     qos0_transport: TransportName = "nats"

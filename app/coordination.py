@@ -1,0 +1,290 @@
+"""Leases on a JetStream KV bucket: at most one instance of a service holds a named lease at a
+time, so a job guarded by it (a sweeper, a scheduled report) runs on one instance only.
+
+- **Acquire** by create: the key `<name>` of the bucket `<service>_leases` exists only while
+  someone holds it. The bucket's TTL is the lease's: the server removes a key not renewed
+  within it, so a holder that crashed or paused loses the lease without anyone's clock.
+- **Renew** by compare-and-set on the revision, every third of the TTL. A renewal that finds
+  another revision means the lease was lost (it expired, and someone else created it).
+- **Fencing.** The lease's token is its current revision, which only grows: every later holder's
+  token is larger than every earlier one's. A protected resource keeps the largest token it has
+  seen and refuses writes with a smaller one (`FencedRecord`): a holder that paused past its TTL
+  and wakes up still believing it holds the lease cannot overwrite its successor's work.
+- **Knowing when it is lost.** The holder counts its lease valid until the TTL, minus a margin,
+  after it *sent* the last confirmed renewal, on its own monotonic clock: the server's key
+  outlives that moment, so two holders' confirmed intervals never overlap. `Lease.token` raises
+  LeaseLostError once that moment has passed, before any more work is done.
+
+Observability: `qosmesh_lease_held{name}` is 1 on the holder; acquiring and losing are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.js.errors import KeyWrongLastSequenceError
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from app.brokers import Brokers
+from app.errors import LeaseLostError, StaleTokenError
+from app.kv import TRANSIENT, Bucket, safe_key
+from app.observability.instruments import meter
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.1
+"""The share of the TTL a holder gives up at the end of each interval, for clock rates and the
+time a renewal spends on its way to the server."""
+REQUEST_TIMEOUT = 2.0
+
+
+class Leases:
+    """The leases of one instance: one KV bucket per service, its TTL the leases'."""
+
+    def __init__(self, bucket: Bucket, holder: str, ttl: float) -> None:
+        self._bucket = bucket
+        self.holder = holder
+        self.ttl = ttl
+        self._leases: dict[str, Lease] = {}
+
+    @classmethod
+    async def open(cls, brokers: Brokers, settings: Settings, holder: str) -> Leases:
+        name = f"{settings.service_name.replace('-', '_')}_leases"
+        bucket = await Bucket.open(
+            brokers.nc, brokers.js, name, ttl=settings.lease_ttl, replicas=settings.replicas
+        )
+        return cls(bucket, holder, settings.lease_ttl)
+
+    def lease(self, name: str) -> Lease:
+        """The lease `name` of this instance (one object per name)."""
+        if name not in self._leases:
+            self._leases[name] = Lease(self._bucket, name, self.holder, self.ttl)
+            _watched.append(self._leases[name])
+        return self._leases[name]
+
+    def held(self) -> list[str]:
+        return sorted(name for name, lease in self._leases.items() if lease.held)
+
+    async def close(self) -> None:
+        """Release every lease held, so another instance takes over at once."""
+        for lease in self._leases.values():
+            await lease.release()
+            with contextlib.suppress(ValueError):
+                _watched.remove(lease)
+
+
+class Lease:
+    """One named lease, as one instance sees it."""
+
+    def __init__(self, bucket: Bucket, name: str, holder: str, ttl: float) -> None:
+        self._bucket = bucket
+        self.name = name
+        self.holder = holder
+        self.ttl = ttl
+        self.renew_every = ttl / 3
+        self._key = safe_key(name)
+        self._revision: int | None = None
+        self._valid_until = 0.0  # monotonic
+        self.on_confirmed: Callable[[int, float, float], None] | None = None
+        """Called with (token, sent, valid until), monotonic, after each confirmed renewal."""
+
+    @property
+    def held(self) -> bool:
+        return self._revision is not None and time.monotonic() < self._valid_until
+
+    @property
+    def token(self) -> int:
+        """The fencing token while the lease is held; LeaseLostError once it is not."""
+        if not self.held:
+            raise LeaseLostError(f"lease {self.name!r} is not held by {self.holder}")
+        assert self._revision is not None
+        return self._revision
+
+    def _value(self) -> bytes:
+        since = datetime.now(UTC).isoformat()
+        return json.dumps({"holder": self.holder, "renewed": since}).encode()
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it; whether this instance holds it now."""
+        if self.held:
+            return await self.renew()
+        sent = time.monotonic()
+        try:
+            revision = await self._bucket.create(self._key, self._value(), REQUEST_TIMEOUT)
+        except KeyWrongLastSequenceError:
+            return False  # somebody holds it
+        self._confirmed(revision, sent)
+        log.info("lease %s acquired (token %d)", self.name, revision, extra={"lease": self.name})
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease; False (and no longer held) when it was lost."""
+        if self._revision is None:
+            return False
+        sent = time.monotonic()
+        try:
+            revision = await self._bucket.update(
+                self._key, self._value(), self._revision, REQUEST_TIMEOUT
+            )
+        except KeyWrongLastSequenceError:
+            self._lost("another instance holds it now")
+            return False
+        except TRANSIENT as exc:
+            if not self.held:
+                self._lost(f"not renewed within its TTL ({type(exc).__name__})")
+            return self.held
+        if not self.held:
+            # Confirmed, but only after the interval this instance counted on had passed: a
+            # pause may have let someone else work meanwhile. Start afresh rather than carry on.
+            self._lost("renewed too late")
+            return False
+        self._confirmed(revision, sent)
+        return True
+
+    async def release(self) -> None:
+        """Give the lease up (the key goes, so another instance can take it at once)."""
+        revision, self._revision = self._revision, None
+        if revision is None:
+            return
+        try:
+            await self._bucket.kv.delete(self._key, last=revision)
+            log.info("lease %s released", self.name, extra={"lease": self.name})
+        except Exception as exc:  # it expires by itself within the TTL
+            log.debug("lease %s not released: %s", self.name, exc)
+
+    def _confirmed(self, revision: int, sent: float) -> None:
+        self._revision = revision
+        self._valid_until = sent + self.ttl * (1 - MARGIN)
+        if self.on_confirmed is not None:
+            self.on_confirmed(revision, sent, self._valid_until)
+
+    def _lost(self, why: str) -> None:
+        if self._revision is not None:
+            log.warning("lease %s lost: %s", self.name, why, extra={"lease": self.name})
+        self._revision = None
+
+    async def hold(self, on_change: Callable[[bool], None] = lambda held: None) -> None:
+        """Try to take the lease, and keep it, until cancelled; `on_change(held)` when that
+        changes. The lease is released on cancel."""
+        was = False
+        try:
+            while True:
+                try:
+                    now = await (self.renew() if self.held else self.acquire())
+                except TRANSIENT as exc:
+                    log.debug("lease %s: %s", self.name, exc)
+                    now = self.held
+                if now != was:
+                    on_change(now)
+                    was = now
+                await asyncio.sleep(self.renew_every if now else self.renew_every / 2)
+        finally:
+            await self.release()
+
+
+@contextlib.asynccontextmanager
+async def leader(lease: Lease) -> AsyncIterator[Lease]:
+    """`async with leader(lease):` waits until this instance holds `lease`, then runs the body
+    while it keeps it; the body is cancelled, and LeaseLostError raised, when it loses it."""
+    acquired = asyncio.Event()
+    body = asyncio.current_task()
+    assert body is not None
+
+    def changed(held: bool) -> None:
+        if held:
+            acquired.set()
+        elif acquired.is_set():
+            body.cancel(f"lease {lease.name} lost")
+
+    keeper = asyncio.create_task(lease.hold(changed), name=f"lease {lease.name}")
+    try:
+        await acquired.wait()
+        try:
+            yield lease
+        except asyncio.CancelledError as exc:
+            if keeper.done() or lease.held:
+                raise
+            raise LeaseLostError(f"lease {lease.name!r} lost") from exc
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+
+
+def singleton(
+    leases: Leases, name: str, every: float
+) -> Callable[[Callable[[int], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+    """A periodic job that runs on one instance only: `job(token)` every `every` seconds while
+    this instance holds the lease `name`. The decorated function becomes a coroutine function
+    to run (supervised) for the life of the instance."""
+
+    def wrap(job: Callable[[int], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        lease = leases.lease(name)
+
+        async def run() -> None:
+            while True:
+                try:
+                    async with leader(lease):
+                        while True:
+                            await job(lease.token)
+                            await asyncio.sleep(every)
+                except LeaseLostError:
+                    continue  # wait for the lease again
+
+        return run
+
+    return wrap
+
+
+class FencedRecord:
+    """A KV record written only with the current lease's token: it keeps the largest token it
+    has seen, and refuses a write whose token is smaller (StaleTokenError)."""
+
+    def __init__(self, bucket: Bucket, key: str) -> None:
+        self._bucket = bucket
+        self._key = safe_key(key)
+
+    async def read(self) -> tuple[int, Any] | None:
+        entry = await self._bucket.get(self._key, REQUEST_TIMEOUT)
+        if entry is None:
+            return None
+        record = json.loads(entry.value)
+        return int(record["token"]), record["value"]
+
+    async def write(self, token: int, value: Any) -> int:
+        """Write `value` with `token`; the record's new revision. StaleTokenError when the
+        record holds a newer token."""
+        body = json.dumps({"token": token, "value": value}).encode()
+        while True:
+            entry = await self._bucket.get(self._key, REQUEST_TIMEOUT)
+            if entry is not None and token < int(json.loads(entry.value)["token"]):
+                raise StaleTokenError(f"token {token} is older than the record's")
+            try:
+                last = entry.revision if entry is not None else 0
+                return await self._bucket.update(self._key, body, last, REQUEST_TIMEOUT)
+            except KeyWrongLastSequenceError:
+                continue  # written meanwhile: look at its token again
+
+
+_watched: list[Lease] = []
+
+
+def _observe_held(options: CallbackOptions) -> Iterable[Observation]:
+    for lease in list(_watched):
+        yield Observation(1 if lease.held else 0, {"name": lease.name})
+
+
+meter.create_observable_gauge(
+    "qosmesh.lease.held",
+    callbacks=[_observe_held],
+    unit="1",
+    description="1 on the instance holding the lease, 0 elsewhere",
+)
