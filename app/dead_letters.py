@@ -15,7 +15,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, computed_field
 
-from app.errors import DeadLetterNotFoundError, QosMeshError
+from app.errors import DeadLetterNotFoundError
 from app.messages import H_ID, H_TYPE, DeadLetterReason
 
 # What a dead-letter record says about its message, as headers (JetStream) or fields (Redis)
@@ -272,18 +272,23 @@ class DeadLetters:
         ordered = sorted(groups.values(), key=lambda g: (-g.count, g.type, g.reason))
         return DeadLetterGroups(groups=ordered, scanned=len(items), complete=complete)
 
+    async def members(self, key: str, limit: int = BULK_LIMIT) -> Sequence[DeadLetter]:
+        """Up to `limit` dead letters of group `key`, oldest first (among the newest
+        SCAN_LIMIT)."""
+        items, _complete = await self.scan(SCAN_LIMIT)
+        return [item for item in reversed(items) if item.fingerprint == key][:limit]
+
     async def bulk(
         self, key: str, action: Callable[[str], Awaitable[object]], limit: int
     ) -> BulkResult:
         """`action(dlq_id)` on each of up to `limit` members of group `key`, oldest first; a
         member that fails is reported and the rest go on."""
-        items, _complete = await self.scan(SCAN_LIMIT)
-        members = [item.dlq_id for item in reversed(items) if item.fingerprint == key][:limit]
+        members = [item.dlq_id for item in await self.members(key, limit)]
         errors: dict[str, str] = {}
         for dlq_id in members:
             try:
                 await action(dlq_id)
-            except QosMeshError as exc:
+            except Exception as exc:  # reported with the rest, which go on
                 errors[dlq_id] = f"{type(exc).__name__}: {exc}"
         done = len(members) - len(errors)
         return BulkResult(fingerprint=key, matched=len(members), done=done, errors=errors)

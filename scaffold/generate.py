@@ -528,7 +528,7 @@ to the end). A live file that no longer matches fails the generation, and the sc
 def _helm_values(text: str, options: Options) -> str:
     """Without the example no domain keeps data, so the chart asks for no database URL, and
     KEDA has no message types to scale on until the service names its own; with no database
-    code, there is no schema to migrate either."""
+    code, there is no schema to migrate, nor an outbox to alert on."""
     where = "helm values.yaml"
     if not options.example:
         text = _replace(text, "  required: true\n", "  required: false\n", where)
@@ -540,6 +540,8 @@ def _helm_values(text: str, options: Options) -> str:
         )
     if options.database == "none":
         text = _replace(text, "  migrate: true\n", "  migrate: false\n", where)
+        outbox = "  outboxDead:\n    enabled: {}\n"
+        text = _replace(text, outbox.format("true"), outbox.format("false"), where)
     return text
 
 

@@ -54,6 +54,15 @@ async def dead_letter_groups(store: Store) -> DeadLetterGroups:
     return await store.groups()
 
 
+@router.get("/dlq/groups/{fingerprint}")
+async def dead_letter_group(
+    fingerprint: Fingerprint, store: Store, limit: BulkLimit = BULK_LIMIT
+) -> DeadLetterPage:
+    """Up to `limit` dead letters of one group, oldest first."""
+    items = await store.members(fingerprint, limit)
+    return DeadLetterPage(items=list(items), total=len(items))
+
+
 @router.post("/dlq/groups/{fingerprint}/replay")
 async def replay_group(
     fingerprint: Fingerprint, store: Store, limit: BulkLimit = 1000

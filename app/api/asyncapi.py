@@ -54,7 +54,7 @@ def document(bus: Bus, settings: Settings) -> dict[str, Any]:
     """The service's AsyncAPI 3.0 document."""
     published, handled = bus.message_types
     types = list(dict.fromkeys([*published, *(t for t, _ in handled)]))
-    _, schemas = models_json_schema(
+    refs, schemas = models_json_schema(
         [(t, "serialization") for t in types], ref_template="#/components/schemas/{model}"
     )
     components: dict[str, Any] = {
@@ -72,7 +72,7 @@ def document(bus: Bus, settings: Settings) -> dict[str, Any]:
             "summary": (message_type.__doc__ or "").strip().split("\n")[0] or name,
             "contentType": "application/json",
             "headers": {"$ref": "#/components/schemas/QosMeshHeaders"},
-            "payload": {"$ref": f"#/components/schemas/{message_type.__name__}"},
+            "payload": refs[(message_type, "serialization")],
             "x-qos": int(qos),
             "x-schema-version": message_type.schema_version,
         }
@@ -85,10 +85,12 @@ def document(bus: Bus, settings: Settings) -> dict[str, Any]:
             "x-transport": transport.name,
         }
     for message_type in published:
-        _operation(operations, "send", message_type, None)
+        _operation(operations, "send", message_type)
     for message_type, subscription in handled:
-        _operation(operations, "receive", message_type, subscription.group)
-        operations[f"receive{message_type.type_name()}"]["x-consumer"] = subscription.name
+        _operation(operations, "receive", message_type)
+        receive = operations[f"receive{message_type.type_name()}"]
+        receive["x-consumer"] = subscription.name  # the durable consumer (or stream group)
+        receive["x-competing"] = subscription.group is not None  # else every instance
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -106,15 +108,11 @@ def document(bus: Bus, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _operation(
-    operations: dict[str, Any], action: str, message_type: type[Message], queue: str | None
-) -> None:
+def _operation(operations: dict[str, Any], action: str, message_type: type[Message]) -> None:
     name = message_type.type_name()
     operation: dict[str, Any] = {
         "action": action,
         "channel": {"$ref": f"#/channels/{name}"},
         "messages": [{"$ref": f"#/channels/{name}/messages/{name}"}],
     }
-    if queue:  # the instances of the service share its deliveries
-        operation["bindings"] = {"nats": {"queue": queue, "bindingVersion": "0.1.0"}}
     operations[f"{action}{name}"] = operation

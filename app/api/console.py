@@ -20,6 +20,9 @@ from app.api.deps import ServicesDep
 from app.observability.scrape import samples, total
 
 ASSETS = Path(__file__).parent / "assets"
+"""Scripts, styles and images, served as they are under /console/static."""
+PAGES = Path(__file__).parent / "pages"
+"""HTML, served only by routes that add the policy (never from the static mount)."""
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -63,7 +66,7 @@ class Messaging(BaseModel):
 
 @router.get("")
 async def console_page() -> FileResponse:
-    return FileResponse(ASSETS / "console.html", headers=page_headers())
+    return FileResponse(PAGES / "console.html", headers=page_headers())
 
 
 @router.get("/api/info")

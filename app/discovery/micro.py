@@ -31,6 +31,7 @@ VERBS = ("PING", "INFO", "STATS")
 PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"
 STATS_TYPE = "io.nats.micro.v1.stats_response"
+PROCESS_STARTED = datetime.now(UTC)
 CONSUMED = "messaging_client_consumed_messages_total"
 DURATION_SUM = "messaging_process_duration_seconds_sum"
 
@@ -43,7 +44,7 @@ class MicroService:
         self._bus = bus
         self.name = settings.service_name
         self.id = instance_id
-        self._started = datetime.now(UTC)
+        self._started = PROCESS_STARTED  # the counters STATS reports are the process's
         self._metadata = {
             "address": settings.public_url,
             "discovery.bucket": settings.discovery_bucket,

@@ -251,7 +251,9 @@ class HandlerTasks:
     def oldest_unacked(self) -> float:
         """Seconds since the oldest delivery still held here arrived (0 with none): its handler
         runs, or waits for a slot, and it is not settled yet. Read on a scrape, not per message."""
-        arrived = [*self._tasks.values(), *(at for *_, at in self._backlog)]
+        # Copied in one step each: a metrics reader may call this from its own thread.
+        tasks, backlog = tuple(self._tasks.values()), tuple(self._backlog)
+        arrived = [*tasks, *(at for *_, at in backlog)]
         return time.monotonic() - min(arrived) if arrived else 0.0
 
     def wake(self) -> None:

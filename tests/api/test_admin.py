@@ -63,6 +63,7 @@ async def test_admin_needs_the_right_bearer_token(admin, headers):
         ("DELETE", "/admin/dlq/js-1"),
         ("POST", "/admin/dlq/js-1/replay"),
         ("GET", "/admin/dlq/groups"),
+        ("GET", "/admin/dlq/groups/0123456789abcdef"),
         ("POST", "/admin/dlq/groups/0123456789abcdef/replay"),
         ("POST", "/admin/dlq/groups/0123456789abcdef/discard"),
     ]:
@@ -225,6 +226,9 @@ async def test_a_group_is_replayed_or_discarded_in_bulk_and_the_others_stay(admi
     await add_failures(app, [boom, other, boom, boom, other])
     groups = (await client.get("/admin/dlq/groups", headers=AUTH)).json()["groups"]
     by_type = {g["error_type"]: g["fingerprint"] for g in groups}
+    members = await client.get(f"/admin/dlq/groups/{by_type['ValueError']}", headers=AUTH)
+    assert [m["dlq_id"] for m in members.json()["items"]] == ["js-1", "js-3", "js-4"]
+    assert {m["fingerprint"] for m in members.json()["items"]} == {by_type["ValueError"]}
 
     nc = services_of(app).brokers.nc
 

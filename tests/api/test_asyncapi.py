@@ -44,7 +44,7 @@ def test_it_names_the_subjects_operations_qos_transport_and_payload(document):
     receive = operations["receiveFlakyJob"]
     assert receive["action"] == "receive"
     assert receive["channel"] == {"$ref": "#/channels/FlakyJob"}
-    assert receive["bindings"]["nats"]["queue"] == "billing"
+    assert receive["x-competing"] is True
     assert receive["x-consumer"] == "billing__flaky_job"
     message = document["components"]["messages"]["FlakyJob"]
     assert message["headers"] == {"$ref": "#/components/schemas/QosMeshHeaders"}

@@ -75,10 +75,16 @@ def test_thresholds_and_durations_come_from_the_values():
     assert by_name["QosMeshRedeliveriesHigh"]["expr"].endswith("> 7")
 
 
-def test_the_outbox_rule_comes_with_the_database():
-    with_database = {rule["alert"] for rule in rules({"database": {"required": True}})}
-    without = {rule["alert"] for rule in rules({"database": {"required": False}})}
-    assert with_database - without == {"QosMeshOutboxRowsDead"}
+def test_the_outbox_rule_can_be_left_out():
+    """A service without the outbox turns it off (the scaffold's database=none does)."""
+    alerts = {"enabled": True, "outboxDead": {"enabled": False, "severity": "critical"}}
+    without = {rule["alert"] for rule in rules({"alerts": alerts})}
+    assert {rule["alert"] for rule in rules()} - without == {"QosMeshOutboxRowsDead"}
+
+
+def test_missing_instances_fire_when_none_is_left_too():
+    (rule,) = [r for r in rules() if r["alert"] == "QosMeshInstancesMissing"]
+    assert "absent(qosmesh_discovery_nodes{" in rule["expr"]
 
 
 @pytest.mark.slow

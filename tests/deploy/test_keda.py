@@ -48,9 +48,17 @@ def test_the_scaled_object_targets_the_deployment_on_the_bundled_cluster():
     assert {t["account"] for t in triggers} == {"$G"}
 
 
+def test_the_jetstream_scaler_is_refused_when_qos1_is_on_redis():
+    values = {**ci_values("external-nats"), "keda": {"enabled": True, "messageTypes": ["X"]}}
+    assert values["config"]["APP_QOS1_TRANSPORT"] == "redis"
+    with pytest.raises(helm_python.HelmRenderError, match="redis-streams"):
+        render(values)
+
+
 def test_an_external_nats_needs_its_monitoring_endpoint():
     keda = {"enabled": True, "messageTypes": ["OrderPlaced"]}
     external = {**ci_values("external-nats"), "keda": keda}
+    external["config"] = {**external["config"], "APP_QOS1_TRANSPORT": "jetstream"}
     with pytest.raises(helm_python.HelmRenderError, match="natsMonitoringEndpoint"):
         render(external)
     external["keda"] = {**keda, "natsMonitoringEndpoint": "nats-mon.infra:8222"}

@@ -13,6 +13,7 @@ const state = {
   nodes: new Map(), // node_id -> NodeInfo, from /nodes/events
   ready: new Map(), // node_id -> bool, from /cluster/health (this service's instances)
   handled: new Map(), // consumer -> [handled, at ms], for the rate
+  nodesDown: false, // the event stream is reconnecting
   group: null, // the dead-letter group open, if any
 };
 
@@ -65,6 +66,8 @@ function show(tab) {
   if (location.hash !== `#${tab}`) history.replaceState(null, "", `#${tab}`);
   if (tab === "dlq") openDeadLetters();
   if (tab === "catalogue") loadCatalogue();
+  if (tab === "messaging") pollMessaging();
+  if (tab === "health") pollHealth();
 }
 
 // -- nodes ------------------------------------------------------------------------------
@@ -92,7 +95,9 @@ function renderNodes() {
       );
     }),
   );
-  $("nodes-status").textContent = `${nodes.length} instance${nodes.length === 1 ? "" : "s"}`;
+  $("nodes-status").textContent = state.nodesDown
+    ? "reconnecting…"
+    : `${nodes.length} instance${nodes.length === 1 ? "" : "s"}`;
 }
 
 function followNodes() {
@@ -114,9 +119,15 @@ function followNodes() {
     renderNodes();
   });
   source.addEventListener("error", () => {
-    $("nodes-status").textContent = "reconnecting…";
+    state.nodesDown = true;
+    if (source.readyState === EventSource.CLOSED) {
+      // Closed for good (an error status): the browser will not retry, so we do.
+      setTimeout(followNodes, 3000);
+    }
   });
-  setInterval(renderNodes, 1000); // heartbeat ages move without events
+  source.addEventListener("open", () => {
+    state.nodesDown = false;
+  });
 }
 
 // -- messaging --------------------------------------------------------------------------
@@ -266,8 +277,14 @@ function closeGroup() {
 
 async function openGroup(group) {
   state.group = group;
-  const page = await admin("/admin/dlq?limit=500");
-  const letters = page.items.filter((item) => item.fingerprint === group.fingerprint);
+  $("letter-detail").hidden = true;
+  let letters;
+  try {
+    letters = (await admin(`/admin/dlq/groups/${group.fingerprint}`)).items;
+  } catch (error) {
+    $("dlq-result").textContent = `group ${group.type}: ${error.message}`;
+    return;
+  }
   $("group-title").textContent = `${group.type} · ${group.reason} · ${group.error_type}`;
   fill(
     $("letters-table").tBodies[0],
@@ -293,7 +310,13 @@ async function openGroup(group) {
 }
 
 async function showLetter(id) {
-  const d = await admin(`/admin/dlq/${encodeURIComponent(id)}`);
+  let d;
+  try {
+    d = await admin(`/admin/dlq/${encodeURIComponent(id)}`);
+  } catch (error) {
+    $("dlq-result").textContent = `${id}: ${error.message}`;
+    return;
+  }
   $("letter-title").textContent = `${d.dlq_id}: ${d.type} ${d.message_id}`;
   $("letter-error").textContent = `${d.reason}: ${d.error}`;
   fill(
@@ -311,9 +334,9 @@ async function letterAction(letter, action) {
   try {
     if (action === "replay") await admin(`/admin/dlq/${id}/replay`, { method: "POST" });
     else await admin(`/admin/dlq/${id}`, { method: "DELETE" });
-    $("dlq-status").textContent = `${verb.toLowerCase()}ed ${letter.dlq_id}`;
+    $("dlq-result").textContent = `${verb.toLowerCase()}ed ${letter.dlq_id}`;
   } catch (error) {
-    $("dlq-status").textContent = `${verb} ${letter.dlq_id}: ${error.message}`;
+    $("dlq-result").textContent = `${verb} ${letter.dlq_id}: ${error.message}`;
   }
   $("letter-detail").hidden = true;
   await loadGroups();
@@ -326,9 +349,9 @@ async function groupAction(group, action) {
   try {
     const result = await admin(`/admin/dlq/groups/${group.fingerprint}/${action}`, { method: "POST" });
     const failed = Object.keys(result.errors).length;
-    $("dlq-status").textContent = `${verb.toLowerCase()}ed ${result.done} of ${result.matched}${failed ? `, ${failed} failed` : ""}`;
+    $("dlq-result").textContent = `${verb.toLowerCase()}ed ${result.done} of ${result.matched}${failed ? `, ${failed} failed: ${Object.entries(result.errors).map(([id, why]) => `${id} ${why}`).join("; ")}` : ""}`;
   } catch (error) {
-    $("dlq-status").textContent = `${verb} group: ${error.message}`;
+    $("dlq-result").textContent = `${verb} group: ${error.message}`;
   }
   closeGroup();
   await loadGroups();
@@ -371,6 +394,25 @@ async function loadCatalogue() {
 
 // -- start ------------------------------------------------------------------------------
 
+async function loadInfo() {
+  try {
+    state.info = await getJson("/console/api/info");
+  } catch (error) {
+    $("instance").textContent = `not ready: ${error.message}`;
+    setTimeout(loadInfo, 2000); // the instance may still be starting
+    return;
+  }
+  $("service").textContent = state.info.service;
+  $("instance").textContent = `${state.info.node_id} · ${state.info.version}`;
+  document.title = `${state.info.service} · console`;
+  if (currentTab() === "dlq") openDeadLetters();
+}
+
+function currentTab() {
+  const tab = location.hash.slice(1);
+  return TABS.includes(tab) ? tab : "nodes";
+}
+
 async function start() {
   for (const button of document.querySelectorAll("[role=tab]")) {
     button.addEventListener("click", () => show(button.dataset.tab));
@@ -386,23 +428,18 @@ async function start() {
     closeGroup();
     openDeadLetters();
   });
-  try {
-    state.info = await getJson("/console/api/info");
-    $("service").textContent = state.info.service;
-    $("instance").textContent = `${state.info.node_id} · ${state.info.version}`;
-    document.title = `${state.info.service} · console`;
-  } catch (error) {
-    $("instance").textContent = `not ready: ${error.message}`;
-  }
+  await loadInfo();
   followNodes();
-  pollMessaging();
-  pollHealth();
-  setInterval(pollMessaging, POLL_MESSAGING_MS);
-  setInterval(pollHealth, POLL_HEALTH_MS);
-  const fromHash = () => {
-    const tab = location.hash.slice(1);
-    show(TABS.includes(tab) ? tab : "nodes");
+  setInterval(renderNodes, 1000); // heartbeat ages move without events
+  // Poll only what a visible tab shows (the ready column of Nodes comes from cluster health).
+  const visible = (...tabs) => !document.hidden && tabs.includes(currentTab());
+  const poll = (run, every, ...tabs) => {
+    if (visible(...tabs)) run();
+    setInterval(() => visible(...tabs) && run(), every);
   };
+  poll(pollMessaging, POLL_MESSAGING_MS, "messaging");
+  poll(pollHealth, POLL_HEALTH_MS, "nodes", "health");
+  const fromHash = () => show(currentTab());
   window.addEventListener("hashchange", fromHash);
   fromHash();
 }
