@@ -41,9 +41,10 @@ def test_the_scaled_object_targets_the_deployment_on_the_bundled_cluster():
     assert [t["type"] for t in spec["triggers"]] == ["nats-jetstream"] * 2
     endpoint = f"{RELEASE}-nats-headless.{NAMESPACE}.svc.cluster.local:8222"
     assert {t["natsServerMonitoringEndpoint"] for t in triggers} == {endpoint}
+    service = "qosmesh"  # APP_SERVICE_NAME's default
     assert [(t["stream"], t["consumer"]) for t in triggers] == [
-        ("QOSMESH_ORDER_PLACED", "qosmesh__order_placed"),
-        ("QOSMESH_PAYMENT_CAPTURED", "qosmesh__payment_captured"),
+        (f"{service.upper()}_ORDER_PLACED", f"{service}__order_placed"),
+        (f"{service.upper()}_PAYMENT_CAPTURED", f"{service}__payment_captured"),
     ]
     assert {t["account"] for t in triggers} == {"$G"}
 
