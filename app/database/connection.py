@@ -100,7 +100,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    # Shutting down, crashed or starting: "terminating connection due to administrator
+    # command" and its kind (admin_shutdown, crash_shutdown, cannot_connect_now).
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
     OSError,
     TimeoutError,
@@ -165,9 +167,8 @@ async def open_database(
         except Exception as exc:
             raise _unavailable(url, exc) from None
         stack.push_async_callback(engine.dispose)
-        await _check(engine, url, settings.database_connect_timeout)
-        if migrate if migrate is not None else migrate_on_start(settings):
-            await upgrade(engine, domains)
+        migrating = migrate if migrate is not None else migrate_on_start(settings)
+        await _check(engine, url, settings.database_connect_timeout, migrating, domains)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         yield Database(engine, sessions, url, settings.outbox_max_backlog)
 
@@ -205,18 +206,27 @@ async def _embedded(stack: AsyncExitStack, store: Path) -> str:
     return server.url
 
 
-async def _check(engine: AsyncEngine, url: str, wait_for: float) -> None:
-    """Connect once. A server that does not answer yet (restarting, starting beside us) is
-    waited for up to `wait_for` seconds; one that answers no (credentials, no such database)
-    stops the start at once."""
+async def _check(
+    engine: AsyncEngine, url: str, wait_for: float, migrate: bool, domains: Sequence[Path]
+) -> None:
+    """Connect once, and migrate when asked. A server that does not answer yet (restarting,
+    starting beside us), or goes away during the migration, is waited for up to `wait_for`
+    seconds (a migration runs in one transaction under an advisory lock, so it is tried again
+    whole); one that answers no (credentials, no such database) stops the start at once."""
     give_up = time.monotonic() + wait_for
     delay = 0.25
     while True:
+        connected = False
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT), engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+            connected = True
+            if migrate:
+                await upgrade(engine, domains)
             return
         except Exception as exc:
+            if connected and not unavailable(exc):
+                raise  # the migration itself failed: its own error says why
             if not unavailable(exc) or time.monotonic() + delay > give_up:
                 raise _unavailable(url, exc) from None
             log.warning("start: PostgreSQL did not answer (%s); trying again", type(exc).__name__)
