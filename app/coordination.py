@@ -25,7 +25,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,8 @@ class Leases:
         self.holder = holder
         self.ttl = ttl
         self._leases: dict[str, Lease] = {}
+        self.on_change: Callable[[list[str]], None] | None = None
+        """Called with the names held, whenever one is taken or lost."""
 
     @classmethod
     async def open(cls, brokers: Brokers, settings: Settings, holder: str) -> Leases:
@@ -66,12 +69,17 @@ class Leases:
     def lease(self, name: str) -> Lease:
         """The lease `name` of this instance (one object per name)."""
         if name not in self._leases:
-            self._leases[name] = Lease(self._bucket, name, self.holder, self.ttl)
-            _watched.append(self._leases[name])
+            lease = self._leases[name] = Lease(self._bucket, name, self.holder, self.ttl)
+            lease.on_held = self._changed
+            _watched.append(lease)
         return self._leases[name]
 
     def held(self) -> list[str]:
         return sorted(name for name, lease in self._leases.items() if lease.held)
+
+    def _changed(self, held: bool) -> None:
+        if self.on_change is not None:
+            self.on_change(self.held())
 
     async def close(self) -> None:
         """Release every lease held, so another instance takes over at once."""
@@ -95,6 +103,8 @@ class Lease:
         self._valid_until = 0.0  # monotonic
         self.on_confirmed: Callable[[int, float, float], None] | None = None
         """Called with (token, sent, valid until), monotonic, after each confirmed renewal."""
+        self.on_held: Callable[[bool], None] | None = None
+        """Called when `hold` finds the lease taken or lost."""
 
     @property
     def held(self) -> bool:
@@ -184,6 +194,8 @@ class Lease:
                     now = self.held
                 if now != was:
                     on_change(now)
+                    if self.on_held is not None:
+                        self.on_held(now)
                     was = now
                 await asyncio.sleep(self.renew_every if now else self.renew_every / 2)
         finally:
@@ -221,12 +233,12 @@ async def leader(lease: Lease) -> AsyncIterator[Lease]:
 
 def singleton(
     leases: Leases, name: str, every: float
-) -> Callable[[Callable[[int], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+) -> Callable[[Callable[[int], Awaitable[None]]], Callable[[], Coroutine[Any, Any, None]]]:
     """A periodic job that runs on one instance only: `job(token)` every `every` seconds while
     this instance holds the lease `name`. The decorated function becomes a coroutine function
     to run (supervised) for the life of the instance."""
 
-    def wrap(job: Callable[[int], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    def wrap(job: Callable[[int], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
         lease = leases.lease(name)
 
         async def run() -> None:
@@ -234,10 +246,17 @@ def singleton(
                 try:
                     async with leader(lease):
                         while True:
-                            await job(lease.token)
+                            try:
+                                await job(lease.token)
+                            except StaleTokenError as exc:
+                                raise LeaseLostError(str(exc)) from exc
+                            except (LeaseLostError, asyncio.CancelledError):
+                                raise
+                            except Exception as exc:  # the next period tries again
+                                log.warning("singleton %s failed: %s", name, exc)
                             await asyncio.sleep(every)
-                except LeaseLostError:
-                    continue  # wait for the lease again
+                except LeaseLostError as exc:
+                    log.info("singleton %s stops here: %s", name, exc)  # until it holds again
 
         return run
 
@@ -272,6 +291,16 @@ class FencedRecord:
                 return await self._bucket.update(self._key, body, last, REQUEST_TIMEOUT)
             except KeyWrongLastSequenceError:
                 continue  # written meanwhile: look at its token again
+
+
+@dataclass(frozen=True, slots=True)
+class Singleton:
+    """A periodic job a domain runs on one instance of its service: its module's
+    `singletons(state)` returns them, and the runtime runs each under the lease `name`."""
+
+    name: str
+    every: float
+    job: Callable[[int], Awaitable[None]]
 
 
 _watched: list[Lease] = []

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
+from app.coordination import Leases, singleton
 from app.dead_letters import DeadLetters
 from app.discovery import Discovery, open_discovery
 from app.discovery.micro import MicroService
@@ -48,6 +49,7 @@ class Runtime:
     bus: Bus
     dead_letters: DeadLetters
     domain: Any
+    leases: Leases
 
 
 @asynccontextmanager
@@ -74,7 +76,40 @@ async def open_runtime(
         micro = MicroService(brokers.nc, settings, instance_id, bus)
         await micro.start()
         stack.push_async_callback(micro.stop)  # before the bus stops: no answers while draining
-        yield Runtime(brokers, discovery, peers, bus, DeadLetters(bus.dead_letters), state)
+        leases = await stack.enter_async_context(_leases(brokers, settings, instance_id, discovery))
+        # The domain's periodic jobs that run on one instance at a time (`singletons`).
+        for job in getattr(domain, "singletons", lambda state, instance: [])(state, instance_id):
+            task = supervised(singleton(leases, job.name, job.every)(job.job)(), job.name)
+            stack.callback(task.cancel)  # stopped first, then its lease released
+        yield Runtime(brokers, discovery, peers, bus, DeadLetters(bus.dead_letters), state, leases)
+
+
+@asynccontextmanager
+async def _leases(
+    brokers: Brokers, settings: Settings, instance_id: str, discovery: Discovery
+) -> AsyncIterator[Leases]:
+    """This instance's leases; the ones it holds are in its discovery metadata (`leases`)."""
+    leases = await Leases.open(brokers, settings, instance_id)
+    updates: set[asyncio.Task[None]] = set()
+
+    async def publish(held: list[str]) -> None:
+        metadata = {**discovery.self_info.metadata, "leases": ",".join(held)}
+        try:
+            await discovery.set_metadata(metadata)
+        except Exception as exc:  # the next change or heartbeat carries it
+            log.warning("leases not in discovery metadata: %s", exc)
+
+    def changed(held: list[str]) -> None:
+        task = asyncio.create_task(publish(held))
+        updates.add(task)
+        task.add_done_callback(updates.discard)
+
+    leases.on_change = changed
+    try:
+        yield leases
+    finally:
+        leases.on_change = None
+        await leases.close()
 
 
 class Supervisor:

@@ -17,6 +17,7 @@ from app.example import handlers
 from app.example.api import router
 from app.example.messages import OrderPlaced, PaymentCaptured
 from app.example.state import Example
+from app.example.stats import singletons
 from app.settings import Settings
 
 USES_DATABASE = True
@@ -32,4 +33,4 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
     return Example(database=bus.database, bus=bus)
 
 
-__all__ = ["MIGRATIONS", "USES_DATABASE", "Example", "router", "setup"]
+__all__ = ["MIGRATIONS", "USES_DATABASE", "Example", "router", "setup", "singletons"]

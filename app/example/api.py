@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api.idempotency_keys import fingerprint
 from app.database.http_keys import TransactionalCommand
-from app.example import orders
+from app.example import orders, stats
 from app.example.messages import OrderPlaced, PaymentCaptured
 from app.example.state import ExampleDep
 from app.messages import new_message_id
@@ -96,6 +96,17 @@ async def place_order(
         )
         await example.bus.publish(event, session=session, ordering_key=order_id)
         return await command.answer(202, OrderAccepted(order_id=order_id, message_id=message_id))
+
+
+@router.get("/orders/stats", response_model=stats.OrderStats, responses={404: {}})
+async def get_order_stats(example: ExampleDep) -> Any:
+    """The order summary, as the instance holding the `order-stats` lease last wrote it (every
+    5 s), with that lease's fencing token."""
+    async with example.database.transaction() as session:
+        summary = await stats.read(session)
+    if summary is None:
+        raise HTTPException(404, "No summary yet")
+    return summary
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {}})
