@@ -8,6 +8,8 @@ python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), do
 python3 dev.py chaos   set up .venv and run fault schedules against real processes
                        [--seeds N | --seed S] [--minutes M] [--transport jetstream|redis]
                        [--cluster]; docs/reliability.md
+                       --leases [SECONDS] [--seed S]: lease holders killed and paused at
+                       random (60 s by default; CI runs 15 s); docs/coordination.md
 python3 dev.py screenshots
                        set up .venv and save the console's screenshots (1280 and 390 px wide)
                        into docs/console/, from its browser tests; docs/console.md
@@ -145,6 +147,22 @@ def split_repeat(argv: list[str]) -> tuple[int, list[str]]:
     return int(argv[at + 1]), argv[:at] + argv[at + 2 :]
 
 
+def lease_chaos(args: list[str]) -> int:
+    """The lease test's random kills and pauses, run longer than in CI."""
+    ensure_venv("dev")
+    at = args.index("--leases")
+    seconds = args[at + 1] if at + 1 < len(args) and args[at + 1].isdigit() else "60"
+    env = {**os.environ, "QOSMESH_LEASE_CHAOS_SECONDS": seconds}
+    if "--seed" in args:
+        env["QOSMESH_LEASE_CHAOS_SEED"] = args[args.index("--seed") + 1]
+    test = "tests/coordination/test_leases.py::" + LEASE_CHAOS_TEST
+    argv = [str(PYTHON), "-m", "pytest", "-q", "-s", "-p", "no:randomly", test]
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
+
+
+LEASE_CHAOS_TEST = "test_random_kills_and_pauses_never_let_a_stale_write_in_or_two_holders_overlap"
+
+
 def main(argv: list[str]) -> int:
     task = argv[0] if argv else "help"
     if task == "run":
@@ -156,6 +174,8 @@ def main(argv: list[str]) -> int:
         return run_checks(pytest_args, repeat)
     if task == "lock":
         return lock()
+    if task == "chaos" and "--leases" in argv:
+        return lease_chaos(argv[1:])
     if task == "chaos" and not (ROOT / "app" / "chaos").is_dir():
         print("dev.py chaos drives the example domain, and this service was made without it")
         return 2

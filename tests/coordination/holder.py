@@ -21,10 +21,12 @@ from app.kv import Bucket
 
 
 async def main(url: str, holder: str, history: Path, ttl: float) -> None:
-    nc = await nats.connect(url)
+    servers = url.split(",")  # one server, or every node of a cluster
+    nc = await nats.connect(servers=servers)
     js = nc.jetstream()
-    bucket = await Bucket.open(nc, js, "test_leases", ttl=ttl, replicas=1)
-    records = await Bucket.open(nc, js, "test_records", ttl=None, replicas=1)
+    replicas = min(3, len(servers))
+    bucket = await Bucket.open(nc, js, "test_leases", ttl=ttl, replicas=replicas)
+    records = await Bucket.open(nc, js, "test_records", ttl=None, replicas=replicas)
     leases = Leases(bucket, holder, ttl)
     lease = leases.lease("job")
     record = FencedRecord(records, "job-output")

@@ -96,13 +96,13 @@ def wait_for(check: Any, timeout: float = 15.0, every: float = 0.02) -> float:
     return time.monotonic() - started
 
 
-@pytest.fixture
-def holders(nats_server, tmp_path) -> Iterator[Any]:
+def holders_on(url: str, tmp_path: Path) -> Iterator[Any]:
+    """`start(name)` starts one more holder on `url`; `start.history` is their shared log."""
     started: list[Holder] = []
     history = tmp_path / "history.jsonl"
 
     def start(name: str) -> Holder:
-        holder = Holder(nats_server.url, name, history)
+        holder = Holder(url, name, history)
         started.append(holder)
         return holder
 
@@ -112,12 +112,25 @@ def holders(nats_server, tmp_path) -> Iterator[Any]:
         holder.stop()
 
 
+@pytest.fixture
+def holders(nats_server, tmp_path) -> Iterator[Any]:
+    yield from holders_on(nats_server.url, tmp_path)
+
+
+@pytest.fixture
+def cluster_holders(nats_cluster, tmp_path) -> Iterator[Any]:
+    """Holders on a 3-node JetStream cluster, the buckets replicated three times."""
+    yield from holders_on(nats_cluster.urls, tmp_path)
+
+
 def of(history: Path, holder: str, event: str) -> list[dict[str, Any]]:
     return [e for e in events(history) if e["holder"] == holder and e["event"] == event]
 
 
 @pytest.mark.slow
-def test_a_killed_holder_is_replaced_within_the_ttl_and_one_renewal(holders):
+@pytest.mark.parametrize("where", ["server", "cluster"])
+def test_a_killed_holder_is_replaced_within_the_ttl_and_one_renewal(request, where):
+    holders = request.getfixturevalue("holders" if where == "server" else "cluster_holders")
     history = holders.history
     first = holders("first")
     wait_for(lambda: of(history, "first", "wrote"))
