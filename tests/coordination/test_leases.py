@@ -3,6 +3,7 @@ that refuses stale tokens, and holders killed or paused in real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -65,12 +66,17 @@ class Holder:
     def __init__(self, url: str, name: str, history: Path) -> None:
         self.name = name
         self.history = history
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.coordination.holder", url, name, str(history), str(TTL)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            start_new_session=True,
-        )
+        self.log = history.with_name(f"{name}.log")
+        argv = [sys.executable, "-m", "tests.coordination.holder", url, name]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*argv, str(history), str(TTL)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
@@ -154,30 +160,34 @@ def test_a_paused_holder_loses_the_lease_and_its_stale_writes_are_refused(holder
     history = holders.history
     first = holders("first")
     wait_for(lambda: of(history, "first", "wrote"))
-    second = holders("second")
-    time.sleep(0.3)
-    first.signal(signal.SIGSTOP)
+    first.signal(signal.SIGSTOP)  # holding: it has just written with its token
     paused = time.time()
-    wait_for(lambda: of(history, "second", "wrote"), timeout=TTL * 3)
+    second = holders("second")
+    wait_for(lambda: of(history, "second", "wrote"), timeout=TTL * 5)
     took_over = of(history, "second", "confirmed")[0]["at"] - paused
+    woke = time.time()  # before the signal: it may act before this process looks again
     first.signal(signal.SIGCONT)
-    woke = time.time()
-    wait_for(lambda: [e for e in events(history) if e["holder"] == "first" and e["at"] > woke])
-    time.sleep(TTL)
+    with contextlib.suppress(AssertionError):  # time to act on what it believes
+        wait_for(lambda: [e for e in events(history) if e["holder"] == "first" and e["at"] > woke])
+    time.sleep(0.5)
     first.stop()
     second.stop()
 
-    second_tokens = [e["token"] for e in of(history, "second", "confirmed")]
-    after = [e for e in events(history) if e["holder"] == "first" and e["at"] > woke]
+    found = events(history)
+    before = [e for e in found if e["holder"] == "first" and e["at"] <= paused]
+    after = [e for e in found if e["holder"] == "first" and e["at"] > woke]
     print(
         f"taken over {took_over:.2f}s after SIGSTOP; on waking the first holder did: "
         f"{[e['event'] for e in after][:4]}"
     )
-    # Woken, it noticed the loss before more work, or its write was refused by the fence.
-    assert after[0]["event"] in ("lost", "refused")
+    # Woken, it noticed the loss before more work, or its write was refused by the fence (or,
+    # on a starved machine, it had noticed before the pause and was only waiting to acquire).
+    knew = bool(before) and before[-1]["event"] == "lost"
+    assert knew or (after and after[0]["event"] in ("lost", "refused")), after[:3]
+    second_tokens = [e["token"] for e in of(history, "second", "confirmed")]
     assert not [e for e in after if e["event"] == "wrote" and e["token"] < max(second_tokens)]
-    assert_no_stale_write(events(history))
-    assert_no_overlap(events(history))
+    assert_no_stale_write(found)
+    assert_no_overlap(found)
 
 
 def assert_no_stale_write(history: list[dict[str, Any]]) -> None:
