@@ -1,9 +1,11 @@
-"""Logging set-up: one JSON object per line (or plain text), level from settings."""
+"""Logging set-up: one JSON object per line for machines, text (coloured on a terminal) for
+people; `auto` picks text on a terminal and JSON otherwise. Level from settings."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +13,9 @@ from typing import Any
 from opentelemetry import trace
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_NOT_FOR_JSON = frozenset({"color_message"})  # uvicorn's copy of the message, with ANSI codes
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_COLOURS = {"DEBUG": "2", "INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,10 +26,10 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _ANSI.sub("", record.getMessage()),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and key not in _NOT_FOR_JSON and not key.startswith("_"):
                 entry[key] = value
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
@@ -58,12 +63,35 @@ def start_failed(log: logging.Logger, exc: BaseException) -> None:
     _start_failure.reported = True
 
 
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, the level coloured when `colour`."""
+
+    def __init__(self, colour: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if not self._colour:
+            return text
+        code = _COLOURS.get(record.levelname)
+        level = f" {record.levelname} "
+        return text.replace(level, f" \x1b[{code}m{record.levelname}\x1b[0m ", 1) if code else text
+
+
+def resolve_format(fmt: str) -> str:
+    """`auto`: text on a terminal, JSON otherwise (a file, a pipe, a container's log)."""
+    if fmt != "auto":
+        return fmt
+    return "text" if sys.stderr.isatty() else "json"
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
+    if resolve_format(fmt) == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(colour=sys.stderr.isatty()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     advertise_url: str | None = None
     data_dir: Path = Path("./.data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     nats_url: str | None = None
     nats_user: str | None = None

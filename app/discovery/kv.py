@@ -166,7 +166,14 @@ class KvDiscovery:
             self.ttl,
             self.heartbeat_seconds,
             mode,
-            repr(nc.connected_server_version),
+            ".".join(
+                str(part)
+                for part in (
+                    nc.connected_server_version.major,
+                    nc.connected_server_version.minor,
+                    nc.connected_server_version.patch,
+                )
+            ),
             extra={"node_id": self._info.node_id},
         )
         self._reconnects_seen = nc.stats["reconnects"]
