@@ -17,7 +17,17 @@ from pydantic import BaseModel
 
 from app import __version__
 from app.api.deps import ServicesDep
-from app.observability.scrape import samples, total
+from app.observability.scrape import (
+    CONSUMED,
+    DEAD_LETTERS,
+    DEDUPE_HITS,
+    PENDING,
+    PUBLISH_RETRIES,
+    QOS0_LOST,
+    REDELIVERIES,
+    samples,
+    total,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 """Scripts, styles and images, served as they are under /console/static."""
@@ -108,19 +118,12 @@ async def messaging(services: ServicesDep) -> Messaging:
     return Messaging(
         consumers=consumers,
         qos=QosCounters(
-            qos0_lost=total(found, name="qosmesh_qos0_lost_total"),
-            publish_retries=total(found, name="qosmesh_publish_retries_total"),
+            qos0_lost=total(found, name=QOS0_LOST),
+            publish_retries=total(found, name=PUBLISH_RETRIES),
             redeliveries=total(found, name=REDELIVERIES),
             dedupe_hits={side: total(found, name=DEDUPE_HITS, side=side) for side in sides},
         ),
     )
-
-
-PENDING = "qosmesh_consumer_pending"
-CONSUMED = "messaging_client_consumed_messages_total"
-REDELIVERIES = "qosmesh_redeliveries_total"
-DEAD_LETTERS = "qosmesh_dead_letters_total"
-DEDUPE_HITS = "qosmesh_dedupe_hits_total"
 
 
 def page_headers(csp: str = CSP) -> dict[str, str]:

@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from app import __version__
 from app.bus import Bus
-from app.observability.scrape import samples, total
+from app.observability.scrape import CONSUMED, PROCESS_SECONDS, samples, total
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"
 STATS_TYPE = "io.nats.micro.v1.stats_response"
 PROCESS_STARTED = datetime.now(UTC)
-CONSUMED = "messaging_client_consumed_messages_total"
-DURATION_SUM = "messaging_process_duration_seconds_sum"
 
 
 class MicroService:
@@ -116,7 +114,7 @@ class MicroService:
             handled = int(total(found, CONSUMED, **dest))
             errors = int(total(found, CONSUMED, **dest, outcome="nak"))
             errors += int(total(found, CONSUMED, **dest, outcome="term"))
-            busy = round(total(found, DURATION_SUM, **dest) * 1e9)
+            busy = round(total(found, PROCESS_SECONDS, **dest) * 1e9)
             endpoints.append(
                 {
                     "name": sub.name,

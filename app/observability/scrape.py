@@ -6,6 +6,16 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+# The series names both readers use, as the Prometheus exporter names the instruments.
+PENDING = "qosmesh_consumer_pending"
+CONSUMED = "messaging_client_consumed_messages_total"
+PROCESS_SECONDS = "messaging_process_duration_seconds_sum"
+REDELIVERIES = "qosmesh_redeliveries_total"
+DEAD_LETTERS = "qosmesh_dead_letters_total"
+DEDUPE_HITS = "qosmesh_dedupe_hits_total"
+QOS0_LOST = "qosmesh_qos0_lost_total"
+PUBLISH_RETRIES = "qosmesh_publish_retries_total"
+
 Sample = tuple[str, dict[str, str], float]
 """(name, labels, value) of one series."""
 
