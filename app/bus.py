@@ -11,18 +11,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.claims import ClaimStore, HeldClaims
 from app.dead_letters import DeadLetterStore
 from app.errors import ConfigurationError, MessageTooLargeError, PublishError
 from app.messages import (
+    H_DELIVER_AT,
     DeadLetterReason,
     DecodeError,
     Envelope,
     Message,
     QoS,
     decode_message,
+    due_of,
+    due_text,
     encode,
     snake_case,
 )
@@ -32,6 +36,7 @@ from app.settings import Settings
 from app.transports.base import (
     BatchPublisher,
     Delivery,
+    Schedules,
     Subscription,
     Transport,
 )
@@ -126,21 +131,50 @@ class Bus:
         *,
         session: Transaction | None = None,
         ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> None:
         """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed.
 
-        With `session`, the message goes into the transactional outbox in that session's
-        transaction instead (app/database/outbox.py): it reaches the broker if and only if the
-        transaction commits, published by the relay. Messages with the same `ordering_key` are
-        published in commit order."""
+        With `delay` or `at` (QoS 1 and 2), the broker keeps the message and delivers it when
+        it is due, no earlier; `cancel` takes it back before then. With `session`, the
+        message goes into the transactional outbox in that session's transaction instead
+        (app/database/outbox.py): it reaches the broker if and only if the transaction commits,
+        published by the relay. Messages with the same `ordering_key` are published in commit
+        order."""
+        due = _due(delay, at)
         if session is not None:
-            await self._into_outbox(message, session, ordering_key)
+            await self._into_outbox(message, session, ordering_key, due)
             return
         qos, transport, subject = self._route_of(type(message))
-        await transport.publish(encode(message, qos, subject), qos)
+        envelope = encode(message, qos, subject)
+        if due is None:
+            await transport.publish(envelope, qos)
+            return
+        schedules = self._schedules_of(transport, qos, message.type_name())
+        envelope.headers[H_DELIVER_AT] = due_text(due)
+        await schedules.schedule(envelope, qos, due)
+
+    async def cancel(self, message_type: type[Message], message_id: str) -> bool:
+        """Take back a delayed message of `message_type` that has not fired yet: whether there
+        was one to take back (False once it fired, or for an unknown id)."""
+        qos, transport, subject = self._route_of(message_type)
+        schedules = self._schedules_of(transport, qos, message_type.type_name())
+        return await schedules.cancel(subject, message_id)
+
+    def _schedules_of(self, transport: Transport, qos: QoS, type_name: str) -> Schedules:
+        if qos == QoS.AT_MOST_ONCE:
+            raise ConfigurationError(f"{type_name} is QoS 0: only QoS 1 and 2 can be delayed")
+        if transport.schedules is None:
+            raise ConfigurationError(f"transport {transport.name!r} cannot delay messages")
+        return transport.schedules
 
     async def _into_outbox(
-        self, message: Message, session: Transaction, ordering_key: str | None
+        self,
+        message: Message,
+        session: Transaction,
+        ordering_key: str | None,
+        due: datetime | None,
     ) -> None:
         if self._database is None:
             raise ConfigurationError("publish(session=...) needs the database")
@@ -150,6 +184,9 @@ class Bus:
                 f"{message.type_name()} is QoS 0: the outbox is for QoS 1 and 2 messages"
             )
         envelope = encode(message, qos, subject)
+        if due is not None:  # the relay schedules it: the header says when
+            self._schedules_of(transport, qos, message.type_name())
+            envelope.headers[H_DELIVER_AT] = due_text(due)
         limit = self._settings.max_message_bytes
         if len(envelope.body) > limit:
             # Refused in the caller's transaction: in the outbox it could never be published,
@@ -167,7 +204,11 @@ class Bus:
         transport = self._transports.get(transport_name)
         if transport is None:
             raise ConfigurationError(f"transport {transport_name!r} is not available")
-        await transport.publish(envelope, qos)
+        due = due_of(envelope.headers)
+        if due is None:
+            await transport.publish(envelope, qos)
+            return
+        await self._schedules_of(transport, qos, envelope.type_name).schedule(envelope, qos, due)
 
     async def publish_many(self, messages: Iterable[Message], *, window: int = 256) -> None:
         """Publish every message as its QoS demands, up to `window` of them awaiting their
@@ -342,3 +383,14 @@ class Bus:
     def dead_letters(self) -> list[DeadLetterStore]:
         stores = (transport.dead_letters for transport in self._transports.values())
         return [store for store in stores if store is not None]
+
+
+def _due(delay: timedelta | None, at: datetime | None) -> datetime | None:
+    """When a message asked to be delayed is due; None for one sent at once."""
+    if delay is not None and at is not None:
+        raise ValueError("publish takes delay or at, not both")
+    if delay is not None:
+        return datetime.now(UTC) + delay
+    if at is not None and at.tzinfo is None:
+        raise ValueError("at must be timezone-aware (datetime.now(UTC) + ...)")
+    return at

@@ -19,7 +19,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import Any, ClassVar
 
@@ -33,6 +33,8 @@ H_TYPE = "qm-type"
 H_SCHEMA = "qm-schema"
 H_QOS = "qm-qos"
 H_CORRELATION = "qm-correlation-id"
+H_DELIVER_AT = "qm-deliver-at"
+"""On a delayed message: when it is due (`due_text`). The fired copy keeps it."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]  # 10 bits -> 2 characters
@@ -54,6 +56,20 @@ def new_message_id() -> str:
     child) gives them without a system call per message."""
     value = (time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+
+
+def due_text(due: datetime) -> str:
+    """`due` as RFC 3339 in UTC, rounded up to the millisecond (never earlier than `due`)."""
+    due = due.astimezone(UTC)
+    if due.microsecond % 1000:
+        due += timedelta(microseconds=1000 - due.microsecond % 1000)
+    return due.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def due_of(headers: dict[str, str]) -> datetime | None:
+    """When a delayed message is due, from its headers; None for one sent at once."""
+    text = headers.get(H_DELIVER_AT)
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def snake_case(name: str) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from app import scheduling
 from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
 from app.coordination import Leases, singleton
@@ -81,6 +82,9 @@ async def open_runtime(
         for job in getattr(domain, "singletons", lambda state, instance: [])(state, instance_id):
             task = supervised(singleton(leases, job.name, job.every)(job.job)(), job.name)
             stack.callback(task.cancel)  # stopped first, then its lease released
+        for name, coroutine in scheduling.jobs(transports.by_name, leases):
+            task = supervised(coroutine, name)
+            stack.callback(task.cancel)
         yield Runtime(brokers, discovery, peers, bus, DeadLetters(bus.dead_letters), state, leases)
 
 

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     discovery_bucket: str = "qosmesh_nodes"
     node_ttl: Annotated[float, Field(ge=1)] = 6.0
     lease_ttl: Annotated[float, Field(ge=1)] = 10.0
+    scheduler: Literal["auto", "native", "fallback"] = "auto"
     heartbeat_interval: Annotated[float, Field(gt=0)] | None = None
 
     qos0_transport: TransportName = "nats"

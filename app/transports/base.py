@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from app.dead_letters import DeadLetterStore
@@ -59,6 +60,11 @@ class Transport(Protocol):
         """Where this transport keeps messages it could not deliver (None for QoS 0 ones)."""
         ...
 
+    @property
+    def schedules(self) -> Schedules | None:
+        """Where this transport keeps delayed messages until they are due (None: it cannot)."""
+        ...
+
     async def start(self) -> None:
         """Create what the broker needs (streams, groups) and start consuming."""
 
@@ -84,3 +90,32 @@ class BatchPublisher(Protocol):
     async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
         """`publish`, for an envelope whose first attempt `first_attempts` made: the attempts
         of both together are APP_PUBLISH_ATTEMPTS."""
+
+
+class Schedules(Protocol):
+    """Delayed messages on one transport: kept by the broker until they are due, then published
+    to their subject as the QoS demands, with their message id (QoS 2 stays once).
+
+    `schedule` returns once the broker has persisted the message (retried within the budget,
+    else `PublishError`); scheduling the same message id again changes nothing. The message
+    fires no earlier than `due`. `cancel` removes one that has not fired. When the transport
+    needs an instance to move due messages, `move_due` is it: the runtime calls it every
+    `MOVE_EVERY` seconds on the one instance holding the lease `scheduler-<transport>`."""
+
+    native: bool
+    """The broker fires the messages itself (no `move_due` needed)."""
+
+    async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None: ...
+
+    async def cancel(self, subject: str, message_id: str) -> bool:
+        """Remove the message if it has not fired; whether it was there to remove."""
+
+    async def backlog(self) -> int:
+        """How many messages wait for their time."""
+
+    async def move_due(self, token: int) -> None:
+        """Publish the messages that are due (the lease holder only, with its fencing token)."""
+
+
+MOVE_EVERY = 0.25
+"""How often the lease holder looks for due messages, where the broker does not fire them."""

@@ -45,6 +45,7 @@ class MemoryTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self.dead_letters = MemoryDeadLetters(self)
         self._consumer_metrics: dict[str, ConsumerMetrics] = {}
+        self.schedules = None  # nothing is kept: delayed messages need a broker
 
     async def start(self) -> None:
         return None

@@ -43,6 +43,10 @@ class NatsCoreTransport:
     def dead_letters(self) -> None:
         return None
 
+    @property
+    def schedules(self) -> None:
+        return None  # QoS 0 only: a delayed message is kept, so it is QoS 1 at least
+
     async def start(self) -> None:
         for subscription in self._subscriptions:
             await self._listen(subscription)

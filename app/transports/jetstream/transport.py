@@ -23,7 +23,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.errors import MessageTooLargeError
+from app.errors import ConfigurationError, MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import dedupe_hits, sent_series
 from app.retries import RetryBudget
@@ -33,6 +33,12 @@ from app.transports.jetstream import SYSTEM
 from app.transports.jetstream.acks import AckInbox, pub_ack
 from app.transports.jetstream.consumer import PullConsumer
 from app.transports.jetstream.dead_letters import JetStreamDeadLetters
+from app.transports.jetstream.schedules import (
+    FallbackSchedules,
+    NativeSchedules,
+    Send,
+    native_supported,
+)
 from app.transports.jetstream.streams import ensure_stream, stream_name
 from app.transports.retry import publish_reliably
 
@@ -54,11 +60,28 @@ class JetStreamTransport:
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: list[Subscription] = []
         self._consumers: list[PullConsumer] = []
+        self._schedules: NativeSchedules | FallbackSchedules
+        if settings.scheduler != "fallback" and native_supported(nc):
+            self._schedules = NativeSchedules(
+                nc, js, self._publish_via, self._send_to, self._streams_in_use
+            )
+        else:
+            if settings.scheduler == "native":
+                raise ConfigurationError(
+                    "APP_SCHEDULER=native needs nats-server 2.12 or later (message schedules); "
+                    f"this one is {nc.connected_server_version}"
+                )
+            self._schedules = FallbackSchedules(
+                nc, js, settings, self._publish_via, self._send_to, self.publish
+            )
 
     def stream_config(self, subject: str) -> StreamConfig:
+        native = self._schedules.native
         return StreamConfig(
             name=stream_name(subject),
-            subjects=[subject],
+            # With the server's schedules, each delayed message has a subject of its own.
+            subjects=[subject, f"{subject}.sched.*"] if native else [subject],
+            allow_msg_schedules=True if native else None,
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.OLD,
@@ -80,6 +103,17 @@ class JetStreamTransport:
     @property
     def dead_letters(self) -> JetStreamDeadLetters:
         return self._dlq
+
+    @property
+    def schedules(self) -> NativeSchedules | FallbackSchedules:
+        return self._schedules
+
+    def _streams_in_use(self) -> dict[str, str]:
+        return {
+            subject: stream_name(subject)
+            for subject, task in self._streams.items()
+            if task.done() and task.exception() is None
+        }
 
     async def start(self) -> None:
         await self._dlq.start()
@@ -168,10 +202,16 @@ class JetStreamTransport:
             await self.ensure(subject)
 
     async def _send(self, envelope: Envelope, attempt: int, timeout: float) -> None:
-        await self._stream_ready(envelope.subject)
         headers = {MSG_ID: envelope.message_id, **envelope.headers}
+        await self._send_to(envelope, envelope.subject, headers, timeout)
+
+    async def _send_to(
+        self, envelope: Envelope, subject: str, headers: dict[str, str], timeout: float
+    ) -> None:
+        """One attempt to publish `envelope`'s body on `subject`, its stream ready first."""
+        await self._stream_ready(envelope.subject)
         try:
-            ack = await self._acks.publish(envelope.subject, envelope.body, headers, timeout)
+            ack = await self._acks.publish(subject, envelope.body, headers, timeout)
         except nats.errors.NoRespondersError:
             self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
             raise
@@ -179,6 +219,18 @@ class JetStreamTransport:
             raise nats.js.errors.APIError.from_error(ack["error"])
         if ack.get("duplicate"):
             dedupe_hits.add(1, {"side": "publisher"})
+
+    async def _publish_via(self, envelope: Envelope, qos: QoS, send: Send) -> None:
+        """`publish`, each attempt made by `send` (with the headers `publish` would send)."""
+        headers = {MSG_ID: envelope.message_id, **envelope.headers}
+        await publish_reliably(
+            envelope,
+            qos,
+            lambda attempt, timeout: send(envelope, envelope.subject, headers, timeout),
+            self._budget,
+            RETRYABLE,
+            SYSTEM,
+        )
 
     async def stop(self, timeout: float) -> None:
         await asyncio.gather(*(c.stop(timeout) for c in self._consumers))

@@ -36,6 +36,7 @@ from app.transports.batching import Batcher
 from app.transports.redis.codec import fields_of
 from app.transports.redis.consumer import RedisConsumer
 from app.transports.redis.dead_letters import RedisDeadLetters
+from app.transports.redis.schedules import Attempt, RedisSchedules
 from app.transports.retry import publish_reliably
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class RedisStreamsTransport:
         self._settings = settings
         self._budget = RetryBudget.from_settings(settings)
         self._dlq = RedisDeadLetters(redis, settings, self.publish)
+        self._schedules = RedisSchedules(redis, settings, self._publish_via, dedupe_key)
         self._publisher: Batcher[_Add, bool] = Batcher(self._flush, size=256)
         self._deadlines = Deadlines()
         self._subscriptions: list[Subscription] = []
@@ -95,6 +97,10 @@ class RedisStreamsTransport:
     @property
     def dead_letters(self) -> RedisDeadLetters:
         return self._dlq
+
+    @property
+    def schedules(self) -> RedisSchedules:
+        return self._schedules
 
     @property
     def consumers(self) -> list[RedisConsumer]:
@@ -124,6 +130,9 @@ class RedisStreamsTransport:
 
     async def publish_rest(self, envelope: Envelope, qos: QoS) -> None:
         await self.publish(envelope, qos, first=2)
+
+    async def _publish_via(self, envelope: Envelope, qos: QoS, send: Attempt) -> None:
+        await publish_reliably(envelope, qos, send, self._budget, RETRYABLE, SYSTEM)
 
     async def first_attempts(
         self, envelopes: Sequence[Envelope], qos: QoS, window: int
@@ -188,12 +197,14 @@ class RedisStreamsTransport:
 
 def _add(envelope: Envelope, qos: QoS, attempt: int) -> _Add:
     """The XADD of one publish attempt; QoS 2 adds it under a dedupe key."""
-    fields = fields_of(envelope)
-    dedupe_key = None
-    if qos == QoS.EXACTLY_ONCE:
-        dedupe_id = envelope.dedupe_id or envelope.message_id
-        dedupe_key = f"qm:dedupe:{envelope.subject}:{dedupe_id}"
-    return _Add(envelope.subject, fields, dedupe_key)
+    return _Add(envelope.subject, fields_of(envelope), dedupe_key(envelope, qos))
+
+
+def dedupe_key(envelope: Envelope, qos: QoS) -> str | None:
+    """The key a QoS 2 publish is deduped on for the duplicate window (None below QoS 2)."""
+    if qos != QoS.EXACTLY_ONCE:
+        return None
+    return f"qm:dedupe:{envelope.subject}:{envelope.dedupe_id or envelope.message_id}"
 
 
 def _no_reply() -> TimeoutError:

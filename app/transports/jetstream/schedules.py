@@ -1,0 +1,243 @@
+"""Delayed messages on JetStream: the server's message schedules (ADR-51, nats-server 2.12+),
+or, on older servers or with APP_SCHEDULER=fallback, a stream of due messages the lease holder
+publishes when their time comes.
+
+**Schedules.** A delayed message of subject `S` is a message on `S.sched.<id>` in S's stream,
+with `Nats-Schedule: @at <time>` and `Nats-Schedule-Target: S`. There is one schedule per
+subject, hence a subject per message; consumers filter on `S` and never see the schedules. At
+its time the server puts a copy on `S` (the qm-* headers kept, `Nats-Msg-Id` dropped) and
+removes the schedule; purging `S.sched.<id>` cancels it. Times are given to the millisecond,
+rounded up, so a message never fires early.
+
+**Fallback.** A delayed message is kept on `qm-scheduled.<service>.<id>` in the stream
+`QM_SCHEDULED_<SERVICE>`, the target subject in a header. The holder of the lease
+`scheduler-jetstream` follows that stream (headers only), keeps the due times in a heap, and
+publishes each message when due, with its message id as `Nats-Msg-Id` (the target stream drops
+a second copy if a holder died between the publish and the removal), then removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+
+from app.messages import H_DELIVER_AT, H_QOS, Envelope, QoS, due_of
+from app.settings import Settings
+from app.transports.jetstream.streams import ensure_stream, stream_name
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.subscription import Subscription as NatsSubscription
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = "Nats-Schedule"
+SCHEDULE_TARGET = "Nats-Schedule-Target"
+TARGET = "qm-target"
+NATIVE_SINCE = (2, 12)
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REQUEST_TIMEOUT = 2.0
+
+Send = Callable[[Envelope, str, dict[str, str], float], Awaitable[None]]
+"""Publish `envelope` on a subject with extra headers within a timeout (one attempt)."""
+
+
+def schedule_token(message_id: str) -> str:
+    """The subject token of a message id: itself when it is a safe token, else its hash."""
+    if _TOKEN.match(message_id):
+        return message_id
+    return hashlib.sha256(message_id.encode()).hexdigest()[:40]
+
+
+def schedule_subject(subject: str, message_id: str) -> str:
+    return f"{subject}.sched.{schedule_token(message_id)}"
+
+
+def native_supported(nc: NatsClient) -> bool:
+    version = nc.connected_server_version
+    return (version.major, version.minor) >= NATIVE_SINCE
+
+
+async def purge(nc: NatsClient, stream: str, subject: str) -> int:
+    """Purge `subject` from `stream`: how many messages went (nats-py says only success)."""
+    request = json.dumps({"filter": subject}).encode()
+    reply = await nc.request(f"$JS.API.STREAM.PURGE.{stream}", request, REQUEST_TIMEOUT)
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        raise nats.js.errors.APIError.from_error(answer["error"])
+    return int(answer.get("purged", 0))
+
+
+class NativeSchedules:
+    """ADR-51 message schedules: the server fires them."""
+
+    native = True
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        publish: Callable[[Envelope, QoS, Send], Awaitable[None]],
+        send: Send,
+        streams: Callable[[], dict[str, str]],
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._publish = publish
+        self._send = send
+        self._streams = streams  # subject -> stream name, of the streams in use
+
+    async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
+        at = envelope.headers[H_DELIVER_AT]
+        extra = {SCHEDULE: f"@at {at}", SCHEDULE_TARGET: envelope.subject}
+        subject = schedule_subject(envelope.subject, envelope.message_id)
+
+        async def send(envelope: Envelope, _: str, headers: dict[str, str], timeout: float) -> None:
+            await self._send(envelope, subject, {**headers, **extra}, timeout)
+
+        await self._publish(envelope, qos, send)
+
+    async def cancel(self, subject: str, message_id: str) -> bool:
+        target = schedule_subject(subject, message_id)
+        return await purge(self._nc, stream_name(subject), target) > 0
+
+    async def backlog(self) -> int:
+        total = 0
+        for subject, stream in self._streams().items():
+            info = await self._js.stream_info(stream, subjects_filter=f"{subject}.sched.*")
+            total += len(info.state.subjects or {})
+        return total
+
+    async def move_due(self, token: int) -> None:
+        return None  # the server fires them
+
+
+class FallbackSchedules:
+    """Due messages kept in a stream of their own, published by the lease holder."""
+
+    native = False
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        settings: Settings,
+        publish: Callable[[Envelope, QoS, Send], Awaitable[None]],
+        send: Send,
+        fire: Callable[[Envelope, QoS], Awaitable[None]],
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._settings = settings
+        self._publish = publish
+        self._send = send
+        self._fire = fire
+        self.prefix = f"qm-scheduled.{settings.service_name}"
+        self.stream = stream_name(f"qm-scheduled-{settings.service_name}")
+        self._ready = False
+        self._following: NatsSubscription | None = None
+        self._followed_as: tuple[int, int] = (0, 0)  # (token, reconnects) the heap was built for
+        self._due: list[tuple[float, int]] = []  # (due, stream sequence), a heap
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,
+            num_replicas=self._settings.replicas,
+            duplicate_window=self._settings.duplicate_window,
+        )
+
+    async def _ensure(self) -> None:
+        if not self._ready:
+            await ensure_stream(self._js, self.config())
+            self._ready = True
+
+    async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
+        await self._ensure()
+        subject = f"{self.prefix}.{schedule_token(envelope.message_id)}"
+        target = envelope.subject
+
+        async def send(envelope: Envelope, _: str, headers: dict[str, str], timeout: float) -> None:
+            try:
+                await self._send(envelope, subject, {**headers, TARGET: target}, timeout)
+            except nats.errors.NoRespondersError:
+                self._ready = False  # the stream is gone: create it again
+                raise
+
+        await self._publish(envelope, qos, send)
+
+    async def cancel(self, subject: str, message_id: str) -> bool:
+        await self._ensure()
+        return await purge(self._nc, self.stream, f"{self.prefix}.{schedule_token(message_id)}") > 0
+
+    async def backlog(self) -> int:
+        await self._ensure()
+        return int((await self._js.stream_info(self.stream)).state.messages)
+
+    async def move_due(self, token: int) -> None:
+        await self._ensure()
+        followed_as = (token, self._nc.stats["reconnects"])
+        if self._following is None or followed_as != self._followed_as:
+            # A new holder, or a new connection (an ordered consumer may not survive it):
+            # read the whole stream again; whatever fired meanwhile is gone from it.
+            await self._follow()
+            self._followed_as = followed_as
+        now = datetime.now(UTC).timestamp()
+        while self._due and self._due[0][0] <= now:
+            due, seq = heapq.heappop(self._due)
+            try:
+                await self._fire_one(seq)
+            except Exception:
+                heapq.heappush(self._due, (due, seq))  # the next round tries again
+                raise
+
+    async def _fire_one(self, seq: int) -> None:
+        try:
+            kept = await self._js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return  # cancelled
+        headers = dict(kept.headers or {})
+        target = headers.pop(TARGET, "")
+        for name in [name for name in headers if name.startswith("Nats-")]:
+            del headers[name]
+        envelope = Envelope(headers=headers, body=kept.data or b"", subject=target)
+        await self._fire(envelope, QoS(int(headers.get(H_QOS, "1"))))
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # cancelled while it fired
+            await self._js.delete_msg(self.stream, seq)
+
+    async def _follow(self) -> None:
+        if self._following is not None:
+            try:
+                await self._following.unsubscribe()
+            except Exception as exc:  # a subscription of a connection gone
+                log.debug("schedules: old subscription not closed: %s", exc)
+        self._due.clear()
+        self._following = await self._js.subscribe(
+            f"{self.prefix}.*",
+            stream=self.stream,
+            ordered_consumer=True,
+            headers_only=True,
+            cb=self._seen,
+        )
+
+    async def _seen(self, msg: Msg) -> None:
+        due = due_of(dict(msg.headers or {}))
+        if due is not None:
+            heapq.heappush(self._due, (due.timestamp(), msg.metadata.sequence.stream))
