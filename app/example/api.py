@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from app.api.idempotency_keys import fingerprint
 from app.database.http_keys import TransactionalCommand
 from app.example import orders, stats
-from app.example.messages import OrderPlaced, PaymentCaptured
+from app.example.messages import OrderPlaced, PaymentCaptured, PaymentDue
 from app.example.state import ExampleDep
 from app.messages import new_message_id
 
@@ -66,8 +66,9 @@ class OrderView(BaseModel):
     order_id: str
     sku: str
     quantity: int
-    status: Literal["pending", "confirmed"]
+    status: Literal["pending", "confirmed", "cancelled"]
     paid: int
+    payments_accepted: int
     created_at: datetime
     updated_at: datetime
 
@@ -83,7 +84,8 @@ async def place_order(
 ) -> Any:
     """Record the order as pending and write `OrderPlaced` (QoS 1) to the outbox, in one
     transaction: the event is published once the transaction commits, the broker there or
-    not, and a handler confirms the order."""
+    not, and a handler confirms the order. With APP_EXAMPLE_PAYMENT_TIMEOUT set, a delayed
+    `PaymentDue` goes with it: the order is cancelled then unless a payment was accepted."""
     async with example.database.transaction() as session:
         fp = fingerprint(body.model_dump()) if idempotency_key is not None else ""
         command = await TransactionalCommand.begin(session, "POST /orders", idempotency_key, fp)
@@ -95,6 +97,9 @@ async def place_order(
             message_id=message_id, order_id=order_id, sku=body.sku, quantity=body.quantity
         )
         await example.bus.publish(event, session=session, ordering_key=order_id)
+        if example.payment_timeout is not None:
+            due = PaymentDue(order_id=order_id)
+            await example.bus.publish(due, session=session, delay=example.payment_timeout)
         return await command.answer(202, OrderAccepted(order_id=order_id, message_id=message_id))
 
 
@@ -122,7 +127,14 @@ async def get_order(order_id: str, example: ExampleDep) -> Any:
     "/orders/{order_id}/payments",
     status_code=202,
     response_model=PaymentAccepted,
-    responses={404: {}, 409: {}, **_UNAVAILABLE},
+    responses={
+        404: {"description": "no such order"},
+        409: {
+            "description": "the order was cancelled (unpaid past APP_EXAMPLE_PAYMENT_TIMEOUT), "
+            "or the Idempotency-Key was used with another body"
+        },
+        **_UNAVAILABLE,
+    },
 )
 async def capture_payment(
     order_id: str,
@@ -130,7 +142,9 @@ async def capture_payment(
     example: ExampleDep,
     idempotency_key: RequiredIdempotencyKey,
 ) -> Any:
-    """Write `PaymentCaptured` (QoS 2) to the outbox; the key is the payment id, applied once."""
+    """Write `PaymentCaptured` (QoS 2) to the outbox; the key is the payment id, applied once.
+    A cancelled order takes no payment (409); an accepted one keeps the order from being
+    cancelled."""
     async with example.database.transaction() as session:
         if not await orders.exists(session, order_id):
             raise HTTPException(404, "Order not found")
@@ -139,6 +153,8 @@ async def capture_payment(
         command = await TransactionalCommand.begin(session, scope, idempotency_key, fp)
         if command.replay is not None:
             return command.replay
+        if not await orders.accept_payment(session, order_id):
+            raise HTTPException(409, "The order was cancelled: it was not paid in time")
         message_id = new_message_id()
         payment = PaymentCaptured(
             message_id=message_id,

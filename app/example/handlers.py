@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.bus import Bus
 from app.example import orders
-from app.example.messages import OrderPlaced, PaymentCaptured
+from app.example.messages import OrderPlaced, PaymentCaptured, PaymentDue
 
 
 def register(bus: Bus) -> None:
@@ -20,3 +20,7 @@ def register(bus: Bus) -> None:
         if not await orders.exists(session, event.order_id):
             raise LookupError(f"order {event.order_id} is not recorded yet")
         await orders.add_payment(session, event.order_id, event.payment_id, event.amount)
+
+    @bus.handler(PaymentDue, transactional=True)
+    async def cancel_if_unpaid(event: PaymentDue, session: AsyncConnection) -> None:
+        await orders.cancel_unpaid(session, event.order_id)

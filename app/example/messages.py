@@ -25,3 +25,11 @@ class PaymentCaptured(Message):
     order_id: str
     payment_id: str
     amount: int = Field(gt=0)
+
+
+class PaymentDue(Message):
+    """Published, delayed by APP_EXAMPLE_PAYMENT_TIMEOUT, with every order: when it fires, the
+    order is cancelled unless a payment was accepted for it meanwhile. QoS 1: the cancellation
+    is idempotent."""
+
+    order_id: str

@@ -37,6 +37,7 @@ orders = Table(
     Column("quantity", Integer, nullable=False),
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("paid", BigInteger, nullable=False, server_default=text("0")),
+    Column("payments_accepted", Integer, nullable=False, server_default=text("0")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
@@ -54,8 +55,9 @@ class Order(BaseModel):
     order_id: str
     sku: str
     quantity: int
-    status: Literal["pending", "confirmed"]
+    status: Literal["pending", "confirmed", "cancelled"]
     paid: int
+    payments_accepted: int
     created_at: datetime
     updated_at: datetime
 
@@ -68,6 +70,22 @@ _CONFIRM = (
     orders.update()
     .where(orders.c.order_id == bindparam("id"), orders.c.status == "pending")
     .values(status="confirmed", updated_at=func.now())
+)
+_CANCEL_UNPAID = (
+    orders.update()
+    .where(
+        orders.c.order_id == bindparam("id"),
+        orders.c.status != "cancelled",
+        orders.c.paid == 0,
+        orders.c.payments_accepted == 0,
+    )
+    .values(status="cancelled", updated_at=func.now())
+)
+_ACCEPT_PAYMENT = (
+    orders.update()
+    .where(orders.c.order_id == bindparam("id"), orders.c.status != "cancelled")
+    .values(payments_accepted=orders.c.payments_accepted + 1)
+    .returning(orders.c.order_id)
 )
 _PAY = insert(payments).on_conflict_do_nothing().returning(payments.c.payment_id)
 _ADD_PAID = (
@@ -98,6 +116,19 @@ async def exists(session: AsyncConnection, order_id: str) -> bool:
 async def confirm(session: AsyncConnection, order_id: str) -> None:
     with step_span("db update orders"):
         await session.execute(_CONFIRM, {"id": order_id})
+
+
+async def cancel_unpaid(session: AsyncConnection, order_id: str) -> bool:
+    """Cancel the order unless a payment was accepted for it; whether it was cancelled now."""
+    with step_span("db update orders"):
+        result = await session.execute(_CANCEL_UNPAID, {"id": order_id})
+    return bool(result.rowcount)
+
+
+async def accept_payment(session: AsyncConnection, order_id: str) -> bool:
+    """Count a payment accepted for the order (its row locked until the transaction ends, so a
+    cancellation waits for it and then finds it); False when the order is cancelled."""
+    return (await session.execute(_ACCEPT_PAYMENT, {"id": order_id})).first() is not None
 
 
 async def add_payment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,6 +17,7 @@ from app.services import services_of
 class Example:
     database: Database
     bus: Bus  # its publishes go to the outbox: they need no broker connection
+    payment_timeout: timedelta | None = None  # unpaid orders are cancelled after it
 
 
 async def get_example(request: Request) -> Example:
