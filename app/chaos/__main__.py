@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", action="store_true", help="only the 3-node JetStream cluster")
     parser.add_argument("--window", type=float, default=30.0, help="seconds of faults per schedule")
     parser.add_argument("--cover", action="store_true", help="every fault kind once per schedule")
+    parser.add_argument(
+        "--payment-timeout",
+        type=float,
+        help="APP_EXAMPLE_PAYMENT_TIMEOUT for the instances: unpaid orders are cancelled",
+    )
     parser.add_argument("--out", type=Path, help="where histories and reports go (default: temp)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="qosmesh-chaos-"))
@@ -64,7 +69,10 @@ async def _run_all(args: argparse.Namespace, variants: list[Variant], out: Path)
     for n, (seed, variant) in enumerate(_seeds(args, variants)):
         if deadline is not None and time.monotonic() > deadline:
             break
-        schedule = plan(seed, variant, args.window, cover=args.cover or args.window <= 20)
+        cover = args.cover or args.window <= 20
+        schedule = plan(
+            seed, variant, args.window, cover=cover, payment_timeout=args.payment_timeout
+        )
         report = await run(schedule, out / f"{n:04d}-{variant}-{seed}")
         reports.append(report)
         print(report.summary(), flush=True)

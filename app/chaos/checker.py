@@ -3,7 +3,9 @@
 It knows the example's promises: an order answered 202 exists and is confirmed; no order exists
 that was refused or never asked for, or twice for one key; an order's `paid` is the sum of its
 distinct payment keys answered 202, plus possibly some indeterminate ones; no 5xx but 503; no
-dead letter; discovery converges; nothing is left running; memory stays bounded.
+dead letter; discovery converges; nothing is left running; memory stays bounded. With a payment
+timeout, an order may end cancelled instead of confirmed, but never one with a payment answered
+202 or applied.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Observed:
     node_ttl: float = 3.0
     leftovers: list[str] = field(default_factory=list)  # processes alive after teardown
     rss_growth: dict[str, int] = field(default_factory=dict)  # instance -> bytes since warm-up
+    cancelling: bool = False  # APP_EXAMPLE_PAYMENT_TIMEOUT set: unpaid orders are cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +67,12 @@ def check(operations: Iterable[Operation], observed: Observed) -> list[Violation
 def _placed(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
     places = {op.key: op for op in ops if op.kind == "place"}
     live = [order for order in observed.orders.values() if order.status != "withdrawn"]
+    settled = {"confirmed", "cancelled"} if observed.cancelling else {"confirmed"}
     for op in places.values():
         if op.outcome != "ok":
             continue
         order = observed.orders.get(op.order_id or "")
-        if order is None or order.status != "confirmed" or order.sku != op.key:
+        if order is None or order.status not in settled or order.sku != op.key:
             state = "missing" if order is None else f"{order.status} ({order.sku})"
             yield Violation("confirmed", f"order {op.order_id} answered 202 is {state}", (op,))
     by_key: dict[str, list[StoredOrder]] = defaultdict(list)
@@ -110,6 +114,10 @@ def _paid(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
         for op in by_order.get(order_id, ()):
             if op.outcome == "ok" and op.key not in applied:
                 yield Violation("paid", f"order {order_id} lacks payment {op.key} (202)", (op,))
+        answered = any(op.outcome == "ok" for op in by_order.get(order_id, ()))
+        if order is not None and order.status == "cancelled" and (order.paid or answered):
+            detail = f"order {order_id} was cancelled, paid {order.paid}"
+            yield Violation("cancelled", detail, shown)
         if order is not None:
             expected = sum(
                 pays[(order_id, key)].amount for key in applied if (order_id, key) in pays

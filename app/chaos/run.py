@@ -65,10 +65,16 @@ async def run(
     """Run `schedule` against a new system under `root`; the history goes to
     `root/history.jsonl`, the report to `root/report.json`."""
     began = time.monotonic()
-    system = System(schedule.variant, root, instances=schedule.instances)
+    system = System(
+        schedule.variant,
+        root,
+        instances=schedule.instances,
+        payment_timeout=schedule.payment_timeout,
+    )
     operations: list[Operation] = []
     errors: list[str] = []
-    observed = Observed(orders={}, node_ttl=system.node_ttl)
+    cancelling = schedule.payment_timeout is not None
+    observed = Observed(orders={}, node_ttl=system.node_ttl, cancelling=cancelling)
     sampler: asyncio.Task[None] | None = None
     try:
         await system.start()
@@ -92,7 +98,7 @@ async def run(
         healed = time.monotonic()
         errors += await system.ensure_running()
         observed.discovery_seconds = await _converged(system, healed, system.node_ttl + 5)
-        observed.orders = await _settled(system, operations, healed + heal)
+        observed.orders = await _settled(system, operations, healed + heal, cancelling)
         observed.dead_letters = await _read(system.dead_letters, "dead letters", 30.0)
         for instance in system.instances:
             if instance.warm_rss is not None and instance.rss is not None:
@@ -107,7 +113,7 @@ async def run(
     violations = [Violation("system", error) for error in errors] + check(operations, observed)
     report = Report(schedule, root / "history.jsonl", time.monotonic() - began)
     report.violations = violations
-    report.counts = _counts(schedule, operations, system)
+    report.counts = _counts(schedule, operations, system, observed)
     _save(report, operations)
     return report
 
@@ -142,7 +148,7 @@ async def _converged(system: System, healed: float, timeout: float) -> float | N
 
 
 async def _settled(
-    system: System, operations: list[Operation], deadline: float
+    system: System, operations: list[Operation], deadline: float, cancelling: bool
 ) -> dict[str, StoredOrder]:
     """The orders, once every confirmation and payment is in or the deadline passed. The
     harness's own reads ride out a broker still electing leaders, as a client would; one that
@@ -156,7 +162,9 @@ async def _settled(
             await asyncio.sleep(0.5)
             continue
         pending = [
-            v for v in check(operations, Observed(orders)) if v.invariant in ("confirmed", "paid")
+            v
+            for v in check(operations, Observed(orders, cancelling=cancelling))
+            if v.invariant in ("confirmed", "paid")
         ]
         if not pending or time.monotonic() > deadline:
             return orders
@@ -175,7 +183,9 @@ async def _read(read: Callable[[], Awaitable[T]], what: str, patience: float) ->
             await asyncio.sleep(0.5)
 
 
-def _counts(schedule: Schedule, operations: list[Operation], system: System) -> dict[str, float]:
+def _counts(
+    schedule: Schedule, operations: list[Operation], system: System, observed: Observed
+) -> dict[str, float]:
     attempts = [a for op in operations for a in op.attempts]
     kinds = Counter(op.kind for op in operations)
     return {
@@ -191,4 +201,6 @@ def _counts(schedule: Schedule, operations: list[Operation], system: System) -> 
         "indeterminate": sum(1 for op in operations if op.outcome == "indeterminate"),
         "redeliveries": system.counter("qosmesh_redeliveries"),
         "dedupe hits": system.counter("qosmesh_dedupe_hits"),
+        "cancelled": sum(1 for o in observed.orders.values() if o.status == "cancelled"),
+        "409s": sum(1 for a in attempts if a.status == 409),
     }

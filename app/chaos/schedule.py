@@ -8,7 +8,7 @@ and `cover` schedules make sure at least two do. The same seed gives the same sc
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 Variant = Literal["jetstream", "redis", "cluster"]
@@ -65,6 +65,8 @@ class Schedule:
     window: float
     instances: int
     faults: tuple[Fault, ...]
+    payment_timeout: float | None = None
+    """APP_EXAMPLE_PAYMENT_TIMEOUT of the instances: unpaid orders are cancelled after it."""
 
     def overlaps(self) -> int:
         """How many pairs of faults are active at the same time."""
@@ -83,6 +85,7 @@ class Schedule:
             "window": self.window,
             "instances": self.instances,
             "faults": [asdict(fault) for fault in self.faults],
+            "payment_timeout": self.payment_timeout,
         }
 
 
@@ -94,6 +97,7 @@ def plan(
     instances: int = 3,
     ack_wait: float = 2.0,
     cover: bool = True,
+    payment_timeout: float | None = None,
 ) -> Schedule:
     """The faults of one run. `cover`: every kind of the variant once, in a random order and
     at random moments; otherwise kinds drawn at random until the window is full."""
@@ -118,7 +122,7 @@ def plan(
         free[fault.lane] = fault.end + rng.uniform(0.5, 1.5)
         faults.append(fault)
     faults.sort(key=lambda fault: fault.at)
-    schedule = Schedule(seed, variant, window, instances, tuple(faults))
+    schedule = Schedule(seed, variant, window, instances, tuple(faults), payment_timeout)
     if cover and schedule.overlaps() == 0 and len(faults) > 1:
         schedule = _force_overlap(schedule)
     return schedule
@@ -175,6 +179,4 @@ def _force_overlap(schedule: Schedule) -> Schedule:
             faults[index] = moved
             break
     faults.sort(key=lambda fault: fault.at)
-    return Schedule(
-        schedule.seed, schedule.variant, schedule.window, schedule.instances, tuple(faults)
-    )
+    return replace(schedule, faults=tuple(faults))

@@ -65,8 +65,10 @@ class System:
         instances: int = 3,
         ack_wait: float = 2.0,
         node_ttl: float = 3.0,
+        payment_timeout: float | None = None,
     ) -> None:
         self.variant = variant
+        self.payment_timeout = payment_timeout
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.ack_wait = ack_wait
@@ -108,6 +110,8 @@ class System:
             "APP_ADMIN_TOKEN": ADMIN_TOKEN,
             "APP_REPLICAS": "3" if self.cluster else "1",
         }
+        if self.payment_timeout is not None:
+            env["APP_EXAMPLE_PAYMENT_TIMEOUT"] = str(self.payment_timeout)
         postgres_proxy = TcpProxy("127.0.0.1", self.postgres.port)
         env |= {
             "APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{postgres_proxy.port}/postgres",

@@ -93,3 +93,17 @@ def test_the_system_invariants_are_caught():
         rss_growth={"i0": 65 * 2**20},
     )
     assert invariants([], observed) == ["dead-letters", "discovery", "leftovers", "memory"]
+
+
+def test_a_cancelled_order_passes_only_with_a_payment_timeout_and_no_payment():
+    ops = [place("k1", 202), pay("p1", 5, 409)]
+    assert invariants(ops, Observed(stored(status="cancelled"))) == ["confirmed"]
+    assert invariants(ops, Observed(stored(status="cancelled"), cancelling=True)) == []
+
+
+def test_a_cancelled_order_with_an_accepted_payment_is_caught():
+    ops = [place("k1", 202), pay("p1", 5, 202)]
+    observed = Observed(stored(0, (), status="cancelled"), cancelling=True)
+    assert "cancelled" in invariants(ops, observed)
+    observed = Observed(stored(5, ("p1",), status="cancelled"), cancelling=True)
+    assert invariants(ops, observed) == ["cancelled"]

@@ -19,3 +19,15 @@ async def test_a_fault_schedule_breaks_no_promise(seed, variant, tmp_path):
     print(report.describe())
     assert report.ok, report.describe()
     assert report.counts["operations"] > 50
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chaos")
+@pytest.mark.timeout(180)
+async def test_unpaid_orders_are_cancelled_under_faults_and_no_paid_order_ever_is(tmp_path):
+    """APP_EXAMPLE_PAYMENT_TIMEOUT set: delayed cancellations race payments under faults."""
+    report = await run(plan(404, "jetstream", CI_WINDOW, payment_timeout=3.0), tmp_path)
+    print(report.describe())
+    assert report.ok, report.describe()
+    assert report.counts["operations"] > 50
+    assert report.counts.get("cancelled", 0) > 0, "no order was left unpaid long enough"
