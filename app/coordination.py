@@ -209,11 +209,14 @@ async def leader(lease: Lease) -> AsyncIterator[Lease]:
     acquired = asyncio.Event()
     body = asyncio.current_task()
     assert body is not None
+    lost = False
 
     def changed(held: bool) -> None:
+        nonlocal lost
         if held:
             acquired.set()
-        elif acquired.is_set():
+        elif acquired.is_set() and not lost:
+            lost = True
             body.cancel(f"lease {lease.name} lost")
 
     keeper = asyncio.create_task(lease.hold(changed), name=f"lease {lease.name}")
@@ -222,7 +225,9 @@ async def leader(lease: Lease) -> AsyncIterator[Lease]:
         try:
             yield lease
         except asyncio.CancelledError as exc:
-            if keeper.done() or lease.held:
+            # Only the cancel this context sent becomes LeaseLostError; the caller's own
+            # (the instance stopping) goes on as a cancellation.
+            if not lost or body.uncancel() > 0:
                 raise
             raise LeaseLostError(f"lease {lease.name!r} lost") from exc
     finally:

@@ -81,11 +81,15 @@ async def open_runtime(
         # The domain's periodic jobs that run on one instance at a time (`singletons`).
         for job in getattr(domain, "singletons", lambda state, instance: [])(state, instance_id):
             task = supervised(singleton(leases, job.name, job.every)(job.job)(), job.name)
-            stack.callback(task.cancel)  # stopped first, then its lease released
+            stack.push_async_callback(_cancelled, task)  # stopped first, then leases released
         for name, coroutine in scheduling.jobs(transports.by_name, leases):
-            task = supervised(coroutine, name)
-            stack.callback(task.cancel)
+            stack.push_async_callback(_cancelled, supervised(coroutine, name))
         yield Runtime(brokers, discovery, peers, bus, DeadLetters(bus.dead_letters), state, leases)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@ that refuses stale tokens, and holders killed or paused in real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -19,7 +20,7 @@ from typing import Any
 import nats
 import pytest
 
-from app.coordination import FencedRecord, Leases
+from app.coordination import FencedRecord, Leases, singleton
 from app.errors import LeaseLostError, StaleTokenError
 from app.kv import Bucket
 
@@ -58,6 +59,30 @@ async def test_one_holder_at_a_time_with_tokens_that_only_grow(nats_server):
         with pytest.raises(StaleTokenError):
             await record.write(stale, "a, too late")
         assert await record.read() == (b.token, "b")
+    finally:
+        await nc.close()
+
+
+async def test_a_singleton_stopped_with_its_leases_leaves_the_lease_free(nats_server):
+    """An instance stopping cancels its singletons and releases its leases at once; the
+    cancelled singleton must not take its lease again on the way out (it would keep it from
+    every other instance until the TTL ran out)."""
+    nc, bucket, _ = await buckets(nats_server.url)
+    try:
+        leases = Leases(bucket, "stopping", TTL)
+        ran = asyncio.Event()
+
+        async def job(token: int) -> None:
+            ran.set()
+
+        task = asyncio.create_task(singleton(leases, "job", 0.05)(job)())
+        await asyncio.wait_for(ran.wait(), 5)
+        task.cancel()  # what the runtime's exit does, and then closes the leases
+        await leases.close()
+        await asyncio.wait({task}, timeout=2)
+        assert task.done()
+        assert await bucket.get("job", 2) is None, "the stopped instance took the lease again"
+        assert await Leases(bucket, "next", TTL).lease("job").acquire()
     finally:
         await nc.close()
 
