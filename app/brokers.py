@@ -127,6 +127,9 @@ async def connect_nats(
         log.warning("nats error: %s", exc)
 
     async def disconnected_cb() -> None:
+        if nc.is_closed:
+            log.debug("nats disconnected: the connection is closed")  # at exit, or for good
+            return
         log.warning("nats disconnected")
 
     async def reconnected_cb() -> None:

@@ -137,11 +137,12 @@ class Bus:
         """Publish as the type's QoS demands; QoS 1+ raises PublishError when unconfirmed.
 
         With `delay` or `at` (QoS 1 and 2), the broker keeps the message and delivers it when
-        it is due, no earlier; `cancel` takes it back before then. With `session`, the
-        message goes into the transactional outbox in that session's transaction instead
-        (app/database/outbox.py): it reaches the broker if and only if the transaction commits,
-        published by the relay. Messages with the same `ordering_key` are published in commit
-        order."""
+        it is due, no earlier; `cancel` takes it back before then.
+
+        With `session`, the message goes into the transactional outbox in that session's
+        transaction instead (app/database/outbox.py): it reaches the broker if and only if the
+        transaction commits, published by the relay (delayed as asked). Messages with the same
+        `ordering_key` are published in commit order."""
         due = _due(delay, at)
         if session is not None:
             await self._into_outbox(message, session, ordering_key, due)

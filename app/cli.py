@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from types import FrameType
@@ -12,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import dlq_cli
+from app import dlq_cli, nodes_cli
 from app.database import cli as database_cli
 from app.errors import ConfigurationError
 from app.services import services_of
@@ -70,16 +71,33 @@ def serve(settings: Settings) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Run a qosmesh service.")
     commands = parser.add_subparsers(dest="command")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N instances sharing one embedded broker, on ports from APP_PORT",
+    )
     commands.add_parser("serve", help="run the HTTP service (the default)")
     dlq_cli.add_parser(commands)
     database_cli.add_parser(commands)
+    nodes_cli.add_parser(commands)
     args = parser.parse_args(argv)
 
     settings = load_settings()
     if settings is None:
         return 2
+    if args.command in (None, "serve") and args.instances > 1:
+        from app import instances
+
+        return instances.run(settings, args.instances)
     if args.command in (None, "serve"):
         return serve(settings)
+    if args.command == "nodes":
+        logging.basicConfig(level=logging.ERROR)
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(nodes_cli.run(settings, args))
+        return 0
     if args.command == "dlq":
         logging.basicConfig(level=logging.ERROR)
         return asyncio.run(dlq_cli.run(settings, args))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
@@ -14,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from app import __version__
+from app import __version__, banner
 from app.api import (
     admin,
     asyncapi,
@@ -84,6 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start_failed(log, exc)
                 raise
             log.info("service started", extra={"service": settings.service_name})
+            if banner.wanted(settings) and services.supervisor is not None:
+                runtime = services.supervisor.current
+                if runtime is not None:
+                    print(banner.render(settings, services, runtime), file=sys.stderr, flush=True)
             yield
             log.info("service stopping", extra={"service": settings.service_name})
             await drain.begin()

@@ -341,6 +341,7 @@ END = ""
 WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] = {
     "app/bus.py": (
         ("from typing import TYPE_CHECKING, Any, TypeVar", "from typing import Any, TypeVar"),
+        ("    due_of,\n", ""),
         (
             "if TYPE_CHECKING:\n    from app.database.connection import Database, Transaction\n\n",
             "",
@@ -352,13 +353,18 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "    async def publish(\n        self,\n        message: Message,\n        *,\n"
             "        session: Transaction | None = None,\n"
             "        ordering_key: str | None = None,\n"
+            "        delay: timedelta | None = None,\n"
+            "        at: datetime | None = None,\n"
             "    ) -> None:",
-            "    async def publish(self, message: Message) -> None:",
+            "    async def publish(\n"
+            "        self, message: Message, *, delay: timedelta | None = None, "
+            "at: datetime | None = None\n"
+            "    ) -> None:",
         ),
-        ("cut", "\n\n        With `session`, the message goes", '"""\n        if session'),
+        ("cut", "\n\n        With `session`, the message goes", '"""\n        due = _due'),
         (
             "        if session is not None:\n"
-            "            await self._into_outbox(message, session, ordering_key)\n"
+            "            await self._into_outbox(message, session, ordering_key, due)\n"
             "            return\n",
             "",
         ),

@@ -181,7 +181,9 @@ def test_a_killed_holder_is_replaced_within_the_ttl_and_one_renewal(request, whe
 
 
 @pytest.mark.slow
-def test_a_paused_holder_loses_the_lease_and_its_stale_writes_are_refused(holders):
+@pytest.mark.parametrize("where", ["server", "cluster"])
+def test_a_paused_holder_loses_the_lease_and_its_stale_writes_are_refused(request, where):
+    holders = request.getfixturevalue("holders" if where == "server" else "cluster_holders")
     history = holders.history
     first = holders("first")
     wait_for(lambda: of(history, "first", "wrote"))

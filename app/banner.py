@@ -1,0 +1,59 @@
+"""The few lines an instance prints for a person once it is ready: who it is, what it runs on,
+where to look, and how many peers it sees. Only on a terminal, never in JSON logs."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from app.brokers import redact_url
+from app.runtime import Runtime
+from app.services import Services
+from app.settings import Settings
+
+BOLD, DIM, CYAN, RESET = "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[0m"
+
+
+def wanted(settings: Settings, stream: TextIO = sys.stderr) -> bool:
+    """A banner goes to a terminal, and only beside text logs."""
+    return settings.log_format != "json" and stream.isatty()
+
+
+def render(settings: Settings, services: Services, runtime: Runtime) -> str:
+    me = runtime.discovery.self_info
+    nc = runtime.brokers.nc
+    url = me.address.rstrip("/")
+    version = nc.connected_server_version
+    connected = nc.connected_url.geturl() if nc.connected_url is not None else ""
+    where = "embedded" if not settings.nats_servers else "at " + redact_url(connected)
+    broker = f"nats-server {version.major}.{version.minor}.{version.patch}, {where}"
+    database = "none"
+    if services.database is not None:
+        external = settings.database_url is not None
+        database = "PostgreSQL, " + (
+            f"at {redact_url(services.database.url)}" if external else "embedded"
+        )
+    transports = (
+        f"QoS 0 {settings.qos0_transport} · QoS 1 {settings.qos1_transport} · "
+        f"QoS 2 {settings.qos2_transport}"
+    )
+    nodes = runtime.discovery.nodes()
+    peers = sum(1 for n in nodes if n.service == me.service and n.node_id != me.node_id)
+    others = sum(1 for n in nodes if n.service != me.service)
+    seen = f"{peers} other instance{'s' if peers != 1 else ''} of {me.service}"
+    if others:
+        seen += f", {others} of other services"
+    rows = [
+        ("node", f"{me.node_id}  {url}"),
+        ("broker", broker),
+        ("messaging", transports),
+        ("database", database),
+        ("docs", f"{url}/docs"),
+        ("console", f"{url}/console"),
+        ("metrics", f"{url}/metrics"),
+        ("events", f"{url}/nodes/events"),
+        ("peers", seen),
+    ]
+    lines = [f"{BOLD}{me.service}{RESET} {me.version} {CYAN}ready{RESET}"]
+    lines += [f"  {DIM}{name:<10}{RESET}{value}" for name, value in rows]
+    return "\n".join(lines)
