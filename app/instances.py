@@ -4,7 +4,8 @@ the service on this machine, to watch the mesh work.
 The instances share one embedded nats-server (and PostgreSQL when the domain keeps data, and
 Valkey when a transport wants Redis), started here under APP_DATA_DIR, so any instance can be
 killed without taking the brokers along; a second run finds their data again. They listen on
-consecutive ports from APP_PORT, each with its own data dir, and their output is interleaved
+consecutive ports from APP_PORT, each with its own data dir (its pid in `instances/iN/pid`
+there), and their output is interleaved
 here, each line prefixed by its instance. On a terminal each runs on a terminal of its own
 (text logs in colour and its start banner); otherwise their JSON lines pass through.
 Ctrl-C (or SIGTERM) drains them all and stops the servers; nothing is left running.
@@ -54,6 +55,9 @@ class Instance:
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         os.close(child_end)
+        data = Path(env["APP_DATA_DIR"])
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "pid").write_text(f"{self.proc.pid}\n")  # to kill one by hand: kill -9 $(cat)
 
     def prefix(self, line: bytes) -> bytes:
         tag = f"[{self.name}] "

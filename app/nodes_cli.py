@@ -86,7 +86,7 @@ def _event(
     if node is None:
         gone = known.pop(entry.key, None)
         if gone is not None:
-            why = "expired (crashed?)" if entry.operation == "PURGE" else "left"
+            why = "expired: crashed or cut off" if entry.operation == "PURGE" else "left"
             print(
                 f"{now} left    {gone.service} {gone.node_id} {gone.address} ({why})",
                 file=out,

@@ -1,0 +1,44 @@
+"""`python -m app publish SUBJECT BODY [--header NAME=VALUE ...]`: one raw message into the
+JetStream stream that holds SUBJECT, as it is (no envelope of ours), for trying a consumer or
+its dead letters from a shell. It waits for the stream's ack and prints where it was stored."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import nats.errors
+
+from app.brokers import open_brokers
+from app.settings import Settings
+
+ACK_TIMEOUT = 5.0
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = commands.add_parser("publish", help="publish one raw message into a stream")
+    publish.add_argument("subject")
+    publish.add_argument("body")
+    publish.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="(repeatable)"
+    )
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"--header {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        headers[name] = value
+    async with open_brokers(settings, attach=True) as brokers:
+        try:
+            ack = await brokers.js.publish(
+                args.subject, args.body.encode(), timeout=ACK_TIMEOUT, headers=headers or None
+            )
+        except nats.errors.NoRespondersError:
+            print(f"no stream holds {args.subject!r}", file=sys.stderr)
+            return 1
+    print(f"stored in {ack.stream} as message {ack.seq}")
+    return 0
