@@ -27,12 +27,7 @@ def render(settings: Settings, services: Services, runtime: Runtime) -> str:
     connected = nc.connected_url.geturl() if nc.connected_url is not None else ""
     where = "embedded" if not settings.nats_servers else "at " + redact_url(connected)
     broker = f"nats-server {version.major}.{version.minor}.{version.patch}, {where}"
-    database = "none"
-    if services.database is not None:
-        external = settings.database_url is not None
-        database = "PostgreSQL, " + (
-            f"at {redact_url(services.database.url)}" if external else "embedded"
-        )
+    database = _database(settings, services)
     transports = (
         f"QoS 0 {settings.qos0_transport} · QoS 1 {settings.qos1_transport} · "
         f"QoS 2 {settings.qos2_transport}"
@@ -57,3 +52,11 @@ def render(settings: Settings, services: Services, runtime: Runtime) -> str:
     lines = [f"{BOLD}{me.service}{RESET} {me.version} {CYAN}ready{RESET}"]
     lines += [f"  {DIM}{name:<10}{RESET}{value}" for name, value in rows]
     return "\n".join(lines)
+
+
+def _database(settings: Settings, services: Services) -> str:
+    if services.database is None:
+        return "none"
+    if settings.database_url is None:
+        return "PostgreSQL, embedded"
+    return f"PostgreSQL, at {redact_url(services.database.url)}"

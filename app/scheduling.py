@@ -1,6 +1,6 @@
 """Delayed messages in the running service: where the broker does not fire them by itself, the
 instance holding the lease `scheduler-<transport>` moves the due ones to their subjects; every
-instance reports how many wait (`qosmesh_scheduled_messages{system}`)."""
+instance reports how many wait (`qosmesh_scheduled_messages{messaging_system}`)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ async def _watch_backlog(found: list[tuple[str, Schedules]]) -> None:
 
 def _observe(options: CallbackOptions) -> Iterable[Observation]:
     for system, count in list(_backlog.items()):
-        yield Observation(count, {"system": system})
+        yield Observation(count, {"messaging.system": system})
 
 
 meter.create_observable_gauge(

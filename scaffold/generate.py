@@ -461,6 +461,10 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
         ("cut", " With a database, the\n    brokers are reported", '"""\n    readiness = '),
     ),
+    "app/banner.py": (
+        ("    database = _database(settings, services)\n", '    database = "none"\n'),
+        ("cut", "\n\ndef _database(", END),
+    ),
     "app/instances.py": (
         (" (and PostgreSQL when the domain keeps data, and\nValkey when", " (and Valkey when"),
         ("    env |= _shared_database(stack, settings)\n", ""),

@@ -14,7 +14,10 @@ from nats.js.api import StorageType, StreamConfig
 from app.bus import Bus
 from app.errors import ConfigurationError
 from app.messages import H_DELIVER_AT, Message, due_of, due_text, encode
+from app.scheduling import BACKLOG_EVERY
+from app.services import services_of
 from app.settings import Settings
+from app.testing import eventually, running_app
 from app.transports.base import MOVE_EVERY, Schedules
 from tests.transports.conftest import Charge, Notice, Ping, Running, running_bus
 
@@ -220,3 +223,18 @@ def test_due_times_round_up_to_the_millisecond():
     assert due_text(due) == "2026-12-04T10:00:00.301Z"
     assert due_of({H_DELIVER_AT: due_text(due)}) == due + timedelta(microseconds=999)
     assert due_of({}) is None
+
+
+async def test_the_backlog_is_a_gauge_every_instance_reads(settings_for, nats_server, metrics):
+    """`qosmesh_scheduled_messages` shows what waits, read by every instance every 5 s."""
+    settings = settings_for(nats_url=nats_server.url, domain="", service_name="svc")
+    async with running_app(settings) as (app, _):
+        bus = services_of(app).bus
+        for n in range(3):
+            await bus.publish(Ping(n=n), delay=timedelta(hours=1))
+
+        def shown() -> bool:
+            waiting = metrics.value("qosmesh.scheduled.messages", **{"messaging.system": "nats"})
+            return waiting == 3
+
+        await eventually(shown, timeout=BACKLOG_EVERY + 5)
