@@ -234,7 +234,9 @@ async def test_the_backlog_is_a_gauge_every_instance_reads(settings_for, nats_se
             await bus.publish(Ping(n=n), delay=timedelta(hours=1))
 
         def shown() -> bool:
-            waiting = metrics.value("qosmesh.scheduled.messages", **{"messaging.system": "nats"})
+            waiting: float = metrics.value(
+                "qosmesh.scheduled.messages", **{"messaging.system": "nats"}
+            )
             return waiting == 3
 
         await eventually(shown, timeout=BACKLOG_EVERY + 5)
