@@ -247,18 +247,12 @@ def singleton(
         lease = leases.lease(name)
 
         async def run() -> None:
+            failure = ""
             while True:
                 try:
                     async with leader(lease):
                         while True:
-                            try:
-                                await job(lease.token)
-                            except StaleTokenError as exc:
-                                raise LeaseLostError(str(exc)) from exc
-                            except (LeaseLostError, asyncio.CancelledError):
-                                raise
-                            except Exception as exc:  # the next period tries again
-                                log.warning("singleton %s failed: %s", name, exc)
+                            failure = await _period(name, job, lease.token, failure)
                             await asyncio.sleep(every)
                 except LeaseLostError as exc:
                     log.info("singleton %s stops here: %s", name, exc)  # until it holds again
@@ -266,6 +260,25 @@ def singleton(
         return run
 
     return wrap
+
+
+async def _period(
+    name: str, job: Callable[[int], Awaitable[None]], token: int, last_failure: str
+) -> str:
+    """One run of a singleton's job: how it failed ("" when it did not). The same failure as
+    the last one is logged at debug: a frequent job in a broker outage would repeat it."""
+    try:
+        await job(token)
+    except StaleTokenError as exc:
+        raise LeaseLostError(str(exc)) from exc
+    except (LeaseLostError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the next period tries again
+        failure = f"{type(exc).__name__}: {exc}"
+        level = logging.DEBUG if failure == last_failure else logging.WARNING
+        log.log(level, "singleton %s failed: %s", name, failure)
+        return failure
+    return ""
 
 
 class FencedRecord:
