@@ -240,3 +240,14 @@ async def test_the_backlog_is_a_gauge_every_instance_reads(settings_for, nats_se
             return waiting == 3
 
         await eventually(shown, timeout=BACKLOG_EVERY + 5)
+
+
+async def test_a_message_due_in_the_past_fires_at_once(delay_settings):
+    """What an outbox row relayed late asks for: its time has passed, so now."""
+    arrivals: Arrivals = {}
+    async with delaying_bus(delay_settings(), recording(arrivals, Ping)) as running:
+        late = Ping(n=1)
+        sent = time.time()
+        await running.bus.publish(late, at=datetime.now(UTC) - timedelta(seconds=30))
+        await wait_for(lambda: late.message_id in arrivals, timeout=5)
+    assert arrivals[late.message_id][0][0] - sent < 1.5
