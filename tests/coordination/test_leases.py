@@ -20,6 +20,7 @@ from typing import Any
 import nats
 import pytest
 
+from app.brokers import open_brokers
 from app.coordination import FencedRecord, Leases, singleton
 from app.errors import LeaseLostError, StaleTokenError
 from app.kv import Bucket
@@ -292,3 +293,40 @@ def test_random_kills_and_pauses_never_let_a_stale_write_in_or_two_holders_overl
     assert len(holders_seen) >= 2
     assert_no_stale_write(found)
     assert_no_overlap(found)
+
+
+async def test_a_released_lease_is_taken_at_once_not_at_the_next_poll(settings_for, nats_server):
+    """A holder that stops says so: the instance waiting takes the lease well before its next
+    try (a sixth of the TTL, 1.7 s here)."""
+    settings = settings_for(nats_url=nats_server.url, lease_ttl=10.0, service_name="svc")
+    async with open_brokers(settings) as brokers:
+        first = await Leases.open(brokers, settings, "first")
+        second = await Leases.open(brokers, settings, "second")
+        held: dict[str, float] = {}
+        events = {"first": asyncio.Event(), "second": asyncio.Event()}
+
+        def note(who: str) -> Any:
+            def changed(now: bool) -> None:
+                if now:
+                    held[who] = time.monotonic()
+                    events[who].set()
+
+            return changed
+
+        holding = asyncio.create_task(first.lease("job").hold(note("first")))
+        await asyncio.wait_for(events["first"].wait(), 5)
+        waiting = asyncio.create_task(second.lease("job").hold(note("second")))
+        await asyncio.sleep(0.5)  # the second has tried once and waits for its next try
+        holding.cancel()  # stops: releases the lease
+        released = time.monotonic()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+        await asyncio.wait_for(events["second"].wait(), 5)
+        took = held["second"] - released
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await first.close()
+        await second.close()
+    print(f"\ntaken over {took * 1000:.0f} ms after the release")
+    assert took < 0.5
