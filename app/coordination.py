@@ -198,7 +198,8 @@ class Lease:
     async def _until_freed(self, timeout: float) -> None:
         """Wait `timeout` seconds, or less if another instance says it released the lease."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.freed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.freed.wait()
         self.freed.clear()
 
     async def release(self) -> None:
@@ -279,8 +280,8 @@ async def leader(lease: Lease) -> AsyncIterator[Lease]:
             raise LeaseLostError(f"lease {lease.name!r} lost") from exc
     finally:
         keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        # Not `await keeper`: a cancel of this task meanwhile must not be taken for the keeper's.
+        await asyncio.wait({keeper})
 
 
 def singleton(

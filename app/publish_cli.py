@@ -8,6 +8,7 @@ import argparse
 import sys
 
 import nats.errors
+import nats.js.errors
 
 from app.brokers import open_brokers
 from app.settings import Settings
@@ -37,7 +38,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             ack = await brokers.js.publish(
                 args.subject, args.body.encode(), timeout=ACK_TIMEOUT, headers=headers or None
             )
-        except nats.errors.NoRespondersError:
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
             print(f"no stream holds {args.subject!r}", file=sys.stderr)
             return 1
     print(f"stored in {ack.stream} as message {ack.seq}")

@@ -538,6 +538,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     "README.md": (
         ("cut", "A command writes its rows and its events in one PostgreSQL", "\nTwo commands"),
         ("embedded NATS and PostgreSQL", "embedded NATS"),
+        (" sharing one embedded broker (and database),", " sharing one embedded broker,"),
         ("cut", " When\nthe domain keeps data (the example does)", "\n\n## Quickstart"),
         ("cut", "| APP_DATABASE_URL |", "| APP_REPLICAS |"),
     ),

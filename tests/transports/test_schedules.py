@@ -251,3 +251,52 @@ async def test_a_message_due_in_the_past_fires_at_once(delay_settings):
         await running.bus.publish(late, at=datetime.now(UTC) - timedelta(seconds=30))
         await wait_for(lambda: late.message_id in arrivals, timeout=5)
     assert arrivals[late.message_id][0][0] - sent < 1.5
+
+
+async def test_a_cancelled_message_scheduled_again_stays_cancelled(delay_settings):
+    """A publish retried after its message was cancelled (or fired) schedules nothing again
+    within the duplicate window."""
+    arrivals: Arrivals = {}
+    async with delaying_bus(delay_settings(), recording(arrivals, Ping)) as running:
+        ping = Ping(n=1)
+        await running.bus.publish(ping, delay=timedelta(seconds=0.5))
+        assert await running.bus.cancel(Ping, ping.message_id)
+        await running.bus.publish(ping, delay=timedelta(seconds=0.5))
+        await asyncio.sleep(1.5)
+    assert arrivals == {}
+
+
+async def test_two_types_may_delay_messages_with_the_same_id(delay_settings):
+    arrivals: Arrivals = {}
+    async with delaying_bus(delay_settings(), recording(arrivals, Ping, Charge)) as running:
+        ping, charge = Ping(n=1, message_id="shared-id"), Charge(n=2, message_id="shared-id")
+        await running.bus.publish(ping, delay=timedelta(seconds=0.5))
+        await running.bus.publish(charge, delay=timedelta(seconds=0.5))
+        assert await running.bus.cancel(Charge, "shared-id")
+        await wait_for(lambda: "shared-id" in arrivals, timeout=5)
+        await asyncio.sleep(1)
+    assert [type(message) for _, message in arrivals["shared-id"]] == [Ping]
+
+
+async def test_a_delay_beyond_the_streams_max_age_is_refused_on_the_servers_schedules(
+    bus_settings,
+):
+    async with running_bus(bus_settings(scheduler="native")) as running:
+        with pytest.raises(ValueError, match="max age"):
+            await running.bus.publish(Ping(n=1), delay=timedelta(days=7))
+
+
+async def test_an_instance_on_the_fallback_keeps_a_streams_schedules(bus_settings):
+    """Schedules cannot be turned off on a stream: a fallback instance (or an older server's)
+    starting on a stream the server's schedules use leaves it as it is, and works."""
+    arrivals: Arrivals = {}
+    async with running_bus(bus_settings(scheduler="native"), recording({}, Ping)):
+        pass
+    settings = bus_settings(scheduler="fallback")
+    async with delaying_bus(settings, recording(arrivals, Ping)) as running:
+        info = await running.brokers.js.stream_info("SVC_PING")
+        assert info.config.allow_msg_schedules is True
+        assert "svc.ping.sched.*" in (info.config.subjects or [])
+        ping = Ping(n=1)
+        await running.bus.publish(ping, delay=timedelta(seconds=0.3))
+        await wait_for(lambda: ping.message_id in arrivals, timeout=5)

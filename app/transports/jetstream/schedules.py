@@ -9,7 +9,8 @@ its time the server puts a copy on `S` (the qm-* headers kept, `Nats-Msg-Id` dro
 removes the schedule; purging `S.sched.<id>` cancels it. Times are given to the millisecond,
 rounded up, so a message never fires early.
 
-**Fallback.** A delayed message is kept on `qm-scheduled.<service>.<id>` in the stream
+**Fallback.** A delayed message is kept on `qm-scheduled.<service>.<token>` (a hash of its
+subject and id) in the stream
 `QM_SCHEDULED_<SERVICE>`, the target subject in a header. The holder of the lease
 `scheduler-jetstream` follows that stream (headers only), keeps the due times in a heap, and
 publishes each message when due, with its message id as `Nats-Msg-Id` (the target stream drops
@@ -24,6 +25,7 @@ import heapq
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -50,6 +52,8 @@ TARGET = "qm-target"
 NATIVE_SINCE = (2, 12)
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUEST_TIMEOUT = 2.0
+UNFOLLOW_AFTER = 10.0  # seconds without a move: this instance no longer holds the lease
+MSG_ID = "Nats-Msg-Id"
 
 Send = Callable[[Envelope, str, dict[str, str], float], Awaitable[None]]
 """Publish `envelope` on a subject with extra headers within a timeout (one attempt)."""
@@ -93,7 +97,9 @@ class NativeSchedules:
         publish: Callable[[Envelope, QoS, Send], Awaitable[None]],
         send: Send,
         streams: Callable[[], dict[str, str]],
+        max_delay: float,
     ) -> None:
+        self._max_delay = max_delay
         self._nc = nc
         self._js = js
         self._publish = publish
@@ -101,6 +107,12 @@ class NativeSchedules:
         self._streams = streams  # subject -> stream name, of the streams in use
 
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
+        if (due - datetime.now(UTC)).total_seconds() > self._max_delay:
+            days = self._max_delay / 86400
+            raise ValueError(
+                f"a delay beyond {days:g} days outlives the stream's max age: the server would "
+                "drop the message before it fires (keep it shorter, or use Redis)"
+            )
         at = envelope.headers[H_DELIVER_AT]
         extra = {SCHEDULE: f"@at {at}", SCHEDULE_TARGET: envelope.subject}
         subject = schedule_subject(envelope.subject, envelope.message_id)
@@ -151,6 +163,7 @@ class FallbackSchedules:
         self._following: NatsSubscription | None = None
         self._followed_as: tuple[int, int] = (0, 0)  # (token, reconnects) the heap was built for
         self._due: list[tuple[float, int]] = []  # (due, stream sequence), a heap
+        self._moved_at = 0.0  # monotonic, of the last move_due
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -169,14 +182,20 @@ class FallbackSchedules:
             await ensure_stream(self._js, self.config())
             self._ready = True
 
+    def _subject(self, target: str, message_id: str) -> str:
+        """One subject per message of one target: ids of two types may meet."""
+        return f"{self.prefix}.{schedule_token(f'{target} {message_id}')}"
+
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
         await self._ensure()
-        subject = f"{self.prefix}.{schedule_token(envelope.message_id)}"
         target = envelope.subject
+        subject = self._subject(target, envelope.message_id)
 
         async def send(envelope: Envelope, _: str, headers: dict[str, str], timeout: float) -> None:
+            # The stream dedupes on the id within its window: the target's and the message's.
+            headers = {**headers, MSG_ID: f"{target} {envelope.message_id}", TARGET: target}
             try:
-                await self._send(envelope, subject, {**headers, TARGET: target}, timeout)
+                await self._send(envelope, subject, headers, timeout)
             except nats.errors.NoRespondersError:
                 self._ready = False  # the stream is gone: create it again
                 raise
@@ -185,13 +204,14 @@ class FallbackSchedules:
 
     async def cancel(self, subject: str, message_id: str) -> bool:
         await self._ensure()
-        return await purge(self._nc, self.stream, f"{self.prefix}.{schedule_token(message_id)}") > 0
+        return await purge(self._nc, self.stream, self._subject(subject, message_id)) > 0
 
     async def backlog(self) -> int:
         await self._ensure()
         return int((await self._js.stream_info(self.stream)).state.messages)
 
     async def move_due(self, token: int) -> None:
+        self._moved_at = time.monotonic()
         await self._ensure()
         followed_as = (token, self._nc.stats["reconnects"])
         if self._following is None or followed_as != self._followed_as:
@@ -238,6 +258,14 @@ class FallbackSchedules:
         )
 
     async def _seen(self, msg: Msg) -> None:
+        if time.monotonic() - self._moved_at > UNFOLLOW_AFTER:
+            # No longer the holder: stop following (a new holder's first move follows again).
+            following, self._following = self._following, None
+            self._due.clear()
+            if following is not None:
+                with contextlib.suppress(Exception):
+                    await following.unsubscribe()
+            return
         due = due_of(dict(msg.headers or {}))
         if due is not None:
             heapq.heappush(self._due, (due.timestamp(), msg.metadata.sequence.stream))

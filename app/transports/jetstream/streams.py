@@ -34,6 +34,14 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except BadRequestError:
         pass
     current = (await js.stream_info(config.name or "")).config
+    if current.allow_msg_schedules:
+        # Cannot be turned off again: an instance without the server's schedules (the
+        # fallback, an older version) keeps them, and the subjects they need, as they are.
+        config.allow_msg_schedules = True
+        config.subjects = [
+            *(config.subjects or []),
+            *(s for s in current.subjects or [] if s not in (config.subjects or [])),
+        ]
     differences = [
         f"{name} {getattr(current, name)} (this instance wants {getattr(config, name)})"
         for name in SHARED_FIELDS

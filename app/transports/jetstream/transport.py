@@ -45,6 +45,9 @@ from app.transports.retry import publish_reliably
 MSG_ID = "Nats-Msg-Id"
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
+MAX_DELAY = STREAM_MAX_AGE - 3600.0
+"""The longest delay the server's schedules take: a schedule is a message of the stream, gone
+at its max age (an hour's margin for clocks and the publish itself)."""
 
 
 class JetStreamTransport:
@@ -63,7 +66,7 @@ class JetStreamTransport:
         self._schedules: NativeSchedules | FallbackSchedules
         if settings.scheduler != "fallback" and native_supported(nc):
             self._schedules = NativeSchedules(
-                nc, js, self._publish_via, self._send_to, self._streams_in_use
+                nc, js, self._publish_via, self._send_to, self._streams_in_use, MAX_DELAY
             )
         else:
             if settings.scheduler == "native":

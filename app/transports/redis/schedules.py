@@ -1,16 +1,19 @@
 """Delayed messages on Redis Streams: a sorted set of due times, moved to the streams by the
 lease holder.
 
-A delayed message is a hash `qm:scheduled:<service>:m:<id>` (its stream entry's fields, the
-stream's key, and the QoS 2 dedupe key) and a member `<id>` of the sorted set
-`qm:scheduled:<service>` scored by its due time in milliseconds. Scheduling, cancelling and
+A delayed message is a hash `qm:scheduled:<service>:m:<subject>:<id>` (its stream entry's
+fields, the stream's key, and the QoS 2 dedupe key) and a member `<subject>:<id>` of the sorted
+set `qm:scheduled:<service>` scored by its due time in milliseconds. Scheduling, cancelling and
 moving are each one Lua script, so a message is moved or cancelled, never both, and never
-moved twice. The holder of the lease `scheduler-redis` runs the move every `MOVE_EVERY`.
+moved twice; a tombstone kept for the duplicate window stops a retried publish from scheduling
+again what fired or was cancelled. The holder of the lease `scheduler-redis` runs the move
+every `MOVE_EVERY`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -23,28 +26,35 @@ from app.transports.redis.codec import fields_of
 
 Attempt = Callable[[int, float], Awaitable[None]]
 
+log = logging.getLogger(__name__)
+
 STREAM_FIELD = "qm-stream"
 DEDUPE_FIELD = "qm-dedupe"
 MOVE_AT_MOST = 500  # per script run: a long script blocks the server for everyone
 
-# KEYS: the set, the message's hash. ARGV: due (ms), id, then the hash's fields and values.
+# KEYS: the set, the message's hash, its tombstone. ARGV: due (ms), member, then the hash's
+# fields and values. A message pending, fired or cancelled (within the window) is not added.
 SCHEDULE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: the set, the message's hash.
+# KEYS: the set, the message's hash, its tombstone. ARGV: member, window (ms).
 CANCEL = """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
+if removed == 1 then redis.call('SET', KEYS[3], 'cancelled', 'PX', ARGV[2]) end
 return removed
 """
 
-# KEYS: the set. ARGV: now (ms), at most, hash key prefix, stream MAXLEN, dedupe window (ms).
+# KEYS: the set. ARGV: now (ms), at most, hash key prefix, stream MAXLEN, window (ms),
+# tombstone key prefix. An entry its stream refuses (a key of another type) is tried again in
+# a minute rather than holding up every later one. Returns {looked at, refused}.
 MOVE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local refused = 0
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
   local flat = redis.call('HGETALL', key)
@@ -55,14 +65,25 @@ for _, id in ipairs(ids) do
     elseif name == 'qm-dedupe' then dedupe = value
     else fields[#fields + 1] = name; fields[#fields + 1] = value end
   end
+  local added = true
   if stream and not (dedupe and redis.call('EXISTS', dedupe) == 1) then
-    local entry = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
-    if dedupe then redis.call('SET', dedupe, entry, 'PX', ARGV[5]) end
+    local entry = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+    if type(entry) == 'table' and entry.err then
+      added = false
+    elseif dedupe then
+      redis.call('SET', dedupe, entry, 'PX', ARGV[5])
+    end
   end
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('DEL', key)
+  if added then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('DEL', key)
+    redis.call('SET', ARGV[6] .. id, 'fired', 'PX', ARGV[5])
+  else
+    refused = refused + 1
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + 60000, id)
+  end
 end
-return #ids
+return {#ids, refused}
 """
 
 
@@ -85,8 +106,11 @@ class RedisSchedules:
         self._cancel = redis.register_script(CANCEL)
         self._move = redis.register_script(MOVE)
 
-    def _message_key(self, message_id: str) -> str:
-        return f"{self.key}:m:{message_id}"
+    def _keys(self, subject: str, message_id: str) -> tuple[str, list[str]]:
+        """The member of one message (its subject and id: ids of two types may meet) and the
+        keys of the set, its hash and its tombstone."""
+        member = f"{subject}:{message_id}"
+        return member, [self.key, f"{self.key}:m:{member}", f"{self.key}:done:{member}"]
 
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
         fields: dict[str, str | bytes] = {**fields_of(envelope), STREAM_FIELD: envelope.subject}
@@ -95,17 +119,18 @@ class RedisSchedules:
             fields[DEDUPE_FIELD] = dedupe
         flat = [part for pair in fields.items() for part in pair]
         due_ms = int(-(-due.timestamp() * 1000 // 1))  # rounded up: never early
-        keys = [self.key, self._message_key(envelope.message_id)]
+        member, keys = self._keys(envelope.subject, envelope.message_id)
 
         async def send(attempt: int, timeout: float) -> None:
             async with asyncio.timeout(timeout):
-                await self._schedule(keys, [due_ms, envelope.message_id, *flat])
+                await self._schedule(keys, [due_ms, member, *flat])
 
         await self._publish(envelope, qos, send)
 
     async def cancel(self, subject: str, message_id: str) -> bool:
-        keys = [self.key, self._message_key(message_id)]
-        return bool(await self._cancel(keys, [message_id]))
+        member, keys = self._keys(subject, message_id)
+        window_ms = int(self._settings.duplicate_window * 1000)
+        return bool(await self._cancel(keys, [member, window_ms]))
 
     async def backlog(self) -> int:
         return int(await self._redis.zcard(self.key))
@@ -113,12 +138,20 @@ class RedisSchedules:
     async def move_due(self, token: int) -> None:
         now_ms = int(time.time() * 1000)
         window_ms = int(self._settings.duplicate_window * 1000)
+        maxlen = self._settings.redis_maxlen
         args: list[str | int] = [
             now_ms,
             MOVE_AT_MOST,
             f"{self.key}:m:",
-            self._settings.redis_maxlen,
+            maxlen,
             window_ms,
+            f"{self.key}:done:",
         ]
-        while int(await self._move([self.key], args)) == MOVE_AT_MOST:
-            pass  # more are due: go on at once
+        while True:
+            looked, refused = (int(n) for n in await self._move([self.key], args))
+            if refused:
+                log.warning(
+                    "%d due messages refused by their streams: tried again in 60 s", refused
+                )
+            if looked < MOVE_AT_MOST:
+                return  # else more are due: go on at once
