@@ -14,7 +14,10 @@ subject and id) in the stream
 `QM_SCHEDULED_<SERVICE>`, the target subject in a header. The holder of the lease
 `scheduler-jetstream` follows that stream (headers only), keeps the due times in a heap, and
 publishes each message when due, with its message id as `Nats-Msg-Id` (the target stream drops
-a second copy if a holder died between the publish and the removal), then removes it.
+a second copy if a holder died between the publish and the removal), then removes it. A fire
+and a cancel compete by compare-and-set on the message's subject: the holder first replaces
+the schedule with a copy marked `qm-firing`, a cancel with a tombstone, each only if the
+schedule is still the subject's last message; whoever comes second backs off.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ TARGET = "qm-target"
 NATIVE_SINCE = (2, 12)
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUEST_TIMEOUT = 2.0
+FIRING = "qm-firing"
+CANCELLED = "qm-cancelled"
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
 UNFOLLOW_AFTER = 10.0  # seconds without a move: this instance no longer holds the lease
 MSG_ID = "Nats-Msg-Id"
 
@@ -203,8 +210,36 @@ class FallbackSchedules:
         await self._publish(envelope, qos, send)
 
     async def cancel(self, subject: str, message_id: str) -> bool:
+        """Won against a fire by compare-and-set on the message's subject: a tombstone written
+        only if the schedule is still the subject's last message (a holder firing it has
+        replaced it with its `qm-firing` copy first, the same way)."""
         await self._ensure()
-        return await purge(self._nc, self.stream, self._subject(subject, message_id)) > 0
+        where = self._subject(subject, message_id)
+        try:
+            kept = await self._js.get_msg(self.stream, subject=where)
+        except nats.js.errors.NotFoundError:
+            return False
+        headers = kept.headers or {}
+        if FIRING in headers or CANCELLED in headers or kept.seq is None:
+            return False
+        if await self._replace(where, kept.seq, {CANCELLED: "1"}, b"") is None:
+            return False  # a holder began to fire it
+        await purge(self._nc, self.stream, where)
+        return True
+
+    async def _replace(
+        self, subject: str, seq: int, headers: dict[str, str], body: bytes
+    ) -> int | None:
+        """Put a message on `subject` in place of message `seq`, if that is still its last:
+        the new one's sequence, or None when something came first."""
+        expect = {EXPECTED_LAST: str(seq), **headers}
+        try:
+            ack = await self._js.publish(subject, body, timeout=REQUEST_TIMEOUT, headers=expect)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        return int(ack.seq)
 
     async def backlog(self) -> int:
         await self._ensure()
@@ -232,14 +267,26 @@ class FallbackSchedules:
         try:
             kept = await self._js.get_msg(self.stream, seq)
         except nats.js.errors.NotFoundError:
-            return  # cancelled
+            return  # cancelled, or fired already
         headers = dict(kept.headers or {})
+        if CANCELLED in headers or kept.subject is None:
+            return
+        body = kept.data or b""
+        if FIRING not in headers:
+            # Claimed against a cancel first (see `cancel`); a copy marked firing is fired
+            # by whichever holder finds it, also after this one died.
+            marked = {name: value for name, value in headers.items() if name != MSG_ID}
+            claimed = await self._replace(kept.subject, seq, {**marked, FIRING: "1"}, body)
+            if claimed is None:
+                return
+            seq = claimed
         target = headers.pop(TARGET, "")
+        headers.pop(FIRING, None)
         for name in [name for name in headers if name.startswith("Nats-")]:
             del headers[name]
-        envelope = Envelope(headers=headers, body=kept.data or b"", subject=target)
+        envelope = Envelope(headers=headers, body=body, subject=target)
         await self._fire(envelope, QoS(int(headers.get(H_QOS, "1"))))
-        with contextlib.suppress(nats.js.errors.NotFoundError):  # cancelled while it fired
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await self._js.delete_msg(self.stream, seq)
 
     async def _follow(self) -> None:
