@@ -157,10 +157,13 @@ class Bus:
         await schedules.schedule(envelope, qos, due)
 
     async def cancel(self, message_type: type[Message], message_id: str) -> bool:
-        """Take back a delayed message of `message_type` that has not fired yet: whether there
-        was one to take back (False once it fired, or for an unknown id)."""
+        """Take back a delayed message of `message_type` that has not fired yet, from the
+        outbox if the relay has not published it, else from the broker: whether there was one
+        to take back (False once it fired, or for an unknown id)."""
         qos, transport, subject = self._route_of(message_type)
         schedules = self._schedules_of(transport, qos, message_type.type_name())
+        if self._database is not None and await self._withdraw(subject, message_id):
+            return True  # still in the outbox: it never reached the broker
         return await schedules.cancel(subject, message_id)
 
     def _schedules_of(self, transport: Transport, qos: QoS, type_name: str) -> Schedules:
@@ -199,6 +202,12 @@ class Bus:
         from app.database import outbox
 
         await outbox.add(session, envelope, qos, transport.name, ordering_key)
+
+    async def _withdraw(self, subject: str, message_id: str) -> bool:
+        from app.database import outbox
+
+        assert self._database is not None
+        return await outbox.withdraw(self._database, subject, message_id)
 
     async def relay(self, envelope: Envelope, qos: QoS, transport_name: str) -> None:
         """Publish an envelope the outbox kept, through the transport it was routed to."""

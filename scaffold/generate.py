@@ -375,6 +375,11 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "",
         ),
         ("cut", "    async def _into_outbox(", "    async def publish_many("),
+        (
+            "        if self._database is not None and await self._withdraw(subject, message_id):\n"
+            "            return True  # still in the outbox: it never reached the broker\n",
+            "",
+        ),
         (", broadcast: bool = False, transactional: bool = False", ", broadcast: bool = False"),
         (", broadcast=broadcast, transactional=transactional)", ", broadcast=broadcast)"),
         ("        transactional: bool = False,\n    ) -> None:", "    ) -> None:"),

@@ -92,6 +92,22 @@ async def add(
     )
 
 
+async def withdraw(database: Database, subject: str, message_id: str) -> bool:
+    """Delete the message's row if the relay has not published it yet (a cancel): whether it
+    was there. A row a relay is publishing right now is waited for, and then found sent."""
+    async with database.transaction() as session:
+        withdrawn = await session.execute(
+            delete(outbox)
+            .where(
+                outbox.c.sent_at.is_(None),
+                outbox.c.message_id == message_id,
+                outbox.c.subject == subject,
+            )
+            .returning(outbox.c.id)
+        )
+        return withdrawn.first() is not None
+
+
 @dataclass(slots=True)
 class _Row:
     id: int

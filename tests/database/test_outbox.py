@@ -245,3 +245,28 @@ async def test_sent_rows_go_after_the_retention_and_unsent_ones_stay(db_settings
     assert left == 3  # two sent within the retention, one unsent
     assert backlog == 1
     assert oldest >= 0
+
+
+async def test_a_delayed_message_is_cancelled_in_the_outbox_or_at_the_broker(db_settings, database):
+    """Before the relay publishes it, cancel takes the row back; after, the broker's schedule."""
+    settings = db_settings()
+    got: list[Ping] = []
+
+    async def handle(message: Ping) -> None:
+        got.append(message)
+
+    async with bus_with_database(
+        settings, database, lambda b: b.subscribe(Ping, handle)
+    ) as running:
+        in_outbox, at_broker = Ping(n=1), Ping(n=2)
+        async with database.transaction() as session:
+            await running.bus.publish(in_outbox, session=session, delay=timedelta(seconds=1))
+        assert await running.bus.cancel(Ping, in_outbox.message_id)
+        assert await unsent(database) == 0
+        async with database.transaction() as session:
+            await running.bus.publish(at_broker, session=session, delay=timedelta(seconds=1))
+        async with relaying(relay_for(database, running.bus, settings)):
+            await eventually(_drained(database), message="the row relayed")
+            assert await running.bus.cancel(Ping, at_broker.message_id)
+            await asyncio.sleep(1.5)
+        assert got == []
