@@ -78,12 +78,15 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help="run N instances sharing one embedded broker, on ports from APP_PORT",
     )
-    commands.add_parser("serve", help="run the HTTP service (the default)")
+    serving = commands.add_parser("serve", help="run the HTTP service (the default)")
+    serving.add_argument("--instances", type=int, default=argparse.SUPPRESS, metavar="N")
     dlq_cli.add_parser(commands)
     database_cli.add_parser(commands)
     nodes_cli.add_parser(commands)
     publish_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.instances < 1:
+        parser.error("--instances: 1 or more")
 
     settings = load_settings()
     if settings is None:
