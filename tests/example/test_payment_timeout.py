@@ -38,6 +38,7 @@ async def pay(shop: Shop, order_id: str, key: str, amount: int = 500) -> httpx.R
     )
 
 
+@pytest.mark.slow
 async def test_an_order_left_unpaid_is_cancelled_and_refuses_payment_after(shop):
     placed = await shop.client.post("/orders", json=ORDER)
     order_id = placed.json()["order_id"]
@@ -54,6 +55,7 @@ async def test_an_order_left_unpaid_is_cancelled_and_refuses_payment_after(shop)
     assert (view["status"], view["paid"], view["payments_accepted"]) == ("cancelled", 0, 0)
 
 
+@pytest.mark.slow
 async def test_a_payment_accepted_in_time_keeps_the_order(shop):
     placed = await shop.client.post("/orders", json=ORDER)
     order_id = placed.json()["order_id"]

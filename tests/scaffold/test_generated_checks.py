@@ -102,7 +102,7 @@ def fast_tests(python: Path, project: Path, env: dict[str, str]) -> str:
         "-p",
         "no:cacheprovider",
     ]
-    output = check(project, env, argv, timeout=240)
+    output = check(project, env, argv, timeout=300)
     return str(re.findall(r"^=*\s*(\d+ passed.*)$", output, re.M)[-1])
 
 

@@ -143,6 +143,7 @@ async def test_cancel_takes_a_message_back_until_it_fires(delay_settings):
         assert await running.bus.cancel(Ping, kept.message_id) is False  # it fired
 
 
+@pytest.mark.slow
 async def test_the_same_message_scheduled_twice_fires_once(delay_settings):
     """A publish retried after a lost reply schedules nothing more (QoS 2 and 1 alike)."""
     arrivals: Arrivals = {}
@@ -176,6 +177,7 @@ async def test_scheduled_messages_survive_a_broker_restart(
     assert all(len(copies) == 1 for copies in arrivals.values())
 
 
+@pytest.mark.slow
 async def test_the_backlog_counts_the_messages_waiting(delay_settings):
     async with running_bus(delay_settings(), recording({}, Ping)) as running:
         schedules = schedules_of(running, Ping)
@@ -225,6 +227,7 @@ def test_due_times_round_up_to_the_millisecond():
     assert due_of({}) is None
 
 
+@pytest.mark.slow
 async def test_the_backlog_is_a_gauge_every_instance_reads(settings_for, nats_server, metrics):
     """`qosmesh_scheduled_messages` shows what waits, read by every instance every 5 s."""
     settings = settings_for(nats_url=nats_server.url, domain="", service_name="svc")
@@ -242,6 +245,7 @@ async def test_the_backlog_is_a_gauge_every_instance_reads(settings_for, nats_se
         await eventually(shown, timeout=BACKLOG_EVERY + 5)
 
 
+@pytest.mark.slow
 async def test_a_message_due_in_the_past_fires_at_once(delay_settings):
     """What an outbox row relayed late asks for: its time has passed, so now."""
     arrivals: Arrivals = {}
@@ -253,6 +257,7 @@ async def test_a_message_due_in_the_past_fires_at_once(delay_settings):
     assert arrivals[late.message_id][0][0] - sent < 1.5
 
 
+@pytest.mark.slow
 async def test_a_cancelled_message_scheduled_again_stays_cancelled(delay_settings):
     """A publish retried after its message was cancelled (or fired) schedules nothing again
     within the duplicate window."""
@@ -266,6 +271,7 @@ async def test_a_cancelled_message_scheduled_again_stays_cancelled(delay_setting
     assert arrivals == {}
 
 
+@pytest.mark.slow
 async def test_two_types_may_delay_messages_with_the_same_id(delay_settings):
     arrivals: Arrivals = {}
     async with delaying_bus(delay_settings(), recording(arrivals, Ping, Charge)) as running:
@@ -286,6 +292,7 @@ async def test_a_delay_beyond_the_streams_max_age_is_refused_on_the_servers_sche
             await running.bus.publish(Ping(n=1), delay=timedelta(days=7))
 
 
+@pytest.mark.slow
 async def test_an_instance_on_the_fallback_keeps_a_streams_schedules(bus_settings):
     """Schedules cannot be turned off on a stream: a fallback instance (or an older server's)
     starting on a stream the server's schedules use leaves it as it is, and works."""
@@ -302,6 +309,7 @@ async def test_an_instance_on_the_fallback_keeps_a_streams_schedules(bus_setting
         await wait_for(lambda: ping.message_id in arrivals, timeout=5)
 
 
+@pytest.mark.slow
 async def test_a_cancel_racing_the_fire_is_told_the_truth(delay_settings):
     """40 messages due at the moment they are cancelled: each one either was cancelled (and
     never arrives) or had fired (cancel says False, and it arrives once); never both."""
