@@ -55,19 +55,23 @@ def schedules_of(running: Running, message_type: type[Message]) -> Schedules:
 async def moving(schedules: Schedules) -> AsyncIterator[None]:
     """What the runtime does on the lease holder: move the due messages every MOVE_EVERY."""
 
+    stop = asyncio.Event()
+
     async def run() -> None:
-        while True:
+        # Stopped by a flag between moves, so that stopping never cancels a call halfway.
+        while not stop.is_set():
             with contextlib.suppress(Exception):
                 await schedules.move_due(1)
-            await asyncio.sleep(MOVE_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), MOVE_EVERY)
 
     task = asyncio.create_task(run())
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, "the mover did not stop"
 
 
 @contextlib.asynccontextmanager

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STREAM_FIELD = "qm-stream"
 DEDUPE_FIELD = "qm-dedupe"
+REQUEST_TIMEOUT = 5.0
 MOVE_AT_MOST = 500  # per script run: a long script blocks the server for everyone
 
 # KEYS: the set, the message's hash, its tombstone. ARGV: due (ms), member, then the hash's
@@ -130,10 +131,12 @@ class RedisSchedules:
     async def cancel(self, subject: str, message_id: str) -> bool:
         member, keys = self._keys(subject, message_id)
         window_ms = int(self._settings.duplicate_window * 1000)
-        return bool(await self._cancel(keys, [member, window_ms]))
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            return bool(await self._cancel(keys, [member, window_ms]))
 
     async def backlog(self) -> int:
-        return int(await self._redis.zcard(self.key))
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            return int(await self._redis.zcard(self.key))
 
     async def move_due(self, token: int) -> None:
         now_ms = int(time.time() * 1000)
@@ -148,7 +151,10 @@ class RedisSchedules:
             f"{self.key}:done:",
         ]
         while True:
-            looked, refused = (int(n) for n in await self._move([self.key], args))
+            # Bounded: a reply that never comes must not wedge the holder's job for good.
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                reply = await self._move([self.key], args)
+            looked, refused = (int(n) for n in reply)
             if refused:
                 log.warning(
                     "%d due messages refused by their streams: tried again in 60 s", refused
