@@ -11,7 +11,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from app.embedded import NatsServer, StoreLock, ValkeyServer
+from app.embedded import NatsServer, ServerProcess, StoreLock, ValkeyServer
 from app.errors import BrokerUnavailableError
 from app.settings import Settings
 from app.transports.registry import needs_redis
@@ -222,7 +222,7 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
             servers = [running.read_text().strip()]
         if not servers:
             nats_store = settings.data_path / "nats"
-            server = _embedded(stack, NatsServer(nats_store, sync=settings.nats_sync))
+            server = embedded(stack, NatsServer(nats_store, sync=settings.nats_sync))
             servers = [server.url]
             log.info("using embedded nats-server at %s", server.url)
         else:
@@ -236,7 +236,7 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
 
         if needs_redis(settings):
             if settings.redis_url is None:
-                valkey = _embedded(stack, ValkeyServer(settings.data_path / "valkey"))
+                valkey = embedded(stack, ValkeyServer(settings.data_path / "valkey"))
                 redis_url = valkey.url
                 log.info("using embedded valkey-server at %s", redis_url)
             else:
@@ -248,14 +248,16 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
         yield brokers
 
 
-_Server = TypeVar("_Server", NatsServer, ValkeyServer)
+_Server = TypeVar("_Server", bound=ServerProcess)
 
 
-def _embedded(stack: AsyncExitStack, server: _Server) -> _Server:
+def embedded(stack: AsyncExitStack | ExitStack, server: _Server, timeout: float = 10.0) -> _Server:
+    """Start `server` on its store, locked against a second user, its URL in `running.url` (for
+    the tools that attach to it); stopped, unlocked and the file removed when `stack` closes."""
     lock = StoreLock(server.store_dir)
     lock.acquire()
     stack.callback(lock.release)
-    server.start()
+    server.start(timeout)
     stack.callback(server.stop)
     running = server.store_dir / RUNNING_URL
     running.write_text(server.url)

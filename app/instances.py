@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from app.brokers import RUNNING_URL
-from app.embedded import NatsServer, ServerProcess, StoreLock, ValkeyServer, die_with_parent
+from app.brokers import embedded
+from app.embedded import NatsServer, ValkeyServer, die_with_parent
 from app.main import load_domain
 from app.settings import Settings
 from app.transports.registry import needs_redis
@@ -161,27 +161,17 @@ def _shared_servers(stack: contextlib.ExitStack, settings: Settings) -> dict[str
     """Start the servers the instances share where no URL is set; their URLs as settings."""
     env: dict[str, str] = {}
     if not settings.nats_servers:
-        nats = _started(stack, NatsServer(settings.data_path / "nats", sync=settings.nats_sync))
+        nats = embedded(
+            stack, NatsServer(settings.data_path / "nats", sync=settings.nats_sync), 30.0
+        )
         env["APP_NATS_URL"] = nats.url
         _say(f"embedded nats-server at {nats.url}")
     if needs_redis(settings) and settings.redis_url is None:
-        valkey = _started(stack, ValkeyServer(settings.data_path / "valkey"))
+        valkey = embedded(stack, ValkeyServer(settings.data_path / "valkey"), 30.0)
         env["APP_REDIS_URL"] = valkey.url
         _say(f"embedded valkey-server at {valkey.url}")
     env |= _shared_database(stack, settings)
     return env
-
-
-def _started(stack: contextlib.ExitStack, server: ServerProcess) -> ServerProcess:
-    lock = StoreLock(server.store_dir)
-    lock.acquire()
-    stack.callback(lock.release)
-    server.start(30.0)
-    stack.callback(server.stop)
-    running = server.store_dir / RUNNING_URL  # `python -m app nodes` finds it there
-    running.write_text(server.url)
-    stack.callback(running.unlink, missing_ok=True)
-    return server
 
 
 def _shared_database(stack: contextlib.ExitStack, settings: Settings) -> dict[str, str]:
@@ -191,7 +181,7 @@ def _shared_database(stack: contextlib.ExitStack, settings: Settings) -> dict[st
     domain = load_domain(settings.domain)
     if settings.database_url is not None or not getattr(domain, "USES_DATABASE", False):
         return {}
-    postgres = _started(stack, PostgresServer(Path(settings.data_path / "postgres")))
+    postgres = embedded(stack, PostgresServer(settings.data_path / "postgres"), 30.0)
     _say("embedded PostgreSQL started")
     migrate = "true" if settings.database_migrate is None else str(settings.database_migrate)
     return {"APP_DATABASE_URL": postgres.url, "APP_DATABASE_MIGRATE": migrate.lower()}
