@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from app import __version__, banner
+from app import __version__
 from app.api import (
     admin,
     asyncapi,
@@ -27,11 +27,14 @@ from app.api import (
     openapi,
     problems,
 )
-from app.api.health import Readiness
-from app.database.service import relaying, service_database
 from app.discovery.models import new_node_id
 from app.errors import ConfigurationError, QosMeshError
-from app.lifecycle import Drain
+from app.instance import banner
+from app.instance.lifecycle import Drain
+from app.instance.readiness import Readiness
+from app.instance.relay import relaying, service_database
+from app.instance.runtime import Rebuilder
+from app.instance.services import Services
 from app.logs import start_failed
 from app.observability.setup import (
     FASTAPI_OPTIONS,
@@ -39,8 +42,6 @@ from app.observability.setup import (
     setup_telemetry,
     shutdown_telemetry,
 )
-from app.runtime import Supervisor
-from app.services import Services
 from app.settings import DEFAULT_DOMAIN, Settings
 from app.supervision import Supervision, use
 
@@ -61,17 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         readiness = Readiness()
         database = service_database(settings, domain, readiness)
         services.database = await stack.enter_async_context(database)
-        services.supervisor = supervisor = Supervisor(
+        services.rebuilder = rebuilder = Rebuilder(
             settings, domain, instance_id, supervision, services.database
         )
-        readiness.add(supervisor.readiness, required=services.database is None)
+        readiness.add(rebuilder.readiness, required=services.database is None)
         stack.callback(shutdown_telemetry)
-        stack.push_async_callback(supervisor.stop)
-        await supervisor.start()
+        stack.push_async_callback(rebuilder.stop)
+        await rebuilder.start()
         if services.database is not None:
             stack.enter_context(relaying(services))
         services.readiness = readiness
-        services.drain = drain = Drain(readiness, supervisor, settings.drain_timeout)
+        services.drain = drain = Drain(readiness, rebuilder, settings.drain_timeout)
         return drain
 
     @asynccontextmanager
@@ -85,8 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start_failed(log, exc)
                 raise
             log.info("service started", extra={"service": settings.service_name})
-            if banner.wanted(settings) and services.supervisor is not None:
-                runtime = services.supervisor.current
+            if banner.wanted(settings) and services.rebuilder is not None:
+                runtime = services.rebuilder.current
                 if runtime is not None:
                     print(banner.render(settings, services, runtime), file=sys.stderr, flush=True)
             yield

@@ -1,7 +1,7 @@
 """The instance's long-lived tasks, and whether any of them died.
 
-Consumer loops, the dead-letter advisory follower and the supervisor itself start through
-`supervised()`. A task that ends with an error is recorded; the supervisor (`app.runtime`)
+Consumer loops, the dead-letter advisory follower and the rebuilder itself start through
+`supervised()`. A task that ends with an error is recorded; the rebuilder (`app.instance.runtime`)
 answers by building the instance's broker-bound parts again. /healthz fails only when such a
 death has stood for longer than `HEALTH_GRACE` seconds: the one case that restarting the
 process can fix and nothing inside it will. An unreachable broker never fails it.

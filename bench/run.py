@@ -16,7 +16,7 @@ import uvloop
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 
-from app.embedded import NatsServer, ValkeyServer, find_binary, valkey_binary
+from app.brokers.embedded import NatsServer, ValkeyServer, find_binary, valkey_binary
 from app.observability.instruments import keep_histograms_locally
 from app.observability.setup import PrometheusReader
 from bench.cases import discovery_rows, http_rows, nats_rows, redis_rows

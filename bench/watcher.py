@@ -16,6 +16,7 @@ import uvloop
 from app.brokers import open_brokers
 from app.discovery import open_discovery
 from app.settings import Settings
+from app.transports.registry import needs_redis
 
 
 async def watch(url: str, bucket: str, seconds: float, expect: int) -> dict[str, float]:
@@ -23,7 +24,10 @@ async def watch(url: str, bucket: str, seconds: float, expect: int) -> dict[str,
         settings = Settings(
             nats_url=url, service_name="watcher", discovery_bucket=bucket, data_dir=Path(tmp)
         )
-        async with open_brokers(settings) as brokers, open_discovery(brokers, settings) as view:
+        async with (
+            open_brokers(settings, redis=needs_redis(settings)) as brokers,
+            open_discovery(brokers, settings) as view,
+        ):
             deadline = time.monotonic() + 30
             while len(view.nodes()) < expect and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)

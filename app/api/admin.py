@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 
 from app.api.deps import DeadLettersDep, SettingsDep
-from app.dead_letters import (
+from app.qos.dead_letters import (
     BULK_LIMIT,
     BulkResult,
     DeadLetterDetail,

@@ -2,7 +2,7 @@
 
     async def place(bus: BusDep, ...) -> ...
 
-Each provider reads `Services` (app/services.py) straight from the request: a provider that
+Each provider reads `Services` (app/instance/services.py) straight from the request: a provider that
 depends on another costs FastAPI a second resolution on every request. A broker-bound part that
 is not there (the brokers are not reachable yet, or the parts are being built again) answers 503
 with Retry-After. Providers are async so FastAPI calls them on the event loop, not in its
@@ -17,11 +17,11 @@ from fastapi import Depends, Request
 
 from app.brokers import Brokers
 from app.bus import Bus
-from app.dead_letters import DeadLetters
 from app.discovery import Discovery
 from app.errors import BrokerUnavailableError
+from app.instance.services import Services, services_of
 from app.peers import PeerClient
-from app.services import Services, services_of
+from app.qos.dead_letters import DeadLetters
 from app.settings import Settings
 
 

@@ -17,11 +17,11 @@ import asyncpg
 import httpx
 import psutil
 
+from app.brokers.embedded import NatsServer, PostgresServer, ServerProcess, ValkeyServer
 from app.chaos.checker import StoredOrder
 from app.chaos.schedule import Fault, Variant
-from app.embedded import NatsServer, PostgresServer, ServerProcess, ValkeyServer
-from app.faults import TcpProxy, freeze, thaw
 from app.testing import NatsCluster, ServiceProcess
+from app.testing.faults import TcpProxy, freeze, thaw
 
 SERVICE = "chaos"
 ORDERS_STREAM = f"{SERVICE.upper()}_ORDER_PLACED"

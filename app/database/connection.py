@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.brokers import RUNNING_URL, redact_url
+from app.brokers.embedded import PostgresServer, StoreLock
 from app.database.metrics import outbox_levels
 from app.database.migrate import upgrade
-from app.embedded import PostgresServer, StoreLock
 from app.errors import ConfigurationError, DatabaseUnavailableError
 from app.settings import Settings
 

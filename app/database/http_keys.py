@@ -10,6 +10,8 @@ indeterminate COMMIT (its reply lost) safe to retry with the same key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, TypeVar
 
 from fastapi import HTTPException
@@ -23,6 +25,13 @@ from app.database.tables import http_keys
 
 M = TypeVar("M", bound=BaseModel)
 PENDING = 0  # the answer is written before the transaction commits; never seen by others
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of the request (path parameters and body): a key reused for another
+    request is told apart from a repeat."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class TransactionalCommand:

@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from app.api.idempotency_keys import fingerprint
-from app.database.http_keys import TransactionalCommand
+from app.database.http_keys import TransactionalCommand, fingerprint
 from app.example import orders, stats
 from app.example.messages import OrderPlaced, PaymentCaptured, PaymentDue
 from app.example.state import ExampleDep

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from app.bus import Bus
 from app.database.connection import Database
-from app.services import services_of
+from app.instance.services import services_of
 
 
 @dataclass(slots=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from app.dead_letters import DeadLetterStore
 from app.messages import Envelope, QoS
+from app.qos.dead_letters import DeadLetterStore
 
 Handler = Callable[[Envelope, "Delivery"], Awaitable[bool]]
 """Handles one delivery: True when it took effect, False when it was a known duplicate."""

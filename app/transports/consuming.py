@@ -25,8 +25,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
-from app.claims import ClaimBusy
-from app.dead_letters import NO_RESULT, Failure
 from app.errors import (
     BrokerUnavailableError,
     DiscoveryError,
@@ -35,7 +33,9 @@ from app.errors import (
 )
 from app.messages import DeadLetterReason, DecodeError, Envelope, NewerSchemaError, QoS
 from app.observability.instruments import consumed_series, process_duration, redeliveries
-from app.retries import backoff
+from app.qos.claims import ClaimBusy
+from app.qos.dead_letters import NO_RESULT, Failure
+from app.qos.retries import backoff
 from app.transports.base import Delivery
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from app.claims import MemoryClaimStore
-from app.dead_letters import DeadLetter, DeadLetterDetail, DeadLetterPage, Failure
 from app.errors import DeadLetterNotFoundError
 from app.messages import H_QOS, H_TYPE, Envelope, QoS
 from app.observability.instruments import dead_letters, sent_messages
 from app.observability.spans import send_span
+from app.qos.claims import MemoryClaimStore
+from app.qos.dead_letters import DeadLetter, DeadLetterDetail, DeadLetterPage, Failure
 from app.settings import Settings
 from app.transports.base import Delivery, Subscription
 from app.transports.consuming import ConsumerMetrics, Verdict, run_delivery, settle

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from app import nats_wire
+from app.brokers import nats_wire
 from app.errors import MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import consumed_series, process_duration, qos0_lost, sent_series

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from app.claims import ClaimStore
 from app.errors import ConfigurationError
+from app.qos.claims import ClaimStore
 from app.settings import Settings
 from app.transports import memory, nats_core
 from app.transports.base import Transport

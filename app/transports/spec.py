@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from app.claims import ClaimStore
+from app.qos.claims import ClaimStore
 from app.settings import Settings
 from app.transports.base import Transport
 

@@ -16,7 +16,7 @@ from app.brokers import Brokers, open_brokers
 from app.bus import Bus
 from app.messages import Event, Message, QoS
 from app.settings import Settings
-from app.transports.registry import build_transports
+from app.transports.registry import build_transports, needs_redis
 
 _names = itertools.count()
 
@@ -76,7 +76,7 @@ async def running_bus(
     config: Settings, setup: Callable[[Bus], None] = lambda bus: None
 ) -> AsyncIterator[tuple[Bus, Brokers]]:
     async with AsyncExitStack() as stack:
-        brokers = await stack.enter_async_context(open_brokers(config))
+        brokers = await stack.enter_async_context(open_brokers(config, redis=needs_redis(config)))
         transports = await build_transports(config, brokers)
         bus = Bus(config, transports.by_name, transports.claim_stores, "bench")
         setup(bus)

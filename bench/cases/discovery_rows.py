@@ -17,6 +17,7 @@ from app.brokers import Brokers, open_brokers
 from app.discovery import KvDiscovery
 from app.discovery.bucket import open_discovery_bucket
 from app.discovery.models import NodeInfo, now
+from app.transports.registry import needs_redis
 from bench.cases.common import Env, settings, unique
 from bench.report import Row
 
@@ -33,7 +34,7 @@ def _p99(values: list[float]) -> float:
 @asynccontextmanager
 async def _node(env: Env, bucket: str, stack: AsyncExitStack) -> AsyncIterator[KvDiscovery]:
     config = settings(env, "peer", discovery_bucket=bucket, node_ttl=TTL)
-    brokers = await stack.enter_async_context(open_brokers(config))
+    brokers = await stack.enter_async_context(open_brokers(config, redis=needs_redis(config)))
     discovery = KvDiscovery(brokers, config)
     await discovery.start()
     try:
@@ -60,7 +61,7 @@ async def join_leave(env: Env) -> list[Row]:
         peers = [await stack.enter_async_context(_node(env, bucket, stack)) for _ in range(PEERS)]
         config = settings(env, "joiner", discovery_bucket=bucket, node_ttl=TTL)
         for _ in range(env.discovery_samples):
-            async with open_brokers(config) as brokers:
+            async with open_brokers(config, redis=needs_redis(config)) as brokers:
                 node = KvDiscovery(brokers, config)
                 started = time.perf_counter()
                 await node.start()
@@ -89,7 +90,7 @@ async def join_leave(env: Env) -> list[Row]:
 
 
 async def _crash(config: object, peers: list[KvDiscovery]) -> float:
-    async with open_brokers(config) as brokers:  # type: ignore[arg-type]
+    async with open_brokers(config, redis=needs_redis(config)) as brokers:  # type: ignore[arg-type]
         node = KvDiscovery(brokers, config)  # type: ignore[arg-type]
         await node.start()
         node_id = node.self_info.node_id

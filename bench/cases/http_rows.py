@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import psutil
 
-from app.embedded import PostgresServer, free_port
+from app.brokers.embedded import PostgresServer, free_port
 from bench import loadgen
 from bench.cases.common import Env, unique
 from bench.loadgen import Load

@@ -7,9 +7,9 @@ import sys
 import httpx
 import pytest
 
-from app.dead_letters import Failure
+from app.instance.services import services_of
 from app.messages import QoS, encode
-from app.services import services_of
+from app.qos.dead_letters import Failure
 from app.testing import eventually, running_app
 from app.transports.jetstream.dead_letters import JetStreamDeadLetters
 from tests.transports.conftest import Ping

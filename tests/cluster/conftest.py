@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from app.embedded import PostgresServer
+from app.brokers.embedded import PostgresServer
 from app.testing import NatsCluster, ServiceProcess, eventually
 from tests.discovery.conftest import node_id, status, view
 

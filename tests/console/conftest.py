@@ -13,7 +13,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 
-from app.embedded import NatsServer
+from app.brokers.embedded import NatsServer
 from app.testing import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]

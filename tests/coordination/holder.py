@@ -16,9 +16,9 @@ from pathlib import Path
 
 import nats
 
+from app.brokers.kv import Bucket
 from app.coordination import FencedRecord, Leases, leader
 from app.errors import LeaseLostError, StaleTokenError
-from app.kv import Bucket
 
 
 async def main(url: str, holder: str, history: Path, ttl: float) -> None:

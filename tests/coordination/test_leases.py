@@ -21,9 +21,10 @@ import nats
 import pytest
 
 from app.brokers import open_brokers
+from app.brokers.kv import Bucket
 from app.coordination import FencedRecord, Leases, singleton
 from app.errors import LeaseLostError, StaleTokenError
-from app.kv import Bucket
+from app.transports.registry import needs_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 TTL = 2.0
@@ -299,7 +300,7 @@ async def test_a_released_lease_is_taken_at_once_not_at_the_next_poll(settings_f
     """A holder that stops says so: the instance waiting takes the lease well before its next
     try (a sixth of the TTL, 1.7 s here)."""
     settings = settings_for(nats_url=nats_server.url, lease_ttl=10.0, service_name="svc")
-    async with open_brokers(settings) as brokers:
+    async with open_brokers(settings, redis=needs_redis(settings)) as brokers:
         first = await Leases.open(brokers, settings, "first")
         second = await Leases.open(brokers, settings, "second")
         held: dict[str, float] = {}

@@ -11,7 +11,7 @@ from app.bus import Bus
 from app.database.connection import Database, open_database
 from app.database.outbox import Relay
 from app.settings import Settings
-from app.transports.registry import build_transports
+from app.transports.registry import build_transports, needs_redis
 from tests.transports.conftest import FAST_BUS, Running
 
 effects_metadata = MetaData()
@@ -58,7 +58,9 @@ async def bus_with_database(
     instance: str = "i1",
 ) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
-        brokers = await stack.enter_async_context(open_brokers(settings))
+        brokers = await stack.enter_async_context(
+            open_brokers(settings, redis=needs_redis(settings))
+        )
         transports = await build_transports(settings, brokers)
         bus = Bus(settings, transports.by_name, transports.claim_stores, instance, database)
         setup(bus)

@@ -7,8 +7,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.database.connection import Database
-from app.dead_letters import DeadLetters
 from app.messages import encode
+from app.qos.dead_letters import DeadLetters
 from app.testing import eventually
 from app.transports.jetstream.transport import MSG_ID
 from tests.database.conftest import bus_with_database, effects

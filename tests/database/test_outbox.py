@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from app.brokers.embedded import NatsServer
 from app.database.connection import Database
 from app.database.metrics import outbox_levels
 from app.database.outbox import Relay
 from app.database.tables import outbox
-from app.embedded import NatsServer
 from app.errors import ConfigurationError, MessageTooLargeError
 from app.messages import H_ID, Message
 from app.testing import eventually

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.embedded import NatsServer, free_port
+from app.brokers.embedded import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

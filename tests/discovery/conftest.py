@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from app.brokers import Brokers, open_brokers
+from app.brokers.embedded import NatsServer, free_port
 from app.discovery import KvDiscovery, NodeEvent, open_discovery
-from app.embedded import NatsServer, free_port
 from app.settings import Settings
 from app.testing import ServiceProcess
+from app.transports.registry import needs_redis
 
 TTL = 2.0
 OTHER_SERVICE = "2nd-service"
@@ -82,7 +83,9 @@ async def start_node(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[S
                 **overrides,
             }
             settings = Settings.model_validate(values)
-            brokers = await stack.enter_async_context(open_brokers(settings))
+            brokers = await stack.enter_async_context(
+                open_brokers(settings, redis=needs_redis(settings))
+            )
             discovery = await stack.enter_async_context(
                 open_discovery(brokers, settings, limit_markers=limit_markers)
             )

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.services import services_of
+from app.instance.services import services_of
 from app.testing import NatsServer, running_app
 from tests.discovery.conftest import OTHER_SERVICE, TTL
 

@@ -13,8 +13,8 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType
 
 from app.discovery.models import now
-from app.faults import freeze, thaw
 from app.testing import NatsServer, eventually
+from app.testing.faults import freeze, thaw
 from tests.discovery.conftest import OTHER_SERVICE, TTL
 
 

@@ -3,7 +3,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.services import services_of
+from app.instance.services import services_of
 from app.testing import running_app
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from app.errors import StaleTokenError
 from app.example import stats
-from app.services import services_of
+from app.instance.services import services_of
 from app.testing import eventually
 
 

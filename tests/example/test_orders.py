@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.example.messages import PaymentCaptured
+from app.instance.services import services_of
 from app.messages import encode
-from app.services import services_of
 from app.testing import eventually
 
 ORDER = {"sku": "book-1", "quantity": 2}

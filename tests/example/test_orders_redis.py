@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from app.example.messages import PaymentCaptured
+from app.instance.services import services_of
 from app.messages import encode
-from app.services import services_of
 from app.testing import eventually, running_app
 from tests.example.test_orders import ORDER, _is, _paid
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.database.tables import outbox
-from app.services import services_of
+from app.instance.services import services_of
 from app.testing import eventually, running_app
 
 pytestmark = pytest.mark.slow

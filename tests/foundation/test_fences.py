@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, StreamConfig
 from opentelemetry.sdk.metrics.export import MetricReader
 
-from app import nats_wire
+from app.brokers import nats_wire
 from app.observability.instruments import LocalHistogramsReader
 
 

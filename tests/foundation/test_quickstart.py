@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import free_port
+from app.brokers.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -10,9 +10,10 @@ from nats.js.api import StreamConfig
 from pydantic import ValidationError
 
 from app.brokers import open_brokers
-from app.embedded import NatsServer, free_port
-from app.faults import freeze, thaw
+from app.brokers.embedded import NatsServer, free_port
 from app.settings import Settings, describe_validation_error
+from app.testing.faults import freeze, thaw
+from app.transports.registry import needs_redis
 
 
 async def test_nats_server_keeps_jetstream_data_across_kill_and_restart(nats_server):
@@ -65,7 +66,7 @@ async def test_the_service_starts_its_embedded_broker_with_every_write_synced(se
     """APP_NATS_SYNC defaults to `always`: nothing acknowledged waits for a timer to be safe."""
     settings = Settings.model_validate({"data_dir": settings_for().data_dir})
     assert settings.nats_sync == "always"
-    async with open_brokers(settings) as brokers:
+    async with open_brokers(settings, redis=needs_redis(settings)) as brokers:
         assert brokers.nc.is_connected
         config = (settings.data_path / "nats" / "jetstream.conf").read_text()
     assert "sync_interval: always" in config

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 
 from app.brokers import Brokers
 from app.bus import Bus
+from app.instance.services import services_of
 from app.messages import Message
-from app.services import services_of
 from app.settings import Settings
 
 router = APIRouter()

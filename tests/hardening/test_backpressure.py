@@ -8,8 +8,8 @@ import httpx
 import psutil
 import pytest
 
-from app.faults import freeze, thaw
 from app.testing import eventually
+from app.testing.faults import freeze, thaw
 
 pytestmark = pytest.mark.slow
 

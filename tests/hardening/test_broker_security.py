@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from app.embedded import NatsServer, ValkeyServer, free_port, port_open
+from app.brokers.embedded import NatsServer, ValkeyServer, free_port, port_open
 from tests.hardening.certs import make_pki
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-from app.dead_letters import DeadLetterStore
 from app.errors import MessageTooLargeError, NotReplayableError, PublishError
 from app.messages import Envelope, Message, QoS, encode
+from app.qos.dead_letters import DeadLetterStore
 from app.testing import eventually
 from app.transports.jetstream.streams import stream_name
 from tests.transports.conftest import Ping, Running, bus_settings, running_bus

@@ -7,7 +7,7 @@ import httpx
 import nats
 import pytest
 
-from app.services import services_of
+from app.instance.services import services_of
 from app.testing import eventually, running_app
 
 ORDER = {"sku": "book-1", "quantity": 1}

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app import supervision
-from app.services import services_of
+from app.instance.services import services_of
 from app.supervision import Supervision
 from app.testing import eventually, running_app
 
@@ -88,14 +88,14 @@ async def test_a_supervised_task_that_died_triggers_a_rebuild(instance):
     services = services_of(app)
     old = services.runtime
     assert services.supervision is not None
-    assert services.supervisor is not None
-    supervisor = services.supervisor
+    assert services.rebuilder is not None
+    rebuilder = services.rebuilder
 
     async def crash() -> None:
         raise RuntimeError("a consumer loop hit a bug")
 
     services.supervision.start(crash(), "consume doomed")
-    await eventually(lambda: supervisor.current not in (None, old), message="the parts built again")
+    await eventually(lambda: rebuilder.current not in (None, old), message="the parts built again")
     await eventually(lambda: ready(client), message="ready again")
     assert (await client.get("/healthz")).status_code == 200
     await handled(client, 3)
@@ -109,25 +109,25 @@ async def test_a_task_dead_past_the_grace_period_fails_healthz(monkeypatch):
     async def crash() -> None:
         raise RuntimeError("boom")
 
-    task = record.start(crash(), "supervisor")
+    task = record.start(crash(), "rebuilder")
     await asyncio.wait({task})
     assert record.dead_for_long() == []
     started = time.monotonic()
-    await eventually(lambda: record.dead_for_long() == ["supervisor"], message="past the grace")
+    await eventually(lambda: record.dead_for_long() == ["rebuilder"], message="past the grace")
     assert time.monotonic() - started >= 0.1
     record.forget()
     assert record.dead_for_long() == []
 
 
 async def test_healthz_fails_for_a_dead_task_nothing_started_again(instance, monkeypatch):
-    """The supervisor is held (as while draining) and a supervised task dies: past the grace
+    """The rebuilder is held (as while draining) and a supervised task dies: past the grace
     period, liveness fails with the task's name, so Kubernetes restarts the pod."""
     app, client = instance
     monkeypatch.setattr(supervision, "HEALTH_GRACE", 0.3)
     services = services_of(app)
     assert services.supervision is not None
-    assert services.supervisor is not None
-    services.supervisor.hold()
+    assert services.rebuilder is not None
+    services.rebuilder.hold()
 
     async def crash() -> None:
         raise RuntimeError("a loop hit a bug")

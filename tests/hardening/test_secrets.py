@@ -11,7 +11,7 @@ NATS_PW = "n4ts-pw-0123456789"
 
 
 def test_no_secret_leaks_anywhere(service_process, tmp_path):
-    from app.embedded import NatsServer, ValkeyServer
+    from app.brokers.embedded import NatsServer, ValkeyServer
 
     nats = NatsServer(tmp_path / "nats", extra_args=["--user", "svc", "--pass", NATS_PW])
     redis = ValkeyServer(tmp_path / "valkey", extra_args=["--requirepass", REDIS_PW])

@@ -10,10 +10,10 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 
-from app.faults import freeze, thaw
-from app.kv import TRANSIENT, Bucket, Entry, open_bucket, retrying_timed
-from app.retries import RetryBudget
+from app.brokers.kv import TRANSIENT, Bucket, Entry, open_bucket, retrying_timed
+from app.qos.retries import RetryBudget
 from app.testing import eventually
+from app.testing.faults import freeze, thaw
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from app.bus import Bus
-from app.claims import MemoryClaimStore
 from app.logs import JsonFormatter
+from app.qos.claims import MemoryClaimStore
 from app.settings import Settings
 from app.testing import eventually
 from app.transports.memory import MemoryTransport

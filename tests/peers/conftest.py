@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from app.brokers import open_brokers
+from app.brokers.embedded import NatsServer, free_port
 from app.discovery import KvDiscovery, open_discovery
-from app.embedded import NatsServer, free_port
 from app.settings import Settings
 from app.testing import ServiceProcess, eventually
+from app.transports.registry import needs_redis
 
 TTL = 2.0
 SERVICE = "qosmesh"
@@ -52,7 +53,9 @@ async def caller(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[KvDis
         }
     )
     async with AsyncExitStack() as stack:
-        brokers = await stack.enter_async_context(open_brokers(settings))
+        brokers = await stack.enter_async_context(
+            open_brokers(settings, redis=needs_redis(settings))
+        )
         yield await stack.enter_async_context(open_discovery(brokers, settings))
 
 

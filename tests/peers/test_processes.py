@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.faults import freeze, thaw
 from app.peers import NODE_EXTENSION, NoInstanceError, PeerClient
 from app.testing import eventually
+from app.testing.faults import freeze, thaw
 from tests.peers.conftest import SERVICE, TTL, CountingTransport, node_id_of
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from app.services import services_of
+from app.instance.services import services_of
 from app.testing import running_app
 
 

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from app.embedded import free_port
+from app.brokers.embedded import free_port
 from tests.scaffold.conftest import Render
 
 pytestmark = pytest.mark.slow

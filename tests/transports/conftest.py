@@ -10,7 +10,7 @@ from app.brokers import Brokers, open_brokers
 from app.bus import Bus
 from app.messages import Event, Message, QoS
 from app.settings import Settings
-from app.transports.registry import Transports, build_transports
+from app.transports.registry import Transports, build_transports, needs_redis
 
 
 class Ping(Message):
@@ -38,7 +38,9 @@ async def running_bus(
     settings: Settings, setup: Callable[[Bus], None] = lambda bus: None, instance: str = "i1"
 ) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
-        brokers = await stack.enter_async_context(open_brokers(settings))
+        brokers = await stack.enter_async_context(
+            open_brokers(settings, redis=needs_redis(settings))
+        )
         transports = await build_transports(settings, brokers)
         bus = Bus(settings, transports.by_name, transports.claim_stores, instance)
         setup(bus)

@@ -6,10 +6,10 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-from app.claims import ClaimBusy, ClaimStore, MemoryClaimStore
-from app.embedded import free_port
+from app.brokers.embedded import free_port
 from app.errors import StoreUnavailableError
-from app.faults import freeze, thaw
+from app.qos.claims import ClaimBusy, ClaimStore, MemoryClaimStore
+from app.testing.faults import freeze, thaw
 from app.transports.consuming import HELD
 from app.transports.jetstream.claims import KvClaimStore
 from app.transports.redis.claims import RedisClaimStore

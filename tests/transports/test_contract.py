@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.bus import Bus
-from app.dead_letters import DeadLetterStore
 from app.messages import Envelope, QoS, encode
+from app.qos.dead_letters import DeadLetterStore
 from app.settings import Settings
 from app.testing import eventually
 from app.transports.registry import register

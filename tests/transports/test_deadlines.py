@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 
-from app.deadlines import Deadlines
+from app.brokers.deadlines import Deadlines
 
 
 async def test_a_pending_future_fails_at_its_deadline_and_a_settled_one_is_left_alone():

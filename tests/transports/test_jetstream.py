@@ -12,9 +12,9 @@ from nats.js.api import DeliverPolicy
 
 from app.bus import Bus
 from app.errors import InvalidMessageError, PublishError
-from app.faults import freeze, thaw
 from app.messages import H_ID, Envelope, QoS, encode
 from app.testing import eventually
+from app.testing.faults import freeze, thaw
 from app.transports.jetstream.transport import JetStreamTransport
 from tests.transports.conftest import Charge, Ping, running_bus
 

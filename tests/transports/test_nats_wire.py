@@ -6,7 +6,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
-from app import nats_wire
+from app.brokers import nats_wire
 from app.errors import MessageTooLargeError
 
 ENVELOPE = {

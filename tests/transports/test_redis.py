@@ -10,12 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
 
-from app.dead_letters import DeadLetters
 from app.errors import PublishError
-from app.faults import freeze, thaw
 from app.messages import encode
+from app.qos.dead_letters import DeadLetters
 from app.settings import Settings
 from app.testing import eventually
+from app.testing.faults import freeze, thaw
 from app.transports.redis.consumer import parse_autoclaim
 from app.transports.redis.transport import RedisStreamsTransport
 from tests.transports.conftest import Charge, Ping, running_bus

@@ -10,7 +10,7 @@ import pytest
 from app.bus import Bus
 from app.errors import ConfigurationError, PublishError
 from app.messages import Message
-from app.retries import RetryBudget, with_retries
+from app.qos.retries import RetryBudget, with_retries
 from app.settings import Settings
 from app.transports.base import Transport
 from app.transports.jetstream.transport import JetStreamTransport

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from app.bus import Bus
-from app.claims import MemoryClaimStore
 from app.errors import ConfigurationError
+from app.qos.claims import MemoryClaimStore
 from app.settings import Settings
 from app.testing import eventually
 from app.transports.memory import MemoryTransport

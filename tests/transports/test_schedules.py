@@ -12,10 +12,10 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from app.bus import Bus
+from app.coordination.scheduling import BACKLOG_EVERY
 from app.errors import ConfigurationError
+from app.instance.services import services_of
 from app.messages import H_DELIVER_AT, Message, due_of, due_text, encode
-from app.scheduling import BACKLOG_EVERY
-from app.services import services_of
 from app.settings import Settings
 from app.testing import eventually, running_app
 from app.transports.base import MOVE_EVERY, Schedules

@@ -11,11 +11,11 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from app import nats_wire
-from app.inbox import ReplyInbox
+from app.brokers import nats_wire
+from app.brokers.replies import Replies
 
 
-class AckInbox(ReplyInbox):
+class AckReplies(Replies):
     """Publishes that wait for their PubAck on one wildcard reply subscription.
 
     What `js.publish` does, without a timer and a random token per message: thousands of

@@ -1,4 +1,4 @@
-"""QoS 2 claims (app/claims.py) in a JetStream KV bucket per service, `<service>_processed`."""
+"""QoS 2 claims (app/qos/claims.py) in a JetStream KV bucket per service, `<service>_processed`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from app.claims import DONE, Claim, ClaimBusy, decide, processing_value, renewed_value
+from app.brokers.kv import TRANSIENT, open_bucket, retrying, safe_key
 from app.errors import StoreUnavailableError
-from app.kv import TRANSIENT, open_bucket, retrying, safe_key
-from app.retries import RetryBudget
+from app.qos.claims import DONE, Claim, ClaimBusy, decide, processing_value, renewed_value
+from app.qos.retries import RetryBudget
 from app.settings import Settings
 
 _WRONG_REVISION = (10071, 10164)  # JetStream: wrong last sequence (per subject)

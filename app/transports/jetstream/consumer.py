@@ -26,10 +26,10 @@ from nats.js.api import (
     DeliverPolicy,
 )
 
-from app import nats_wire
-from app.dead_letters import Failure
+from app.brokers import nats_wire
 from app.messages import Envelope
 from app.observability.instruments import Attributes, consumer_gaps, watch_lag
+from app.qos.dead_letters import Failure
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports import consuming

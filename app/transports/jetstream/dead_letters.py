@@ -27,8 +27,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from app import nats_wire
-from app.dead_letters import (
+from app.brokers import nats_wire
+from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
+from app.messages import H_ID, H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
+from app.observability.instruments import dead_letters
+from app.qos.dead_letters import (
     D_AT,
     D_CONSUMER,
     D_DELIVERIES,
@@ -44,9 +47,6 @@ from app.dead_letters import (
     Failure,
     detail_from,
 )
-from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
-from app.messages import H_ID, H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
-from app.observability.instruments import dead_letters
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports.jetstream.streams import ensure_stream

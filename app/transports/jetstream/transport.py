@@ -26,11 +26,11 @@ from nats.js.api import (
 from app.errors import ConfigurationError, MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import dedupe_hits, sent_series
-from app.retries import RetryBudget
+from app.qos.retries import RetryBudget, publish_reliably
 from app.settings import Settings
 from app.transports.base import Subscription
 from app.transports.jetstream import SYSTEM
-from app.transports.jetstream.acks import AckInbox, pub_ack
+from app.transports.jetstream.acks import AckReplies, pub_ack
 from app.transports.jetstream.consumer import PullConsumer
 from app.transports.jetstream.dead_letters import JetStreamDeadLetters
 from app.transports.jetstream.schedules import (
@@ -40,7 +40,6 @@ from app.transports.jetstream.schedules import (
     native_supported,
 )
 from app.transports.jetstream.streams import ensure_stream, stream_name
-from app.transports.retry import publish_reliably
 
 MSG_ID = "Nats-Msg-Id"
 STREAM_MAX_AGE = 7 * 24 * 3600.0
@@ -58,7 +57,7 @@ class JetStreamTransport:
         self._js = js
         self._settings = settings
         self._budget = RetryBudget.from_settings(settings)
-        self._acks = AckInbox(nc)
+        self._acks = AckReplies(nc)
         self._dlq = JetStreamDeadLetters(nc, js, settings, self.publish)
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: list[Subscription] = []

@@ -1,4 +1,4 @@
-"""QoS 2 claims (app/claims.py) as Redis keys `qm:processed:<service>:<key>`, so a message path
+"""QoS 2 claims (app/qos/claims.py) as Redis keys `qm:processed:<service>:<key>`, so a message path
 on Redis alone keeps its QoS 2 guarantee without NATS."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 
 import redis.asyncio as aioredis
 
-from app.claims import DONE, Claim, ClaimBusy, renewed_value
 from app.errors import StoreUnavailableError
-from app.retries import RetryBudget, with_retries
+from app.qos.claims import DONE, Claim, ClaimBusy, renewed_value
+from app.qos.retries import RetryBudget, with_retries
 from app.settings import Settings
 from app.transports.redis.transport import RETRYABLE
 

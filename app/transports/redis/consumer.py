@@ -18,9 +18,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app.dead_letters import Failure
 from app.observability.instruments import Attributes, watch_lag
-from app.retries import backoff
+from app.qos.dead_letters import Failure
+from app.qos.retries import backoff
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports import consuming

@@ -14,7 +14,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.dead_letters import (
+from app.errors import DeadLetterNotFoundError
+from app.messages import H_ID, H_QOS, Envelope, QoS
+from app.observability.instruments import dead_letters
+from app.qos.dead_letters import (
     D_AT,
     D_CONSUMER,
     D_DELIVERIES,
@@ -28,9 +31,6 @@ from app.dead_letters import (
     Failure,
     detail_from,
 )
-from app.errors import DeadLetterNotFoundError
-from app.messages import H_ID, H_QOS, Envelope, QoS
-from app.observability.instruments import dead_letters
 from app.settings import Settings
 from app.transports.redis.codec import Fields, envelope_from
 

@@ -26,10 +26,10 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app.deadlines import Deadlines
+from app.brokers.deadlines import Deadlines
 from app.messages import Envelope, QoS
 from app.observability.instruments import dedupe_hits, sent_series
-from app.retries import RetryBudget
+from app.qos.retries import RetryBudget, publish_reliably
 from app.settings import Settings
 from app.transports.base import Subscription
 from app.transports.batching import Batcher
@@ -37,7 +37,6 @@ from app.transports.redis.codec import fields_of
 from app.transports.redis.consumer import RedisConsumer
 from app.transports.redis.dead_letters import RedisDeadLetters
 from app.transports.redis.schedules import Attempt, RedisSchedules
-from app.transports.retry import publish_reliably
 
 log = logging.getLogger(__name__)
 

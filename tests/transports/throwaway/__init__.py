@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.claims import MemoryClaimStore
+from app.qos.claims import MemoryClaimStore
 from app.settings import Settings
 from app.transports.memory import MemoryTransport
 from app.transports.spec import Built, TransportSpec

@@ -11,7 +11,7 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from app.coordination import Leases, singleton
+from app.coordination.leases import Leases, singleton
 from app.observability.instruments import meter
 from app.transports.base import MOVE_EVERY, Schedules, Transport
 from app.transports.registry import spec_of

@@ -2,7 +2,7 @@
 
 The lifespan (app/main.py) fills it in as the parts start. Endpoints take the parts as FastAPI
 dependencies (app/api/deps.py), never from `app.state` by name. The broker-bound parts (bus,
-discovery, peers, dead letters, the domain's state) are whatever the supervisor holds at that
+discovery, peers, dead letters, the domain's state) are whatever the rebuilder holds at that
 moment, so a request after a rebuild gets the new ones. While there are none (the brokers
 cannot be reached yet, or the parts are being built again) they raise BrokerUnavailableError,
 which the API answers with 503 and Retry-After.
@@ -20,22 +20,22 @@ from app.settings import Settings
 from app.supervision import Supervision
 
 if TYPE_CHECKING:
-    from app.api.health import Readiness
     from app.brokers import Brokers
     from app.bus import Bus
     from app.database.connection import Database
-    from app.dead_letters import DeadLetters
     from app.discovery import Discovery
-    from app.lifecycle import Drain
+    from app.instance.lifecycle import Drain
+    from app.instance.readiness import Readiness
+    from app.instance.runtime import Rebuilder, Runtime
     from app.peers import PeerClient
-    from app.runtime import Runtime, Supervisor
+    from app.qos.dead_letters import DeadLetters
 
 
 @dataclass(slots=True, eq=False)
 class Services:
     settings: Settings
     supervision: Supervision | None = None  # set as the lifespan begins
-    supervisor: Supervisor | None = None
+    rebuilder: Rebuilder | None = None
     readiness: Readiness | None = None  # set once the first runtime is up
     drain: Drain | None = None
     database: Database | None = None  # when the domain or APP_DATABASE_URL asks for one
@@ -43,7 +43,7 @@ class Services:
     @property
     def runtime(self) -> Runtime:
         """The current broker-bound parts; BrokerUnavailableError while there are none."""
-        runtime = self.supervisor.current if self.supervisor is not None else None
+        runtime = self.rebuilder.current if self.rebuilder is not None else None
         if runtime is None:
             raise BrokerUnavailableError("the brokers are not connected yet")
         return runtime

@@ -8,8 +8,8 @@ import sys
 
 from app.database.connection import open_database
 from app.database.migrate import current_revisions
-from app.database.service import domain_migrations
 from app.errors import ConfigurationError, DatabaseUnavailableError
+from app.instance.relay import domain_migrations
 from app.settings import Settings
 
 

@@ -28,9 +28,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from app.inbox import ReplyInbox
-from app.nats_wire import JETSTREAM_MAX_HEADERS
-from app.retries import RetryBudget, with_retries
+from app.brokers.nats_wire import JETSTREAM_MAX_HEADERS
+from app.brokers.replies import Replies
+from app.qos.retries import RetryBudget, with_retries
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ class Bucket:
     def __init__(self, nc: NatsClient, kv: KeyValue, name: str, direct: bool) -> None:
         self.kv = kv
         self._nc = nc
-        self._inbox = ReplyInbox(nc, _no_reply)
+        self._replies = Replies(nc, _no_reply)
         self._stream = f"KV_{name}"
         self._prefix = f"$KV.{name}."
         self._direct = direct
@@ -171,7 +171,7 @@ class Bucket:
                     raise nats.errors.ConnectionReconnectingError
                 await asyncio.sleep(min(RECONNECT_POLL, left))
             timeout = max(0.0, deadline - time.monotonic())
-        return await self._inbox.request(subject, body, headers, timeout, max_headers)
+        return await self._replies.request(subject, body, headers, timeout, max_headers)
 
     async def get(self, key: str, timeout: float) -> Entry | None:
         """The key's value and revision; None when it has none (never written, or deleted)."""

@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import ModuleType
 
-from app.api.health import Readiness
 from app.database.connection import Database, open_database
+from app.instance.readiness import Readiness
+from app.instance.services import Services
 from app.messages import Envelope, QoS
-from app.services import Services
 from app.settings import Settings
 from app.supervision import supervised
 
@@ -43,7 +43,7 @@ async def service_database(
 
 @contextmanager
 def relaying(services: Services) -> Iterator[None]:
-    """The outbox relay, publishing through whichever bus the supervisor holds now."""
+    """The outbox relay, publishing through whichever bus the rebuilder holds now."""
     from app.database.outbox import Relay
 
     async def publish(envelope: Envelope, qos: QoS, transport: str) -> None:

@@ -33,10 +33,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.embedded import NatsServer, PostgresServer, ValkeyServer, free_port
-from app.faults import TcpProxy
+from app.brokers.embedded import NatsServer, PostgresServer, ValkeyServer, free_port
 from app.observability.instruments import LocalHistogramsReader, keep_histograms_locally
 from app.settings import Settings
+from app.testing.faults import TcpProxy
 
 __all__ = [
     "NatsCluster",

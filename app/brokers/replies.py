@@ -16,11 +16,11 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from app import nats_wire
-from app.deadlines import Deadlines
+from app.brokers import nats_wire
+from app.brokers.deadlines import Deadlines
 
 
-class ReplyInbox:
+class Replies:
     def __init__(self, nc: NatsClient, no_reply: Callable[[], BaseException]) -> None:
         self._nc = nc
         self._no_reply = no_reply

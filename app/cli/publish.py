@@ -12,6 +12,7 @@ import nats.js.errors
 
 from app.brokers import open_brokers
 from app.settings import Settings
+from app.transports.registry import needs_redis
 
 ACK_TIMEOUT = 5.0
 
@@ -33,7 +34,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"--header {item!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         headers[name] = value
-    async with open_brokers(settings, attach=True) as brokers:
+    async with open_brokers(settings, redis=needs_redis(settings), attach=True) as brokers:
         try:
             ack = await brokers.js.publish(
                 args.subject, args.body.encode(), timeout=ACK_TIMEOUT, headers=headers or None

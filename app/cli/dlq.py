@@ -10,10 +10,10 @@ import json
 import sys
 
 from app.brokers import open_brokers
-from app.dead_letters import DeadLetters
 from app.errors import QosMeshError
+from app.qos.dead_letters import DeadLetters
 from app.settings import Settings
-from app.transports.registry import build_transports
+from app.transports.registry import build_transports, needs_redis
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +31,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_brokers(settings, attach=True) as brokers:
+    async with open_brokers(settings, redis=needs_redis(settings), attach=True) as brokers:
         transports = await build_transports(settings, brokers)
         stores = [t.dead_letters for t in transports.by_name.values() if t.dead_letters]
         dead = DeadLetters(stores)

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from app.brokers import open_brokers
 from app.discovery.models import NodeInfo
 from app.settings import Settings
+from app.transports.registry import needs_redis
 
 READY_TIMEOUT = 1.0
 COLUMNS = ("SERVICE", "NODE", "ADDRESS", "VERSION", "UPTIME", "READY")
@@ -35,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    async with open_brokers(settings, attach=True) as brokers:
+    async with open_brokers(settings, redis=needs_redis(settings), attach=True) as brokers:
         try:
             kv = await brokers.js.key_value(settings.discovery_bucket)
         except (BucketNotFoundError, NotFoundError):

@@ -2,10 +2,10 @@
 
 nats-py can close a connection for good: after a protocol error (the server's answer to a frame
 over its payload limit, for one) it does not reconnect. Everything that holds the connection
-then holds a dead one: the bus and its consumers, the KV stores, discovery. The supervisor
+then holds a dead one: the bus and its consumers, the KV stores, discovery. The rebuilder
 watches for that, and for a supervised task that died, and builds all of them again, retrying
 until the brokers can be reached. The HTTP endpoints take the parts from `Services`, which asks
-the supervisor for its current runtime on every request, so they use the new ones at once.
+the rebuilder for its current runtime on every request, so they use the new ones at once.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from app import scheduling
 from app.brokers import BROKER_ERRORS, Brokers, open_brokers
 from app.bus import Bus
-from app.coordination import Leases, singleton
-from app.dead_letters import DeadLetters
+from app.coordination import scheduling
+from app.coordination.leases import Leases, singleton
 from app.discovery import Discovery, open_discovery
-from app.discovery.micro import MicroService
+from app.instance.micro import MicroService
 from app.peers import PeerClient
+from app.qos.dead_letters import DeadLetters
 from app.settings import Settings
 from app.supervision import Supervision, supervised
-from app.transports.registry import build_transports
+from app.transports.registry import build_transports, needs_redis
 
 if TYPE_CHECKING:
     from app.database.connection import Database
@@ -63,7 +63,9 @@ async def open_runtime(
     """Brokers, discovery, the peer client and the bus with the domain's handlers; closed in
     reverse order (consumers stop before discovery leaves and the brokers close)."""
     async with AsyncExitStack() as stack:
-        brokers = await stack.enter_async_context(open_brokers(settings))
+        brokers = await stack.enter_async_context(
+            open_brokers(settings, redis=needs_redis(settings))
+        )
         discovery = await stack.enter_async_context(
             open_discovery(brokers, settings, node_id=instance_id)
         )
@@ -120,7 +122,7 @@ async def _leases(
         await leases.close()
 
 
-class Supervisor:
+class Rebuilder:
     """Owns the current Runtime; replaces it when its NATS client closed for good or one of its
     supervised tasks died."""
 
@@ -158,7 +160,7 @@ class Supervisor:
                 log.warning("start: a broker did not answer (%r); trying again", exc)
                 await asyncio.sleep(delay)
                 delay = min(RETRY_CAP, delay * 2)
-        self._task = supervised(self._watch(), "supervisor")
+        self._task = supervised(self._watch(), "rebuilder")
         return runtime
 
     def hold(self) -> None:

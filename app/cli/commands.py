@@ -13,10 +13,9 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import dlq_cli, nodes_cli, publish_cli
-from app.database import cli as database_cli
+from app.cli import database, dlq, nodes, publish
 from app.errors import ConfigurationError
-from app.services import services_of
+from app.instance.services import services_of
 from app.settings import Settings, describe_validation_error
 from app.transports.registry import wanted
 
@@ -80,10 +79,10 @@ def main(argv: list[str]) -> int:
     )
     serving = commands.add_parser("serve", help="run the HTTP service (the default)")
     serving.add_argument("--instances", type=int, default=argparse.SUPPRESS, metavar="N")
-    dlq_cli.add_parser(commands)
-    database_cli.add_parser(commands)
-    nodes_cli.add_parser(commands)
-    publish_cli.add_parser(commands)
+    dlq.add_parser(commands)
+    database.add_parser(commands)
+    nodes.add_parser(commands)
+    publish.add_parser(commands)
     args = parser.parse_args(argv)
     if args.instances < 1:
         parser.error("--instances: 1 or more")
@@ -92,24 +91,24 @@ def main(argv: list[str]) -> int:
     if settings is None:
         return 2
     if args.command in (None, "serve") and args.instances > 1:
-        from app import instances
+        from app.cli import instances
 
         return instances.run(settings, args.instances)
     if args.command in (None, "serve"):
         return serve(settings)
     if args.command == "publish":
         logging.basicConfig(level=logging.ERROR)
-        return asyncio.run(publish_cli.run(settings, args))
+        return asyncio.run(publish.run(settings, args))
     if args.command == "nodes":
         logging.basicConfig(level=logging.ERROR)
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(nodes_cli.run(settings, args))
+            return asyncio.run(nodes.run(settings, args))
         return 0
     if args.command == "dlq":
         logging.basicConfig(level=logging.ERROR)
-        return asyncio.run(dlq_cli.run(settings, args))
+        return asyncio.run(dlq.run(settings, args))
     if args.command == "db":
         logging.basicConfig(level=logging.ERROR)
-        return asyncio.run(database_cli.run(settings, args))
+        return asyncio.run(database.run(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

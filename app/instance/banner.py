@@ -7,8 +7,8 @@ import sys
 from typing import TextIO
 
 from app.brokers import redact_url
-from app.runtime import Runtime
-from app.services import Services
+from app.instance.runtime import Runtime
+from app.instance.services import Services
 from app.settings import Settings
 
 BOLD, DIM, CYAN, RESET = "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[0m"

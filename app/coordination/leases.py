@@ -8,8 +8,9 @@ time, so a job guarded by it (a sweeper, a scheduled report) runs on one instanc
   another revision means the lease was lost (it expired, and someone else created it).
 - **Fencing.** The lease's token is its current revision, which only grows: every later holder's
   token is larger than every earlier one's. A protected resource keeps the largest token it has
-  seen and refuses writes with a smaller one (`FencedRecord`): a holder that paused past its TTL
-  and wakes up still believing it holds the lease cannot overwrite its successor's work.
+  seen and refuses writes with a smaller one (`FencedRecord`, in fencing.py): a holder that
+  paused past its TTL and wakes up still believing it holds the lease cannot overwrite its
+  successor's work.
 - **Knowing when it is lost.** The holder counts its lease valid until the TTL, minus a margin,
   after it *sent* the last confirmed renewal, on its own monotonic clock: the server's key
   outlives that moment, so two holders' confirmed intervals never overlap. `Lease.token` raises
@@ -40,8 +41,8 @@ from nats.js.errors import KeyWrongLastSequenceError
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from app.brokers import Brokers
+from app.brokers.kv import TRANSIENT, Bucket, safe_key
 from app.errors import LeaseLostError, StaleTokenError
-from app.kv import TRANSIENT, Bucket, safe_key
 from app.observability.instruments import meter
 from app.settings import Settings
 
@@ -327,36 +328,6 @@ async def _period(
         log.log(level, "singleton %s failed: %s", name, failure)
         return failure
     return ""
-
-
-class FencedRecord:
-    """A KV record written only with the current lease's token: it keeps the largest token it
-    has seen, and refuses a write whose token is smaller (StaleTokenError)."""
-
-    def __init__(self, bucket: Bucket, key: str) -> None:
-        self._bucket = bucket
-        self._key = safe_key(key)
-
-    async def read(self) -> tuple[int, Any] | None:
-        entry = await self._bucket.get(self._key, REQUEST_TIMEOUT)
-        if entry is None:
-            return None
-        record = json.loads(entry.value)
-        return int(record["token"]), record["value"]
-
-    async def write(self, token: int, value: Any) -> int:
-        """Write `value` with `token`; the record's new revision. StaleTokenError when the
-        record holds a newer token."""
-        body = json.dumps({"token": token, "value": value}).encode()
-        while True:
-            entry = await self._bucket.get(self._key, REQUEST_TIMEOUT)
-            if entry is not None and token < int(json.loads(entry.value)["token"]):
-                raise StaleTokenError(f"token {token} is older than the record's")
-            try:
-                last = entry.revision if entry is not None else 0
-                return await self._bucket.update(self._key, body, last, REQUEST_TIMEOUT)
-            except KeyWrongLastSequenceError:
-                continue  # written meanwhile: look at its token again
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,9 @@ from nats.js import JetStreamContext
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from app.embedded import NatsServer, ServerProcess, StoreLock, ValkeyServer
+from app.brokers.embedded import NatsServer, ServerProcess, StoreLock, ValkeyServer
 from app.errors import BrokerUnavailableError
 from app.settings import Settings
-from app.transports.registry import needs_redis
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +208,13 @@ async def connect_redis(url: str) -> aioredis.Redis:
 
 
 @asynccontextmanager
-async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIterator[Brokers]:
+async def open_brokers(
+    settings: Settings, *, redis: bool, attach: bool = False
+) -> AsyncIterator[Brokers]:
     """Start embedded servers where no URL is given, connect, and close everything on exit.
+
+    `redis`: whether to connect to Redis too. The caller knows (the transport registry's
+    `needs_redis`); the connections take no policy of their own.
 
     With `attach`, a tool (the `dlq` command) joins the embedded server of a running instance
     that uses the same APP_DATA_DIR instead of failing on its lock.
@@ -222,7 +226,7 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
             servers = [running.read_text().strip()]
         if not servers:
             nats_store = settings.data_path / "nats"
-            server = embedded(stack, NatsServer(nats_store, sync=settings.nats_sync))
+            server = run_embedded(stack, NatsServer(nats_store, sync=settings.nats_sync))
             servers = [server.url]
             log.info("using embedded nats-server at %s", server.url)
         else:
@@ -234,9 +238,9 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
         js = nc.jetstream()
         brokers = Brokers(nc=nc, js=js, _reconnect_listeners=listeners)
 
-        if needs_redis(settings):
+        if redis:
             if settings.redis_url is None:
-                valkey = embedded(stack, ValkeyServer(settings.data_path / "valkey"))
+                valkey = run_embedded(stack, ValkeyServer(settings.data_path / "valkey"))
                 redis_url = valkey.url
                 log.info("using embedded valkey-server at %s", redis_url)
             else:
@@ -251,7 +255,9 @@ async def open_brokers(settings: Settings, *, attach: bool = False) -> AsyncIter
 _Server = TypeVar("_Server", bound=ServerProcess)
 
 
-def embedded(stack: AsyncExitStack | ExitStack, server: _Server, timeout: float = 10.0) -> _Server:
+def run_embedded(
+    stack: AsyncExitStack | ExitStack, server: _Server, timeout: float = 10.0
+) -> _Server:
     """Start `server` on its store, locked against a second user, its URL in `running.url` (for
     the tools that attach to it); stopped, unlocked and the file removed when `stack` closes."""
     lock = StoreLock(server.store_dir)

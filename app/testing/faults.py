@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.embedded import free_port
+from app.brokers.embedded import free_port
 
 
 def freeze(pid: int, timeout: float = 5.0) -> None:

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.api.health import Readiness
 from app.errors import DiscoveryError
-from app.runtime import Supervisor
+from app.instance.readiness import Readiness
+from app.instance.runtime import Rebuilder
 
 log = logging.getLogger(__name__)
 
 
 class Drain:
-    def __init__(self, readiness: Readiness, supervisor: Supervisor, timeout: float):
+    def __init__(self, readiness: Readiness, rebuilder: Rebuilder, timeout: float):
         self._readiness = readiness
-        self._supervisor = supervisor
+        self._rebuilder = rebuilder
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Future[None] | None = None
@@ -40,8 +40,8 @@ class Drain:
 
     async def _run(self) -> None:
         self._readiness.draining = True
-        self._supervisor.hold()  # the parts in use now are the ones to drain
-        runtime = self._supervisor.current
+        self._rebuilder.hold()  # the parts in use now are the ones to drain
+        runtime = self._rebuilder.current
         if runtime is None:
             log.info("draining: nothing to drain (the broker connections were being rebuilt)")
             return

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from app.brokers import embedded
-from app.embedded import NatsServer, ValkeyServer, die_with_parent
+from app.brokers import run_embedded
+from app.brokers.embedded import NatsServer, ValkeyServer, die_with_parent
 from app.main import load_domain
 from app.settings import Settings
 from app.transports.registry import needs_redis
@@ -161,13 +161,13 @@ def _shared_servers(stack: contextlib.ExitStack, settings: Settings) -> dict[str
     """Start the servers the instances share where no URL is set; their URLs as settings."""
     env: dict[str, str] = {}
     if not settings.nats_servers:
-        nats = embedded(
+        nats = run_embedded(
             stack, NatsServer(settings.data_path / "nats", sync=settings.nats_sync), 30.0
         )
         env["APP_NATS_URL"] = nats.url
         _say(f"embedded nats-server at {nats.url}")
     if needs_redis(settings) and settings.redis_url is None:
-        valkey = embedded(stack, ValkeyServer(settings.data_path / "valkey"), 30.0)
+        valkey = run_embedded(stack, ValkeyServer(settings.data_path / "valkey"), 30.0)
         env["APP_REDIS_URL"] = valkey.url
         _say(f"embedded valkey-server at {valkey.url}")
     env |= _shared_database(stack, settings)
@@ -176,12 +176,12 @@ def _shared_servers(stack: contextlib.ExitStack, settings: Settings) -> dict[str
 
 def _shared_database(stack: contextlib.ExitStack, settings: Settings) -> dict[str, str]:
     """PostgreSQL for the instances, when the domain keeps data and no URL is set."""
-    from app.embedded import PostgresServer
+    from app.brokers.embedded import PostgresServer
 
     domain = load_domain(settings.domain)
     if settings.database_url is not None or not getattr(domain, "USES_DATABASE", False):
         return {}
-    postgres = embedded(stack, PostgresServer(settings.data_path / "postgres"), 30.0)
+    postgres = run_embedded(stack, PostgresServer(settings.data_path / "postgres"), 30.0)
     _say("embedded PostgreSQL started")
     migrate = "true" if settings.database_migrate is None else str(settings.database_migrate)
     return {"APP_DATABASE_URL": postgres.url, "APP_DATABASE_MIGRATE": migrate.lower()}

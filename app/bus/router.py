@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.claims import ClaimStore, HeldClaims
-from app.dead_letters import DeadLetterStore
 from app.errors import ConfigurationError, MessageTooLargeError, PublishError
 from app.messages import (
     H_DELIVER_AT,
@@ -32,6 +30,9 @@ from app.messages import (
 )
 from app.observability.instruments import dedupe_hits, record_zeros
 from app.observability.spans import process_span, sending_traced
+from app.qos.claims import ClaimStore, HeldClaims
+from app.qos.dead_letters import DeadLetterStore
+from app.qos.retries import publish_concurrently
 from app.settings import Settings
 from app.transports.base import (
     BatchPublisher,
@@ -41,7 +42,6 @@ from app.transports.base import (
     Transport,
 )
 from app.transports.registry import SPECS, spec_of
-from app.transports.retry import publish_concurrently
 
 if TYPE_CHECKING:
     from app.database.connection import Database, Transaction
