@@ -348,6 +348,10 @@ END = ""
 
 WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] = {
     "app/bus/router.py": (
+        (
+            "from app.bus.dispatch import dispatcher, in_transaction\n",
+            "from app.bus.dispatch import dispatcher\n",
+        ),
         ("from typing import TYPE_CHECKING, Any, TypeVar", "from typing import Any, TypeVar"),
         ("    due_of,\n", ""),
         (
@@ -387,12 +391,12 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ("        transactional: bool = False,\n    ) -> None:", "    ) -> None:"),
         ("cut", "\n\n        `transactional=True`", '"""\n        if self._started'),
         (
-            "        run = self._in_transaction(handler, name, qos) if transactional else handler\n"
+            "        run = in_transaction(self._database, handler, name, qos) if transactional "
+            "else handler\n"
             "        on_delivery = self._dispatcher(types, run, qos, name, transport.name, "
             "transactional)",
             "        on_delivery = self._dispatcher(types, handler, qos, name, transport.name)",
         ),
-        ("cut", "    def _in_transaction(", "    def _dispatcher("),
         ("        inbox: bool = False,\n", ""),
         (
             "        # The inbox applies a transactional handler once: a QoS 2 claim would add "
@@ -400,9 +404,22 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "        claims = self._claim_stores.get(transport)",
         ),
         (" and claims is None and not inbox:", " and claims is None:"),
+    ),
+    "app/bus/dispatch.py": (
         (
-            "                    # False only from the inbox: a message already handled.\n",
-            "                    # False: the handler found its message handled already.\n",
+            "- A transactional handler (`subscribe(..., transactional=True)`) runs inside the "
+            "inbox\n"
+            "  transaction that records the message id with its effects (app/database/inbox.py), "
+            "at QoS 1\n  and 2, instead of under a claim.\n",
+            "",
+        ),
+        ("from typing import TYPE_CHECKING, Any", "from typing import Any"),
+        ("from app.errors import ConfigurationError\n", ""),
+        ("if TYPE_CHECKING:\n    from app.database.connection import Database\n\n", ""),
+        ("cut", "def in_transaction(", "def dispatcher("),
+        (
+            "                # False only from the inbox: a message already handled.\n",
+            "                # False: the handler found its message handled already.\n",
         ),
     ),
     "app/main.py": (

@@ -8,28 +8,25 @@ of a service compete for each message, `broadcast=True` gives every instance eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from app.bus.dispatch import dispatcher, in_transaction
 from app.errors import ConfigurationError, MessageTooLargeError, PublishError
 from app.messages import (
     H_DELIVER_AT,
-    DeadLetterReason,
-    DecodeError,
     Envelope,
     Message,
     QoS,
-    decode_message,
     due_of,
     due_text,
     encode,
     snake_case,
 )
-from app.observability.instruments import dedupe_hits, record_zeros
-from app.observability.spans import process_span, sending_traced
+from app.observability.instruments import record_zeros
+from app.observability.spans import sending_traced
 from app.qos.claims import ClaimStore, HeldClaims
 from app.qos.dead_letters import DeadLetterStore
 from app.qos.retries import publish_concurrently
@@ -279,7 +276,7 @@ class Bus:
         if broadcast:
             name = f"{name}__{self._instance_id}"
         types: dict[str, type[Message]] = {message_type.type_name(): message_type}
-        run = self._in_transaction(handler, name, qos) if transactional else handler
+        run = in_transaction(self._database, handler, name, qos) if transactional else handler
         on_delivery = self._dispatcher(types, run, qos, name, transport.name, transactional)
         subscription = Subscription(
             subject=self.subject(message_type),
@@ -290,26 +287,6 @@ class Bus:
         )
         self._subscriptions.append((transport, subscription))
         self._handled.append((message_type, subscription))
-
-    def _in_transaction(
-        self, handler: Callable[..., Awaitable[None]], consumer: str, qos: QoS
-    ) -> Callable[[Message], Awaitable[bool]]:
-        """`handler(message, session)` as a plain handler, once per message id (the inbox):
-        False for a message already handled."""
-        database = self._database
-        if database is None:
-            raise ConfigurationError(f"{consumer}: a transactional handler needs the database")
-        if qos == QoS.AT_MOST_ONCE:
-            raise ConfigurationError(f"{consumer}: QoS 0 messages cannot be handled in the inbox")
-        from app.database.inbox import handle_once
-
-        async def run(message: Message) -> bool:
-            if await handle_once(database, consumer, message, handler):
-                return True
-            dedupe_hits.add(1, {"side": "inbox"})
-            return False
-
-        return run
 
     def _dispatcher(
         self,
@@ -322,45 +299,20 @@ class Bus:
     ) -> Callable[[Envelope, Delivery], Awaitable[bool]]:
         # The inbox applies a transactional handler once: a QoS 2 claim would add nothing.
         claims = None if inbox else self._claim_stores.get(transport)
-        # A claim is stale once a delivery of its message could be handed to another consumer.
-        stale_after = spec_of(transport).redelivery_after(self._settings)
-        max_bytes = self._settings.max_message_bytes
         if qos == QoS.EXACTLY_ONCE and claims is None and not inbox:
             raise ConfigurationError(f"transport {transport!r} has no claim store for QoS 2")
-
-        system = spec_of(transport).system
-
-        async def on_delivery(envelope: Envelope, delivery: Delivery) -> bool:
-            with process_span(envelope, qos, system, delivery.attempt) as span:
-                if len(envelope.body) > max_bytes:
-                    raise DecodeError(
-                        f"body of {len(envelope.body)} bytes", DeadLetterReason.OVERSIZED
-                    )
-                message = decode_message(envelope, types)
-                if claims is None or qos < QoS.EXACTLY_ONCE:
-                    # False only from the inbox: a message already handled.
-                    if await handler(message) is False:
-                        span.set_attribute("qosmesh.duplicate", True)
-                        return False
-                    return True
-                key = f"{consumer}.{message.message_id}"
-                claim = await claims.claim(key, stale_after=stale_after)
-                if claim is None:
-                    dedupe_hits.add(1, {"side": "receiver"})
-                    span.set_attribute("qosmesh.duplicate", True)
-                    return False
-                ticket = self._claims.hold(claims, claim, stale_after)
-                try:
-                    await handler(message)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await claims.release(self._claims.let_go(ticket))
-                    raise
-                # Retried by the store within the budget.
-                await claims.complete(self._claims.let_go(ticket))
-                return True
-
-        return on_delivery
+        return dispatcher(
+            types,
+            handler,
+            qos,
+            consumer,
+            system=spec_of(transport).system,
+            claims=None if qos < QoS.EXACTLY_ONCE else claims,
+            held=self._claims,
+            # A claim is stale once a delivery of its message could be handed to another consumer.
+            stale_after=spec_of(transport).redelivery_after(self._settings),
+            max_bytes=self._settings.max_message_bytes,
+        )
 
     async def start(self) -> None:
         for transport, subscription in self._subscriptions:

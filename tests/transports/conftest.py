@@ -77,4 +77,4 @@ def bus_settings(settings_for, nats_server) -> Callable[..., Settings]:
 def untraced(monkeypatch: pytest.MonkeyPatch) -> None:
     """The batch path of publish_many, which runs only while nothing is traced (a traced
     batch publishes one by one, each in its own span); the test session installs a tracer."""
-    monkeypatch.setattr("app.bus.sending_traced", lambda: False)
+    monkeypatch.setattr("app.bus.router.sending_traced", lambda: False)
