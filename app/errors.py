@@ -8,8 +8,9 @@ QosMeshError
 ├── PublishError            the broker did not confirm a publish within the retry budget
 │   └── MessageTooLargeError    headers and body exceed the broker's limit: refused, never sent
 ├── DeadLetterNotFoundError no dead letter with that id
+├── DeadRowNotFoundError    no dead outbox row with that id
 ├── NotReplayableError      a dead letter kept as a stub (too large to copy whole)
-├── InvalidMessageError     a message that cannot be published as it is (QoS 2 with no id)
+├── InvalidMessageError     a message refused as it is, for good (a delay too long, a stream limit)
 ├── DiscoveryError          membership could not be read or written
 │   └── NoInstanceError     no live instance of the service a peer call names
 ├── LeaseLostError          this instance no longer holds a lease it held (expired, or taken)
@@ -56,6 +57,10 @@ class MessageTooLargeError(PublishError):
 
     NATS counts the header block against `max_payload`, and answers a frame over it by closing
     the connection: such a message is refused before it reaches the wire."""
+
+
+class DeadRowNotFoundError(QosMeshError):
+    """No outbox row with that id is set aside as dead (never was, or retried or discarded)."""
 
 
 class NotReplayableError(QosMeshError):

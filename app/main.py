@@ -25,6 +25,7 @@ from app.api import (
     health,
     nodes,
     openapi,
+    outbox,
     problems,
 )
 from app.discovery.models import new_node_id
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         nodes.router,
         cluster.router,
         admin.router,
+        outbox.router,
         console.router,
         docs.router,
         asyncapi.router,

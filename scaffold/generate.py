@@ -74,7 +74,9 @@ DATABASE_ONLY = (
     "app/database",
     "app/failpoints.py",
     "app/cli/database.py",
+    "app/cli/outbox.py",
     "app/instance/relay.py",
+    "app/api/outbox.py",
     "tests/database",
     "docs/outbox.md",
     "bench/cases/http_rows.py",
@@ -383,7 +385,8 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ("cut", "    async def _into_outbox(", "    async def publish_many("),
         (
             "        if self._database is not None and await self._withdraw(subject, message_id):\n"
-            "            return True  # still in the outbox: it never reached the broker\n",
+            "            return True  # still in the outbox, never handed to the broker: now it "
+            "never will be\n",
             "",
         ),
         (", broadcast: bool = False, transactional: bool = False", ", broadcast: bool = False"),
@@ -423,6 +426,8 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
     ),
     "app/main.py": (
+        ("    outbox,\n", ""),
+        ("        outbox.router,\n", ""),
         ("from app.instance.relay import relaying, service_database\n", ""),
         ("The database, the brokers and everything", "The brokers and everything"),
         (
@@ -457,13 +462,15 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     ),
     "app/cli/commands.py": (
         (
-            "from app.cli import database, dlq, nodes, publish\n",
+            "from app.cli import database, dlq, nodes, outbox, publish\n",
             "from app.cli import dlq, nodes, publish\n",
         ),
-        ("    database.add_parser(commands)\n", ""),
+        ("    database.add_parser(commands)\n    outbox.add_parser(commands)\n", ""),
         (
             '    if args.command == "db":\n        logging.basicConfig(level=logging.ERROR)\n'
-            "        return asyncio.run(database.run(settings, args))\n",
+            "        return asyncio.run(database.run(settings, args))\n"
+            '    if args.command == "outbox":\n        logging.basicConfig(level=logging.ERROR)\n'
+            "        return asyncio.run(outbox.run(settings, args))\n",
             "",
         ),
     ),

@@ -18,6 +18,8 @@ from app.errors import (
     BrokerUnavailableError,
     DatabaseUnavailableError,
     DeadLetterNotFoundError,
+    DeadRowNotFoundError,
+    InvalidMessageError,
     MessageTooLargeError,
     NotReplayableError,
     PublishError,
@@ -85,6 +87,10 @@ async def _too_large_message(request: Request, exc: Exception) -> JSONResponse:
     return problem(413, "Message too large", str(exc))
 
 
+async def _refused_message(request: Request, exc: Exception) -> JSONResponse:
+    return problem(422, "Message refused", str(exc))
+
+
 async def _not_replayable(request: Request, exc: Exception) -> JSONResponse:
     return problem(409, "Not replayable", str(exc))
 
@@ -99,6 +105,8 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
         app.add_exception_handler(error, _unavailable)
     app.add_exception_handler(MessageTooLargeError, _too_large_message)
     app.add_exception_handler(DeadLetterNotFoundError, _not_found)
+    app.add_exception_handler(DeadRowNotFoundError, _not_found)
+    app.add_exception_handler(InvalidMessageError, _refused_message)
     app.add_exception_handler(NotReplayableError, _not_replayable)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 

@@ -14,7 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.bus.dispatch import dispatcher, in_transaction
-from app.errors import ConfigurationError, MessageTooLargeError, PublishError
+from app.errors import (
+    ConfigurationError,
+    InvalidMessageError,
+    MessageTooLargeError,
+    PublishError,
+)
 from app.messages import (
     H_DELIVER_AT,
     Envelope,
@@ -154,14 +159,21 @@ class Bus:
         await schedules.schedule(envelope, qos, due)
 
     async def cancel(self, message_type: type[Message], message_id: str) -> bool:
-        """Take back a delayed message of `message_type` that has not fired yet, from the
-        outbox if the relay has not published it, else from the broker: whether there was one
-        to take back (False once it fired, or for an unknown id)."""
+        """Take back a delayed message of `message_type` that has not fired yet: True only when
+        it can no longer fire. That is when its outbox row was never handed to the broker (and
+        is now deleted), or when the broker confirms it removed the message before its time.
+        False once it fired, for an unknown id, and whenever that cannot be known."""
         qos, transport, subject = self._route_of(message_type)
         schedules = self._schedules_of(transport, qos, message_type.type_name())
         if self._database is not None and await self._withdraw(subject, message_id):
-            return True  # still in the outbox: it never reached the broker
+            return True  # still in the outbox, never handed to the broker: now it never will be
         return await schedules.cancel(subject, message_id)
+
+    def max_delay(self, message_type: type[Message]) -> float | None:
+        """The longest delay, in seconds, the scheduler of `message_type` keeps (None: any);
+        ConfigurationError when the type cannot be delayed."""
+        qos, transport, _ = self._route_of(message_type)
+        return self._schedules_of(transport, qos, message_type.type_name()).max_delay
 
     def _schedules_of(self, transport: Transport, qos: QoS, type_name: str) -> Schedules:
         if qos == QoS.AT_MOST_ONCE:
@@ -186,7 +198,13 @@ class Bus:
             )
         envelope = encode(message, qos, subject)
         if due is not None:  # the relay schedules it: the header says when
-            self._schedules_of(transport, qos, message.type_name())
+            # Refused in the caller's transaction, as below: the relay could never send it.
+            keeps = self._schedules_of(transport, qos, message.type_name()).max_delay
+            if keeps is not None and (due - datetime.now(UTC)).total_seconds() > keeps:
+                raise InvalidMessageError(
+                    f"{message.type_name()}: a delay beyond {keeps / 86400:g} days is more than "
+                    f"the scheduler of transport {transport.name!r} keeps"
+                )
             envelope.headers[H_DELIVER_AT] = due_text(due)
         limit = self._settings.max_message_bytes
         if len(envelope.body) > limit:
@@ -201,10 +219,14 @@ class Bus:
         await outbox.add(session, envelope, qos, transport.name, ordering_key)
 
     async def _withdraw(self, subject: str, message_id: str) -> bool:
+        """Whether the message's outbox row was never handed to the broker and is now deleted.
+        A row a relay claimed is deleted too (no relay sends it again), but only the broker can
+        tell whether the message can still fire."""
         from app.database import outbox
 
         assert self._database is not None
-        return await outbox.withdraw(self._database, subject, message_id)
+        found = await outbox.withdraw(self._database, subject, message_id)
+        return found is outbox.Withdrawal.WITHDRAWN
 
     async def relay(self, envelope: Envelope, qos: QoS, transport_name: str) -> None:
         """Publish an envelope the outbox kept, through the transport it was routed to."""

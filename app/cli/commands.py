@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app.cli import database, dlq, nodes, publish
+from app.cli import database, dlq, nodes, outbox, publish
 from app.errors import ConfigurationError
 from app.instance.services import services_of
 from app.settings import Settings, describe_validation_error
@@ -81,6 +81,7 @@ def main(argv: list[str]) -> int:
     serving.add_argument("--instances", type=int, default=argparse.SUPPRESS, metavar="N")
     dlq.add_parser(commands)
     database.add_parser(commands)
+    outbox.add_parser(commands)
     nodes.add_parser(commands)
     publish.add_parser(commands)
     args = parser.parse_args(argv)
@@ -110,5 +111,8 @@ def main(argv: list[str]) -> int:
     if args.command == "db":
         logging.basicConfig(level=logging.ERROR)
         return asyncio.run(database.run(settings, args))
+    if args.command == "outbox":
+        logging.basicConfig(level=logging.ERROR)
+        return asyncio.run(outbox.run(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

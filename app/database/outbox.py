@@ -2,29 +2,43 @@
 caller's transaction, so it reaches the broker if and only if that transaction commits.
 
 A relay in every instance publishes committed rows with their message id as the broker's
-dedupe id (`Nats-Msg-Id`; the Redis dedupe key for QoS 2), then marks them sent. Instances
-share the rows with `FOR UPDATE SKIP LOCKED`. Rows sharing an ordering key are published in
-commit order, by two locks:
+dedupe id (`Nats-Msg-Id`; the Redis dedupe key for QoS 2), then marks them sent. Rows sharing
+an ordering key are published in commit order:
 
 - Writing: a row with a key is inserted under a transaction-scoped advisory lock on that key,
   so two transactions writing the same key commit one after the other, and the later one's row
   has the higher id. Id order is commit order, within a key.
-- Relaying: a relay publishes a keyed row only when every unsent row of that key before it is
-  in its own locked batch, in order. A row of the key locked by another relay (a gap) stops it
-  there; the rest of the batch waits for a later round. A relay publishes one key's rows one
-  after the other, each after the broker acked the one before.
+- Relaying: a relay takes a batch of due rows with `FOR UPDATE SKIP LOCKED` and may publish a
+  keyed row only when every unsent row of that key before it is in its own batch, in order. A
+  row of the key that another relay holds, or that waits for its next attempt, stops the key
+  there. One key's rows go out one after the other, each after the broker acked the one before.
 
-A row the broker refuses as it is (over its max_payload, which can be below
-APP_MAX_MESSAGE_BYTES) is set aside as dead: retrying cannot help, and it would hold up its
-key's later rows for ever. It stays in the table, counted by `qosmesh_outbox_dead`.
+Each round has three short steps. The rows to publish are claimed (`claimed_until`, with
+`attempts` counted up) and that commits; then they are published; then each is marked sent,
+dead or due again. The claim keeps other relays off the rows while they are published, and it
+is the durable mark that a row may have reached the broker: a cancel (`withdraw`) trusts an
+unsent row only if no relay ever claimed it.
 
-The relay wakes on LISTEN/NOTIFY and polls once a second for what a lost notification missed.
+A row whose publish fails is retried on its own schedule (`not_before`, backing off up to
+`RETRY_CAP`); rows of other keys go on, and later rows of its key wait for it. A broker away or
+a full stream fails every row for a while, and none dies for it. Only a definite refusal sets a
+row aside as dead, with its reason: `InvalidMessageError` (a message the broker or the code
+refuses as it is: a stream's limit, a delay no scheduler keeps) and `MessageTooLargeError`, or a
+route this service can no longer take (a QoS 0 type, a transport that cannot delay). Its key
+then moves on: a dead row retried later goes out after the later rows of its key. Rows for a
+transport this instance does not have are left to the instances that have it (a rolling
+deploy). Dead rows are counted by `qosmesh_outbox_dead`, and listed, retried or discarded
+through app/database/dead_rows.py.
+
+The relay wakes on LISTEN/NOTIFY and polls once a second for what a lost notification missed,
+and for rows whose next attempt has come.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import time
@@ -34,14 +48,14 @@ from datetime import timedelta
 
 import asyncpg
 from opentelemetry import context, propagate
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import failpoints
 from app.database.connection import Database, Transaction, asyncpg_url
 from app.database.metrics import outbox_levels, relay_duration
 from app.database.tables import http_keys, inbox, outbox
-from app.errors import MessageTooLargeError, QosMeshError
+from app.errors import ConfigurationError, InvalidMessageError, MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.spans import sending_traced
 from app.settings import Settings
@@ -54,6 +68,12 @@ LEVELS_EVERY = 5.0
 PRUNE_EVERY = 60.0
 BACKOFF_CAP = 5.0
 HELD_UP_PAUSE = 0.01
+RETRY_FIRST = 0.5
+RETRY_CAP = 10.0
+"""A failed row's next attempt: RETRY_FIRST seconds after its first failure, doubling up to
+RETRY_CAP. The cap bounds how long a row waits after the broker is back."""
+REFUSED = (InvalidMessageError, MessageTooLargeError, ConfigurationError)
+"""What sets a row aside as dead: the broker or the code refuses the message for good."""
 
 Publish = Callable[[Envelope, QoS, str], Awaitable[None]]
 """Publish an envelope at a QoS through the named transport, as the bus does; raises when the
@@ -92,9 +112,21 @@ async def add(
     )
 
 
-async def withdraw(database: Database, subject: str, message_id: str) -> bool:
-    """Delete the message's row if the relay has not published it yet (a cancel): whether it
-    was there. A row a relay is publishing right now is waited for, and then found sent."""
+class Withdrawal(enum.Enum):
+    """What a cancel found of a message in the outbox."""
+
+    WITHDRAWN = "withdrawn"
+    """The row was never handed to the broker, and is deleted: the message can never fire."""
+    HANDED = "handed"
+    """A relay claimed the row (it may have reached the broker); the row is deleted so no relay
+    publishes it again, and only the broker can tell whether it can still fire."""
+    ABSENT = "absent"
+    """No unsent row: published already, or never written here."""
+
+
+async def withdraw(database: Database, subject: str, message_id: str) -> Withdrawal:
+    """Take the message's unsent row out of the outbox (a cancel). A row a relay is marking
+    right now is waited for."""
     async with database.transaction() as session:
         withdrawn = await session.execute(
             delete(outbox)
@@ -103,9 +135,12 @@ async def withdraw(database: Database, subject: str, message_id: str) -> bool:
                 outbox.c.message_id == message_id,
                 outbox.c.subject == subject,
             )
-            .returning(outbox.c.id)
+            .returning(outbox.c.attempts)
         )
-        return withdrawn.first() is not None
+        row = withdrawn.first()
+    if row is None:
+        return Withdrawal.ABSENT
+    return Withdrawal.HANDED if row[0] > 0 else Withdrawal.WITHDRAWN
 
 
 @dataclass(slots=True)
@@ -124,6 +159,7 @@ class _RunOutcome:
     dead: list[tuple[_Row, str]] = field(default_factory=list)  # with why
     failed: _Row | None = None  # where the run stopped, to be retried
     error: str = ""
+    untried: list[_Row] = field(default_factory=list)  # after the failure: not published
 
 
 def publishable(batch: Sequence[_Row], unsent: Sequence[tuple[int, str]]) -> list[list[_Row]]:
@@ -149,10 +185,19 @@ def publishable(batch: Sequence[_Row], unsent: Sequence[tuple[int, str]]) -> lis
 class Relay:
     """Publishes committed outbox rows and prunes old ones; one per instance."""
 
-    def __init__(self, database: Database, publish: Publish, settings: Settings) -> None:
+    def __init__(
+        self,
+        database: Database,
+        publish: Publish,
+        settings: Settings,
+        transports: Sequence[str] = (),
+    ) -> None:
         self._database = database
         self._publish = publish
         self._batch = settings.outbox_batch
+        self._transports = sorted(transports)
+        # A claim outlives the longest a round can publish: one failure's whole budget, with room.
+        self._claim_for = max(30.0, 3 * settings.publish_deadline)
         self._retention = timedelta(seconds=settings.outbox_retention)
         self._inbox_retention = timedelta(seconds=settings.inbox_retention)
         self._keys_ttl = timedelta(seconds=settings.idempotency_ttl)
@@ -162,8 +207,8 @@ class Relay:
         self._pruned_at = 0.0
 
     async def run(self) -> None:
-        """Relay until cancelled. Errors (the database or the broker away) are logged and
-        retried with backoff; nothing committed is lost by them."""
+        """Relay until cancelled. A row that fails waits for its own next attempt; errors of
+        the database are logged and retried with backoff. Nothing committed is lost by them."""
         delay = 0.1
         while True:
             try:
@@ -185,54 +230,93 @@ class Relay:
                 delay = min(BACKOFF_CAP, delay * 2)
 
     async def relay_once(self) -> bool:
-        """One batch: lock up to APP_OUTBOX_BATCH unsent rows, publish what may go now, mark
-        it sent. Whether to go on: a full batch went out (more may be waiting), or rows of it
-        wait behind another relay's rows of their key (tried again after a short pause)."""
+        """One round: claim what may go now of up to APP_OUTBOX_BATCH due rows, publish it,
+        mark each row sent, dead or due again. Whether to go on at once: a full batch was
+        taken (more may be waiting), or rows of it wait behind another relay's rows of their
+        key (tried again after a short pause)."""
         async with self._database.engine.begin() as session:
             rows = await self._lock_batch(session)
             if not rows:
                 return False
             runs = publishable(rows, await self._unsent_of_keys(session, rows))
-            outcomes = await asyncio.gather(*(self._publish_run(run) for run in runs))
-            sent = [row.id for outcome in outcomes for row in outcome.sent]
-            dead = [pair for outcome in outcomes for pair in outcome.dead]
-            failed = {o.failed.id: o.error for o in outcomes if o.failed is not None}
-            if sent:
+            claimed = [row.id for run in runs for row in run]
+            if claimed:
                 await session.execute(
                     update(outbox)
-                    .where(outbox.c.id.in_(sent))
-                    .values(sent_at=func.clock_timestamp())
-                )
-            for row, error in dead:
-                log.error(
-                    "outbox row %d (message %s to %s) set aside as dead: %s",
-                    *(row.id, row.envelope.message_id, row.envelope.subject, error),
-                )
-                await session.execute(
-                    update(outbox)
-                    .where(outbox.c.id == row.id)
+                    .where(outbox.c.id.in_(claimed))
                     .values(
-                        dead_at=func.clock_timestamp(),
+                        claimed_until=func.clock_timestamp() + timedelta(seconds=self._claim_for),
                         attempts=outbox.c.attempts + 1,
-                        last_error=error[:500],
                     )
                 )
-            for row_id, error in failed.items():
-                await session.execute(
-                    update(outbox)
-                    .where(outbox.c.id == row_id)
-                    .values(attempts=outbox.c.attempts + 1, last_error=error[:500])
-                )
-        if failed:
-            first = next(iter(failed.values()))
-            raise RelayError(f"{len(failed)} outbox row(s) not confirmed: {first}")
-        if len(sent) + len(dead) < len(rows):  # held up by another relay's rows of their keys
+        # Committed: every claimed row may reach the broker from here on.
+        give_up = time.monotonic() + self._claim_for / 2
+        outcomes = await asyncio.gather(*(self._publish_run(run, give_up) for run in runs))
+        await self._settle(outcomes)
+        if len(claimed) < len(rows):  # held up by other rows of their keys
             await asyncio.sleep(HELD_UP_PAUSE)
             return True
         return len(rows) >= self._batch
 
+    async def _settle(self, outcomes: Sequence[_RunOutcome]) -> None:
+        sent = [row.id for outcome in outcomes for row in outcome.sent]
+        untried = [row.id for outcome in outcomes for row in outcome.untried]
+        async with self._database.engine.begin() as session:
+            if sent:
+                await session.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(sent))
+                    .values(sent_at=func.clock_timestamp(), claimed_until=None)
+                )
+            if untried:  # never handed to the broker: as they were before the claim
+                await session.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(untried))
+                    .values(claimed_until=None, attempts=outbox.c.attempts - 1)
+                )
+            for outcome in outcomes:
+                for row, error in outcome.dead:
+                    log.error(
+                        "outbox row %d (message %s to %s) set aside as dead: %s",
+                        *(row.id, row.envelope.message_id, row.envelope.subject, error),
+                    )
+                    await session.execute(
+                        update(outbox)
+                        .where(outbox.c.id == row.id)
+                        .values(
+                            dead_at=func.clock_timestamp(),
+                            claimed_until=None,
+                            last_error=error[:500],
+                        )
+                    )
+                if outcome.failed is not None:
+                    await self._retry_later(session, outcome.failed, outcome.error)
+
+    async def _retry_later(self, session: AsyncConnection, row: _Row, error: str) -> None:
+        attempts = (
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.id == row.id)
+                .values(claimed_until=None, last_error=error[:500])
+                .returning(outbox.c.attempts)
+            )
+        ).scalar_one_or_none()
+        if attempts is None:
+            return  # withdrawn by a cancel meanwhile
+        pause = min(RETRY_CAP, RETRY_FIRST * 2 ** max(0, attempts - 1))
+        await session.execute(
+            update(outbox)
+            .where(outbox.c.id == row.id)
+            .values(not_before=func.clock_timestamp() + timedelta(seconds=pause))
+        )
+        log.warning(
+            "outbox row %d (message %s to %s) not confirmed (attempt %d), again in %.1fs: %s",
+            *(row.id, row.envelope.message_id, row.envelope.subject, attempts, pause, error),
+        )
+
     async def _lock_batch(self, session: AsyncConnection) -> list[_Row]:
-        result = await session.execute(
+        now = func.clock_timestamp()
+        query = (
             select(
                 outbox.c.id,
                 outbox.c.message_id,
@@ -244,11 +328,19 @@ class Relay:
                 outbox.c.body,
                 func.extract("epoch", outbox.c.created_at),
             )
-            .where(outbox.c.sent_at.is_(None), outbox.c.dead_at.is_(None))
+            .where(
+                outbox.c.sent_at.is_(None),
+                outbox.c.dead_at.is_(None),
+                or_(outbox.c.not_before.is_(None), outbox.c.not_before <= now),
+                or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+            )
             .order_by(outbox.c.id)
             .limit(self._batch)
             .with_for_update(skip_locked=True)
         )
+        if self._transports:
+            query = query.where(outbox.c.transport.in_(self._transports))
+        result = await session.execute(query)
         return [
             _Row(
                 id=r[0],
@@ -279,18 +371,23 @@ class Relay:
         )
         return [(r[0], r[1]) for r in result.all()]
 
-    async def _publish_run(self, run: list[_Row]) -> _RunOutcome:
-        """Publish `run` in order; stop at the first failure the broker may not repeat. A row
-        it refuses as it is (too large) is set aside, and the run goes on past it."""
+    async def _publish_run(self, run: list[_Row], give_up: float) -> _RunOutcome:
+        """Publish `run` in order; stop at the first failure the broker may not repeat (the
+        rest of the run waits for that row). A row refused for good is set aside, and the run
+        goes on past it. Rows left when the claim nears its end are not tried."""
         outcome = _RunOutcome()
-        for row in run:
+        for index, row in enumerate(run):
+            if time.monotonic() > give_up:
+                outcome.untried = run[index:]
+                return outcome
             try:
                 await self._publish_row(row)
-            except MessageTooLargeError as exc:
+            except REFUSED as exc:
                 outcome.dead.append((row, _describe(exc)))
                 continue
             except Exception as exc:
                 outcome.failed, outcome.error = row, _describe(exc)
+                outcome.untried = run[index + 1 :]
                 return outcome
             outcome.sent.append(row)
         return outcome
@@ -302,6 +399,7 @@ class Relay:
             await self._publish(row.envelope, row.qos, row.transport)
         finally:
             context.detach(token)
+        failpoints.reached("relay.after_publish")
         relay_duration.record(max(0.0, time.time() - row.created_at), {"qos": int(row.qos)})
 
     async def _housekeeping(self) -> None:
@@ -314,10 +412,12 @@ class Relay:
             await self.prune()
 
     async def read_levels(self) -> tuple[int, float]:
-        """Backlog and the oldest unsent row's age (dead rows aside), and the dead rows, read
-        into the metrics."""
+        """Backlog and the oldest unsent row's age (dead rows aside), the dead rows, and the
+        rows waiting for their next attempt, read into the metrics. The backlog is what
+        APP_OUTBOX_MAX_BACKLOG limits: a broker away grows it, a dead row does not."""
         waiting = outbox.c.dead_at.is_(None)
         oldest = func.min(outbox.c.created_at).filter(waiting)
+        retrying = waiting & (outbox.c.not_before > func.now())
         async with self._database.engine.connect() as session:
             row = (
                 await session.execute(
@@ -325,11 +425,12 @@ class Relay:
                         func.count().filter(waiting),
                         func.coalesce(func.extract("epoch", func.now() - oldest), 0),
                         func.count().filter(outbox.c.dead_at.isnot(None)),
+                        func.count().filter(retrying),
                     ).where(outbox.c.sent_at.is_(None))
                 )
             ).one()
         outbox_levels.backlog, outbox_levels.oldest_seconds = int(row[0]), float(row[1])
-        outbox_levels.dead = int(row[2])
+        outbox_levels.dead, outbox_levels.retrying = int(row[2]), int(row[3])
         return outbox_levels.backlog, outbox_levels.oldest_seconds
 
     async def prune(self) -> None:
@@ -365,10 +466,6 @@ class Relay:
                 await asyncio.wait_for(listener.close(), 1)
             if not listener.is_closed():
                 listener.terminate()
-
-
-class RelayError(QosMeshError):
-    """Outbox rows the broker did not confirm this round; they stay unsent and are retried."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -40,11 +40,24 @@ outbox = Table(
     Column("sent_at", DateTime(timezone=True), nullable=True),  # when the broker had acked it
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),
-    # Set aside: the broker refuses the message as it is (over its max_payload). Never retried;
-    # an operator clears it to send the row again (docs/outbox.md).
+    # Set aside: the broker or the code refused the message for good. Never retried by the
+    # relay; an operator retries or discards it (docs/outbox.md).
     Column("dead_at", DateTime(timezone=True), nullable=True),
+    # Not tried again before then: the row's own backoff after a failed publish.
+    Column("not_before", DateTime(timezone=True), nullable=True),
+    # A relay publishing the row holds it until then; committed before the publish.
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
 )
-Index("qosmesh_outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
+Index(
+    "qosmesh_outbox_pending",
+    outbox.c.id,
+    postgresql_where=outbox.c.sent_at.is_(None) & outbox.c.dead_at.is_(None),
+)
+Index(
+    "qosmesh_outbox_unsent_by_message",
+    outbox.c.message_id,
+    postgresql_where=outbox.c.sent_at.is_(None),
+)
 Index(
     "qosmesh_outbox_unsent_by_key",
     outbox.c.ordering_key,

@@ -14,6 +14,7 @@ from app.instance.services import Services
 from app.messages import Envelope, QoS
 from app.settings import Settings
 from app.supervision import supervised
+from app.transports.registry import wanted
 
 
 def uses_database(settings: Settings, domain: ModuleType | None) -> bool:
@@ -50,7 +51,9 @@ def relaying(services: Services) -> Iterator[None]:
         await services.bus.relay(envelope, qos, transport)
 
     assert services.database is not None
-    task = supervised(Relay(services.database, publish, services.settings).run(), "outbox relay")
+    # Rows for a transport this instance lacks wait for an instance that has it (a rolling deploy).
+    relay = Relay(services.database, publish, services.settings, sorted(wanted(services.settings)))
+    task = supervised(relay.run(), "outbox relay")
     try:
         yield
     finally:

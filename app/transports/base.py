@@ -105,6 +105,10 @@ class Schedules(Protocol):
     native: bool
     """The broker fires the messages itself (no `move_due` needed)."""
 
+    max_delay: float | None
+    """The longest delay in seconds it keeps (None: any); `schedule` refuses a longer one with
+    InvalidMessageError, and the outbox refuses it at write."""
+
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None: ...
 
     async def cancel(self, subject: str, message_id: str) -> bool:

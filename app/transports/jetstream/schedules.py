@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
+from app.errors import InvalidMessageError
 from app.messages import H_DELIVER_AT, H_QOS, Envelope, QoS, due_of
 from app.settings import Settings
 from app.transports.jetstream.streams import ensure_stream, stream_name
@@ -106,7 +107,7 @@ class NativeSchedules:
         streams: Callable[[], dict[str, str]],
         max_delay: float,
     ) -> None:
-        self._max_delay = max_delay
+        self.max_delay: float | None = max_delay
         self._nc = nc
         self._js = js
         self._publish = publish
@@ -114,9 +115,12 @@ class NativeSchedules:
         self._streams = streams  # subject -> stream name, of the streams in use
 
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
-        if (due - datetime.now(UTC)).total_seconds() > self._max_delay:
-            days = self._max_delay / 86400
-            raise ValueError(
+        if (
+            self.max_delay is not None
+            and (due - datetime.now(UTC)).total_seconds() > self.max_delay
+        ):
+            days = self.max_delay / 86400
+            raise InvalidMessageError(
                 f"a delay beyond {days:g} days outlives the stream's max age: the server would "
                 "drop the message before it fires (keep it shorter, or use Redis)"
             )
@@ -148,6 +152,7 @@ class FallbackSchedules:
     """Due messages kept in a stream of their own, published by the lease holder."""
 
     native = False
+    max_delay: float | None = None
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -23,7 +24,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from app.errors import ConfigurationError, MessageTooLargeError
+from app.errors import ConfigurationError, InvalidMessageError, MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import dedupe_hits, sent_series
 from app.qos.retries import RetryBudget, publish_reliably
@@ -44,6 +45,18 @@ from app.transports.jetstream.streams import ensure_stream, stream_name
 MSG_ID = "Nats-Msg-Id"
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
+
+REFUSED_FOR_GOOD = {
+    10054: "message size exceeds the stream's maximum",
+    10165: "invalid per-message TTL",
+    10189: "invalid message schedule",
+    10190: "invalid message schedule target",
+    10191: "invalid per-message TTL on a schedule",
+}
+"""The JetStream API errors a publish meets again on every try of the same message, until the
+stream's configuration changes (err_code -> what it means): the message is refused as it is
+(InvalidMessageError). Every other API error may pass (a leader election, a full stream) and
+is retried within the budget (tests/transports/test_jetstream.py)."""
 MAX_DELAY = STREAM_MAX_AGE - 3600.0
 """The longest delay the server's schedules take: a schedule is a message of the stream, gone
 at its max age (an hour's margin for clocks and the publish itself)."""
@@ -218,7 +231,7 @@ class JetStreamTransport:
             self._streams.pop(envelope.subject, None)  # the stream is gone: create it again
             raise
         if "error" in ack:
-            raise nats.js.errors.APIError.from_error(ack["error"])
+            raise _refusal(ack["error"])
         if ack.get("duplicate"):
             dedupe_hits.add(1, {"side": "publisher"})
 
@@ -238,3 +251,13 @@ class JetStreamTransport:
         await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
         self._consumers.clear()
         await self._dlq.stop()
+
+
+def _refusal(error: dict[str, Any]) -> Exception:
+    """A PubAck's error as the exception to raise: InvalidMessageError when no retry can
+    succeed, else the API error, retried within the budget."""
+    api_error: nats.js.errors.APIError = nats.js.errors.APIError.from_error(error)
+    meaning = REFUSED_FOR_GOOD.get(api_error.err_code or 0)
+    if meaning is not None:
+        return InvalidMessageError(f"refused by the stream: {meaning} ({api_error.description})")
+    return api_error

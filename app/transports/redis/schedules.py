@@ -90,6 +90,7 @@ return {#ids, refused}
 
 class RedisSchedules:
     native = False
+    max_delay: float | None = None
 
     def __init__(
         self,
