@@ -48,7 +48,7 @@ from datetime import timedelta
 
 import asyncpg
 from opentelemetry import context, propagate
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import failpoints
@@ -316,6 +316,7 @@ class Relay:
 
     async def _lock_batch(self, session: AsyncConnection) -> list[_Row]:
         now = func.clock_timestamp()
+        earlier = outbox.alias("earlier")
         query = (
             select(
                 outbox.c.id,
@@ -333,10 +334,19 @@ class Relay:
                 outbox.c.dead_at.is_(None),
                 or_(outbox.c.not_before.is_(None), outbox.c.not_before <= now),
                 or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                # Not behind a row of its key that waits (its next attempt, another relay):
+                # such rows would fill the batch and hold up every key after them.
+                ~exists().where(
+                    earlier.c.ordering_key == outbox.c.ordering_key,
+                    earlier.c.id < outbox.c.id,
+                    earlier.c.sent_at.is_(None),
+                    earlier.c.dead_at.is_(None),
+                    or_(earlier.c.not_before > now, earlier.c.claimed_until >= now),
+                ),
             )
             .order_by(outbox.c.id)
             .limit(self._batch)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=outbox, skip_locked=True)
         )
         if self._transports:
             query = query.where(outbox.c.transport.in_(self._transports))

@@ -32,6 +32,14 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
     if bus.database is None:
         raise ConfigurationError("the example keeps its orders in the database")
     timeout = load().payment_timeout
+    keeps = bus.max_delay(PaymentDue)
+    if timeout is not None and keeps is not None and timeout > keeps:
+        # Every order would write a PaymentDue its scheduler refuses: refused here, once.
+        raise ConfigurationError(
+            f"APP_EXAMPLE_PAYMENT_TIMEOUT={timeout:g} is longer than the {keeps:g} s the "
+            "scheduler of PaymentDue keeps (the stream's max age less an hour on the server's "
+            "schedules): shorten it, or use APP_SCHEDULER=fallback or Redis"
+        )
     handlers.register(bus)
     bus.publishes(OrderPlaced, PaymentCaptured, PaymentDue)
     due = timedelta(seconds=timeout) if timeout is not None else None

@@ -125,3 +125,72 @@ async def test_database_restarted_under_load_loses_no_accepted_command(shop, pos
         assert load.statuses.count(503) > 0  # the outage was felt
         await eventually(lambda: every_command_applied_once(client, load), timeout=60)
     assert await backlog(app) == 0
+
+
+@pytest.fixture
+async def small_backlog_shop(
+    settings_for, nats_server, postgres_server
+) -> AsyncIterator[tuple[object, str]]:
+    settings = settings_for(
+        nats_url=nats_server.url,
+        database_url=postgres_server.url,
+        database_migrate=True,
+        publish_attempt_timeout=0.5,
+        publish_deadline=2,
+        ack_wait=2,
+        outbox_max_backlog=40,
+    )
+    async with running_app(settings) as (app, url):
+        yield app, url
+
+
+async def test_a_20s_broker_outage_kills_no_row_turns_readiness_off_and_drains_every_key_in_order(
+    small_backlog_shop, nats_server
+):
+    """The broker is away for 20 s under orders and payments. Every row fails again and again
+    on its own backoff and none is set aside as dead; /readyz turns 503 once the backlog passes
+    APP_OUTBOX_MAX_BACKLOG (40), and 200 again after. Every key (an order) drains in commit
+    order: its OrderPlaced reached the broker before its payments."""
+    app, url = small_backlog_shop
+    load = Load()
+    ready: list[int] = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def watch_readiness(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                ready.append((await client.get("/readyz")).status_code)
+                await asyncio.sleep(0.5)
+
+        async def outage() -> None:
+            await asyncio.sleep(1)
+            await asyncio.to_thread(nats_server.kill)
+            await asyncio.sleep(20)
+            await asyncio.to_thread(nats_server.start)
+
+        await asyncio.gather(drive(client, load, 22), outage(), watch_readiness(22))
+        assert len(load.orders) > 40  # enough load to pass the limit
+        assert 503 in ready  # back-pressure fired during the outage
+        await eventually(lambda: every_command_applied_once(client, load), timeout=90)
+        await eventually(
+            lambda: _ready(client), timeout=15, message="ready again once the outbox drained"
+        )
+    database = services_of(app).database
+    assert database is not None
+    async with database.sessions() as session:
+        rows = (
+            await session.execute(
+                select(
+                    outbox.c.ordering_key, outbox.c.id, outbox.c.sent_at, outbox.c.dead_at
+                ).order_by(outbox.c.id)
+            )
+        ).all()
+    assert [row for row in rows if row.dead_at is not None] == []
+    by_key: dict[str, list[object]] = defaultdict(list)
+    for row in rows:
+        by_key[row.ordering_key].append(row.sent_at)
+    assert all(sent == sorted(sent) for sent in by_key.values())  # type: ignore[type-var]
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/readyz")).status_code == 200

@@ -78,3 +78,49 @@ async def test_a_bad_timeout_stops_the_start_naming_the_variable(settings_for, m
     monkeypatch.setenv("APP_EXAMPLE_PAYMENT_TIMEOUT", "-3")
     with pytest.raises(ConfigurationError, match="APP_EXAMPLE_PAYMENT_TIMEOUT"):
         load()
+
+
+def test_a_timeout_longer_than_the_scheduler_keeps_stops_the_start_naming_the_variable(
+    service_process, nats_server, postgres_server
+):
+    """On the server's schedules a PaymentDue can wait at most the stream's max age less an
+    hour: 700,000 s (8 days) would make every order's PaymentDue a row the relay can never
+    send. The instance refuses to start, with one line naming the setting and the limit."""
+    env = {
+        "APP_NATS_URL": nats_server.url,
+        "APP_DATABASE_URL": postgres_server.url,
+        "APP_SCHEDULER": "native",
+        "APP_EXAMPLE_PAYMENT_TIMEOUT": "700000",
+    }
+    service = service_process(env, wait=None)
+    assert service.proc is not None
+    assert service.proc.wait(30) != 0
+    log = service.log()
+    (line,) = [line for line in log.splitlines() if "APP_EXAMPLE_PAYMENT_TIMEOUT" in line]
+    assert "cannot start: APP_EXAMPLE_PAYMENT_TIMEOUT=700000 is longer than the 601200 s" in line
+    assert "Traceback" not in log
+
+
+async def test_orders_go_on_with_the_longest_timeout_the_scheduler_keeps(
+    settings_for, nats_server, monkeypatch
+):
+    """At the limit itself the instance starts, and orders are confirmed: their PaymentDue
+    rows are relayed, not refused."""
+    monkeypatch.setenv("APP_EXAMPLE_PAYMENT_TIMEOUT", "601200")
+    settings = settings_for(nats_url=nats_server.url, scheduler="native", ack_wait=2)
+    async with (
+        running_app(settings) as (app, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        shop = Shop(app, client)
+        ids = []
+        for _ in range(5):
+            response = await client.post("/orders", json=ORDER)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["order_id"])
+
+        async def confirmed() -> bool:
+            statuses = [(await order(shop, i))["status"] for i in ids]
+            return statuses == ["confirmed"] * len(ids)
+
+        await eventually(confirmed, timeout=15, message="every order confirmed")

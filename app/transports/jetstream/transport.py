@@ -47,16 +47,16 @@ STREAM_MAX_AGE = 7 * 24 * 3600.0
 RETRYABLE = (nats.errors.Error, TimeoutError, OSError)
 
 REFUSED_FOR_GOOD = {
-    10054: "message size exceeds the stream's maximum",
     10165: "invalid per-message TTL",
     10189: "invalid message schedule",
     10190: "invalid message schedule target",
     10191: "invalid per-message TTL on a schedule",
 }
-"""The JetStream API errors a publish meets again on every try of the same message, until the
-stream's configuration changes (err_code -> what it means): the message is refused as it is
-(InvalidMessageError). Every other API error may pass (a leader election, a full stream) and
-is retried within the budget (tests/transports/test_jetstream.py)."""
+"""The JetStream API errors a publish meets again on every try of the same message, whatever
+the stream's state (err_code -> what it means): the message's own headers are refused, so it is
+refused as it is (InvalidMessageError). Every other API error may pass and is retried within the
+budget: a leader election, a full stream, a message over the stream's max_msg_size (an operator
+may raise it) (tests/transports/test_schedules.py)."""
 MAX_DELAY = STREAM_MAX_AGE - 3600.0
 """The longest delay the server's schedules take: a schedule is a message of the stream, gone
 at its max age (an hour's margin for clocks and the publish itself)."""
@@ -255,9 +255,14 @@ class JetStreamTransport:
 
 def _refusal(error: dict[str, Any]) -> Exception:
     """A PubAck's error as the exception to raise: InvalidMessageError when no retry can
-    succeed, else the API error, retried within the budget."""
-    api_error: nats.js.errors.APIError = nats.js.errors.APIError.from_error(error)
-    meaning = REFUSED_FOR_GOOD.get(api_error.err_code or 0)
+    succeed, else the API error (nats-py's class for its code), retried within the budget."""
+    meaning = REFUSED_FOR_GOOD.get(error.get("err_code") or 0)
     if meaning is not None:
-        return InvalidMessageError(f"refused by the stream: {meaning} ({api_error.description})")
-    return api_error
+        return InvalidMessageError(
+            f"refused by the stream: {meaning} ({error.get('description', '')})"
+        )
+    try:
+        nats.js.errors.APIError.from_error(error)  # raises the subclass for its code
+    except nats.js.errors.APIError as exc:
+        return exc
+    return nats.js.errors.APIError(**error)
