@@ -12,6 +12,9 @@ python3 dev.py chaos   set up .venv and run fault schedules against real process
                        [--cluster] [--payment-timeout S]; docs/reliability.md
                        --leases [SECONDS] [--seed S]: lease holders killed and paused at
                        random (60 s by default; CI runs 15 s); docs/coordination.md
+python3 dev.py cancels [N]
+                       set up .venv and run the outbox's cancel races N times each (20 by
+                       default; CI runs 3): a cancel that says True is never delivered
 python3 dev.py screenshots
                        set up .venv and save the console's screenshots (1280 and 390 px wide)
                        into docs/console/, from its browser tests; docs/console.md
@@ -165,6 +168,20 @@ def lease_chaos(args: list[str]) -> int:
 LEASE_CHAOS_TEST = "test_random_kills_and_pauses_never_let_a_stale_write_in_or_two_holders_overlap"
 
 
+def cancel_races(args: list[str]) -> int:
+    """The outbox's cancel races (a relay killed between publish and commit, a lost PubAck),
+    each run N times (20 by default; CI runs 3)."""
+    if not (ROOT / "tests" / "database").is_dir():
+        print("dev.py cancels races the outbox, and this service was made without a database")
+        return 2
+    ensure_venv("dev")
+    runs = args[0] if args and args[0].isdigit() else "20"
+    env = {**os.environ, "QOSMESH_CANCEL_RUNS": runs}
+    test = "tests/database/test_outbox_faults.py"
+    argv = [str(PYTHON), "-m", "pytest", "-q", "-p", "no:randomly", test, "-k", "cancel_after"]
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
+
+
 def main(argv: list[str]) -> int:
     task = argv[0] if argv else "help"
     if task == "run":
@@ -176,6 +193,8 @@ def main(argv: list[str]) -> int:
         return run_checks(pytest_args, repeat)
     if task == "lock":
         return lock()
+    if task == "cancels":
+        return cancel_races(argv[1:])
     if task == "chaos" and "--leases" in argv:
         return lease_chaos(argv[1:])
     if task == "chaos" and not (ROOT / "app" / "chaos").is_dir():

@@ -6,7 +6,7 @@ arms them for that process, and an armed point SIGKILLs the process the first ti
 reached (no cleanup, no flush: a crash). Unarmed, a point costs one set lookup.
 
 The points:
-- `relay.before_publish`: the relay has claimed committed outbox rows and not published them;
+- `relay.before_publish`: the relay has locked committed outbox rows and not published them;
 - `relay.after_publish`: the broker acked a row, and the relay has not marked it sent;
 - `inbox.before_ack`: a transactional handler's transaction committed, its delivery not acked.
 """

@@ -119,7 +119,7 @@ async def retry(database: Database, row_id: int) -> None:
         revived = await session.execute(
             update(outbox)
             .where(outbox.c.id == row_id, outbox.c.dead_at.isnot(None))
-            .values(dead_at=None, not_before=None, claimed_until=None)
+            .values(dead_at=None, not_before=None)
             .returning(outbox.c.id)
         )
         if revived.first() is None:

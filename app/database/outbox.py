@@ -8,16 +8,16 @@ an ordering key are published in commit order:
 - Writing: a row with a key is inserted under a transaction-scoped advisory lock on that key,
   so two transactions writing the same key commit one after the other, and the later one's row
   has the higher id. Id order is commit order, within a key.
-- Relaying: a relay takes a batch of due rows with `FOR UPDATE SKIP LOCKED` and may publish a
+- Relaying: a relay locks a batch of due rows with `FOR UPDATE SKIP LOCKED` and may publish a
   keyed row only when every unsent row of that key before it is in its own batch, in order. A
   row of the key that another relay holds, or that waits for its next attempt, stops the key
   there. One key's rows go out one after the other, each after the broker acked the one before.
 
-Each round has three short steps. The rows to publish are claimed (`claimed_until`, with
-`attempts` counted up) and that commits; then they are published; then each is marked sent,
-dead or due again. The claim keeps other relays off the rows while they are published, and it
-is the durable mark that a row may have reached the broker: a cancel (`withdraw`) trusts an
-unsent row only if no relay ever claimed it.
+A round holds its batch's row locks from the moment it takes them until it marks each row sent,
+dead or due again, so a relay that dies frees its rows at once. Before it publishes, it lists
+the rows it is about to hand to the broker in `qosmesh_outbox_handed`, in a transaction of its
+own that commits first: the durable mark that a row may have reached the broker even if its
+`sent_at` never commits. A cancel (`withdraw`) trusts an unsent row only if it was never handed.
 
 A row whose publish fails is retried on its own schedule (`not_before`, backing off up to
 `RETRY_CAP`); rows of other keys go on, and later rows of its key wait for it. A broker away or
@@ -49,12 +49,13 @@ from datetime import timedelta
 import asyncpg
 from opentelemetry import context, propagate
 from sqlalchemy import delete, exists, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import failpoints
 from app.database.connection import Database, Transaction, asyncpg_url
 from app.database.metrics import outbox_levels, relay_duration
-from app.database.tables import http_keys, inbox, outbox
+from app.database.tables import handed, http_keys, inbox, outbox
 from app.errors import ConfigurationError, InvalidMessageError, MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.spans import sending_traced
@@ -118,8 +119,8 @@ class Withdrawal(enum.Enum):
     WITHDRAWN = "withdrawn"
     """The row was never handed to the broker, and is deleted: the message can never fire."""
     HANDED = "handed"
-    """A relay claimed the row (it may have reached the broker); the row is deleted so no relay
-    publishes it again, and only the broker can tell whether it can still fire."""
+    """A relay handed the row to the broker, and may not have heard back; the row is deleted so
+    no relay publishes it again, and only the broker can tell whether it can still fire."""
     ABSENT = "absent"
     """No unsent row: published already, or never written here."""
 
@@ -135,12 +136,15 @@ async def withdraw(database: Database, subject: str, message_id: str) -> Withdra
                 outbox.c.message_id == message_id,
                 outbox.c.subject == subject,
             )
-            .returning(outbox.c.attempts)
+            .returning(outbox.c.id)
         )
         row = withdrawn.first()
-    if row is None:
-        return Withdrawal.ABSENT
-    return Withdrawal.HANDED if row[0] > 0 else Withdrawal.WITHDRAWN
+        if row is None:
+            return Withdrawal.ABSENT
+        marks = await session.execute(
+            delete(handed).where(handed.c.id == row[0]).returning(handed.c.id)
+        )
+        return Withdrawal.HANDED if marks.first() is not None else Withdrawal.WITHDRAWN
 
 
 @dataclass(slots=True)
@@ -196,8 +200,6 @@ class Relay:
         self._publish = publish
         self._batch = settings.outbox_batch
         self._transports = sorted(transports)
-        # A claim outlives the longest a round can publish: one failure's whole budget, with room.
-        self._claim_for = max(30.0, 3 * settings.publish_deadline)
         self._retention = timedelta(seconds=settings.outbox_retention)
         self._inbox_retention = timedelta(seconds=settings.inbox_retention)
         self._keys_ttl = timedelta(seconds=settings.idempotency_ttl)
@@ -230,79 +232,70 @@ class Relay:
                 delay = min(BACKOFF_CAP, delay * 2)
 
     async def relay_once(self) -> bool:
-        """One round: claim what may go now of up to APP_OUTBOX_BATCH due rows, publish it,
-        mark each row sent, dead or due again. Whether to go on at once: a full batch was
-        taken (more may be waiting), or rows of it wait behind another relay's rows of their
-        key (tried again after a short pause)."""
+        """One round: lock up to APP_OUTBOX_BATCH due rows, mark what may go now as handed,
+        publish it, and mark each row sent, dead or due again. Whether to go on at once: a full
+        batch was taken (more may be waiting), or rows of it wait behind another relay's rows of
+        their key (tried again after a short pause)."""
         async with self._database.engine.begin() as session:
             rows = await self._lock_batch(session)
             if not rows:
                 return False
             runs = publishable(rows, await self._unsent_of_keys(session, rows))
-            claimed = [row.id for run in runs for row in run]
-            if claimed:
-                await session.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_(claimed))
-                    .values(
-                        claimed_until=func.clock_timestamp() + timedelta(seconds=self._claim_for),
-                        attempts=outbox.c.attempts + 1,
-                    )
-                )
-        # Committed: every claimed row may reach the broker from here on.
-        give_up = time.monotonic() + self._claim_for / 2
-        outcomes = await asyncio.gather(*(self._publish_run(run, give_up) for run in runs))
-        await self._settle(outcomes)
-        if len(claimed) < len(rows):  # held up by other rows of their keys
+            chosen = [row.id for run in runs for row in run]
+            if chosen:
+                await self._hand(chosen)
+            outcomes = await asyncio.gather(*(self._publish_run(run) for run in runs))
+            await self._settle(session, outcomes)
+        if len(chosen) < len(rows):  # held up by another relay's rows of their keys
             await asyncio.sleep(HELD_UP_PAUSE)
             return True
         return len(rows) >= self._batch
 
-    async def _settle(self, outcomes: Sequence[_RunOutcome]) -> None:
+    async def _hand(self, ids: list[int]) -> None:
+        """Mark the rows as handed to the broker, committed before they are published."""
+        async with self._database.engine.begin() as marks:
+            await marks.execute(
+                pg_insert(handed).values([{"id": i} for i in ids]).on_conflict_do_nothing()
+            )
+
+    async def _settle(self, session: AsyncConnection, outcomes: Sequence[_RunOutcome]) -> None:
         sent = [row.id for outcome in outcomes for row in outcome.sent]
         untried = [row.id for outcome in outcomes for row in outcome.untried]
-        async with self._database.engine.begin() as session:
-            if sent:
+        if sent:
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(sent))
+                .values(sent_at=func.clock_timestamp(), attempts=outbox.c.attempts + 1)
+            )
+        if sent or untried:  # sent ones are known; untried ones never left
+            await session.execute(delete(handed).where(handed.c.id.in_(sent + untried)))
+        for outcome in outcomes:
+            for row, error in outcome.dead:
+                log.error(
+                    "outbox row %d (message %s to %s) set aside as dead: %s",
+                    *(row.id, row.envelope.message_id, row.envelope.subject, error),
+                )
                 await session.execute(
                     update(outbox)
-                    .where(outbox.c.id.in_(sent))
-                    .values(sent_at=func.clock_timestamp(), claimed_until=None)
-                )
-            if untried:  # never handed to the broker: as they were before the claim
-                await session.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_(untried))
-                    .values(claimed_until=None, attempts=outbox.c.attempts - 1)
-                )
-            for outcome in outcomes:
-                for row, error in outcome.dead:
-                    log.error(
-                        "outbox row %d (message %s to %s) set aside as dead: %s",
-                        *(row.id, row.envelope.message_id, row.envelope.subject, error),
+                    .where(outbox.c.id == row.id)
+                    .values(
+                        dead_at=func.clock_timestamp(),
+                        attempts=outbox.c.attempts + 1,
+                        last_error=error[:500],
                     )
-                    await session.execute(
-                        update(outbox)
-                        .where(outbox.c.id == row.id)
-                        .values(
-                            dead_at=func.clock_timestamp(),
-                            claimed_until=None,
-                            last_error=error[:500],
-                        )
-                    )
-                if outcome.failed is not None:
-                    await self._retry_later(session, outcome.failed, outcome.error)
+                )
+            if outcome.failed is not None:
+                await self._retry_later(session, outcome.failed, outcome.error)
 
     async def _retry_later(self, session: AsyncConnection, row: _Row, error: str) -> None:
         attempts = (
             await session.execute(
                 update(outbox)
                 .where(outbox.c.id == row.id)
-                .values(claimed_until=None, last_error=error[:500])
+                .values(attempts=outbox.c.attempts + 1, last_error=error[:500])
                 .returning(outbox.c.attempts)
             )
-        ).scalar_one_or_none()
-        if attempts is None:
-            return  # withdrawn by a cancel meanwhile
+        ).scalar_one()
         pause = min(RETRY_CAP, RETRY_FIRST * 2 ** max(0, attempts - 1))
         await session.execute(
             update(outbox)
@@ -333,15 +326,14 @@ class Relay:
                 outbox.c.sent_at.is_(None),
                 outbox.c.dead_at.is_(None),
                 or_(outbox.c.not_before.is_(None), outbox.c.not_before <= now),
-                or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
-                # Not behind a row of its key that waits (its next attempt, another relay):
-                # such rows would fill the batch and hold up every key after them.
+                # Not behind a row of its key that waits for its next attempt: such rows would
+                # fill the batch and hold up every key after them.
                 ~exists().where(
                     earlier.c.ordering_key == outbox.c.ordering_key,
                     earlier.c.id < outbox.c.id,
                     earlier.c.sent_at.is_(None),
                     earlier.c.dead_at.is_(None),
-                    or_(earlier.c.not_before > now, earlier.c.claimed_until >= now),
+                    earlier.c.not_before > now,
                 ),
             )
             .order_by(outbox.c.id)
@@ -381,15 +373,12 @@ class Relay:
         )
         return [(r[0], r[1]) for r in result.all()]
 
-    async def _publish_run(self, run: list[_Row], give_up: float) -> _RunOutcome:
+    async def _publish_run(self, run: list[_Row]) -> _RunOutcome:
         """Publish `run` in order; stop at the first failure the broker may not repeat (the
         rest of the run waits for that row). A row refused for good is set aside, and the run
-        goes on past it. Rows left when the claim nears its end are not tried."""
+        goes on past it."""
         outcome = _RunOutcome()
         for index, row in enumerate(run):
-            if time.monotonic() > give_up:
-                outcome.untried = run[index:]
-                return outcome
             try:
                 await self._publish_row(row)
             except REFUSED as exc:
@@ -445,8 +434,13 @@ class Relay:
 
     async def prune(self) -> None:
         """Delete sent rows older than APP_OUTBOX_RETENTION, inbox ids older than
-        APP_INBOX_RETENTION and HTTP keys older than APP_IDEMPOTENCY_TTL."""
+        APP_INBOX_RETENTION, HTTP keys older than APP_IDEMPOTENCY_TTL, and the handed marks of
+        rows no longer waiting (sent by another relay after a crash)."""
         async with self._database.engine.begin() as session:
+            waiting = select(outbox.c.id).where(
+                outbox.c.id == handed.c.id, outbox.c.sent_at.is_(None)
+            )
+            await session.execute(delete(handed).where(~waiting.exists()))
             await session.execute(
                 delete(outbox).where(
                     outbox.c.sent_at.isnot(None), outbox.c.sent_at < func.now() - self._retention

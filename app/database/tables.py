@@ -45,8 +45,6 @@ outbox = Table(
     Column("dead_at", DateTime(timezone=True), nullable=True),
     # Not tried again before then: the row's own backoff after a failed publish.
     Column("not_before", DateTime(timezone=True), nullable=True),
-    # A relay publishing the row holds it until then; committed before the publish.
-    Column("claimed_until", DateTime(timezone=True), nullable=True),
 )
 Index(
     "qosmesh_outbox_pending",
@@ -65,6 +63,17 @@ Index(
     postgresql_where=outbox.c.sent_at.is_(None),
 )
 Index("qosmesh_outbox_sent", outbox.c.sent_at, postgresql_where=outbox.c.sent_at.isnot(None))
+
+handed = Table(
+    "qosmesh_outbox_handed",
+    metadata,
+    # An outbox row a relay is about to publish: committed before the publish, so a row listed
+    # here may be at the broker whatever its `sent_at` says (docs/outbox.md, "A cancel").
+    Column("id", BigInteger, primary_key=True),
+    Column(
+        "handed_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
+    ),
+)
 
 inbox = Table(
     "qosmesh_inbox",

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from app.database.connection import Database
 from app.database.outbox import Relay
-from app.database.tables import outbox
+from app.database.tables import handed, outbox
 from app.errors import InvalidMessageError, PublishError
 from app.messages import H_DELIVER_AT, H_ID, Envelope, Message, QoS
 from app.testing import eventually
@@ -29,7 +29,7 @@ from app.transports.jetstream.streams import stream_name
 from tests.database.conftest import bus_with_database, relay_for
 from tests.transports.conftest import Ping
 
-CANCEL_RUNS = int(os.environ.get("QM_CANCEL_RUNS", "3"))
+CANCEL_RUNS = int(os.environ.get("QOSMESH_CANCEL_RUNS", "3"))
 """How many times each cancel race runs: 3 in CI, 20 from `python3 dev.py cancels`."""
 
 
@@ -208,10 +208,12 @@ async def test_a_cancel_after_the_relay_died_between_publish_and_commit_never_li
                 relay.kill()
         assert code == -signal.SIGKILL, relay.stderr.read().decode() if relay.stderr else ""
         async with database.engine.connect() as session:
-            [(attempts, sent_at)] = (
-                await session.execute(select(outbox.c.attempts, outbox.c.sent_at))
+            [(row_id, sent_at)] = (
+                await session.execute(select(outbox.c.id, outbox.c.sent_at))
             ).all()
-        assert (attempts, sent_at) == (1, None)  # handed to the broker, never marked sent
+            marks = (await session.execute(select(handed.c.id))).scalars().all()
+        assert sent_at is None  # never marked sent
+        assert marks == [row_id]  # but handed to the broker first
         cancelled = await running.bus.cancel(Ping, message.message_id)
         await asyncio.sleep(3)
     assert cancelled  # the broker confirmed it removed the schedule
@@ -248,7 +250,9 @@ async def test_a_cancel_after_a_lost_pub_ack_never_lies(run, db_settings, databa
                     select(outbox.c.attempts, outbox.c.sent_at, outbox.c.not_before)
                 )
             ).all()
+            marks = (await session.execute(select(handed.c.id))).scalars().all()
         assert (attempts, sent_at) == (1, None)
+        assert len(marks) == 1  # handed, and its fate unknown
         assert not_before is not None  # tried again later, on its own
         cancelled = await running.bus.cancel(Ping, message.message_id)
         async with relaying(relay_for(database, running.bus, settings)):

@@ -226,7 +226,61 @@ function openDeadLetters(message) {
   $("dlq-view").hidden = !enabled || !token();
   if (message) $("dlq-status").textContent = message;
   if (enabled && !token() && message) $("dlq-login").querySelector(".hint").textContent = message;
-  if (enabled && token()) loadGroups();
+  if (enabled && token()) {
+    loadGroups();
+    loadOutboxRows();
+  }
+}
+
+// -- outbox rows refused for good (a service with a database) ---------------------------
+
+async function loadOutboxRows() {
+  let data;
+  try {
+    data = await admin("/admin/outbox/dead");
+  } catch (error) {
+    $("outbox-dead").hidden = error.status === 404; // no database, so no outbox
+    $("outbox-status").textContent = `outbox: ${error.message}`;
+    return;
+  }
+  $("outbox-dead").hidden = false;
+  $("outbox-status").textContent =
+    `${data.total} outbox row${data.total === 1 ? "" : "s"} refused for good` +
+    (data.total ? ": their keys went on without them" : "");
+  fill(
+    $("outbox-table").tBodies[0],
+    data.items.map((r) =>
+      el(
+        "tr",
+        { "data-row": r.id },
+        el("td", {}, r.id),
+        el("td", {}, r.type),
+        el("td", {}, r.message_id),
+        el("td", {}, r.ordering_key || "-"),
+        el("td", {}, new Date(r.dead_at).toLocaleString()),
+        el("td", { class: "error" }, r.error),
+        el(
+          "td",
+          {},
+          el("button", { type: "button", class: "retry-row", onclick: () => rowAction(r, "retry") }, "Retry"),
+          el("button", { type: "button", class: "discard-row", onclick: () => rowAction(r, "discard") }, "Discard"),
+        ),
+      ),
+    ),
+  );
+}
+
+async function rowAction(row, action) {
+  const verb = action === "retry" ? "Retry" : "Discard";
+  if (!window.confirm(`${verb} outbox row ${row.id} (${row.type} ${row.message_id})?`)) return;
+  try {
+    if (action === "retry") await admin(`/admin/outbox/dead/${row.id}/retry`, { method: "POST" });
+    else await admin(`/admin/outbox/dead/${row.id}`, { method: "DELETE" });
+    $("dlq-result").textContent = `${action === "retry" ? "handed back to the relay" : "discarded"}: outbox row ${row.id}`;
+  } catch (error) {
+    $("dlq-result").textContent = `${verb} outbox row ${row.id}: ${error.message}`;
+  }
+  await loadOutboxRows();
 }
 
 async function loadGroups() {

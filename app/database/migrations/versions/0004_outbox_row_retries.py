@@ -3,10 +3,10 @@ before it is published.
 
 - `not_before`: a row whose publish failed is not tried again before then (its own backoff);
   the relay's other rows go on.
-- `claimed_until`: a relay publishing the row holds it until then. The claim, with `attempts`
-  counted up, commits before the publish, so a row with `attempts > 0` may have reached the
-  broker even when its `sent_at` never committed (a crash, a lost PubAck): a cancel then asks
-  the broker rather than trusting the row.
+- `qosmesh_outbox_handed`: the rows a relay is about to publish, committed (in a transaction of
+  its own) before the publish. A row listed there may have reached the broker even when its
+  `sent_at` never committed (a crash, a lost PubAck): a cancel then asks the broker rather than
+  trusting the row.
 - The pending rows' index leaves dead rows out, and unsent rows are found by message id for a
   cancel.
 
@@ -28,7 +28,16 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("qosmesh_outbox", sa.Column("not_before", sa.DateTime(timezone=True)))
-    op.add_column("qosmesh_outbox", sa.Column("claimed_until", sa.DateTime(timezone=True)))
+    op.create_table(
+        "qosmesh_outbox_handed",
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column(
+            "handed_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.func.clock_timestamp(),
+        ),
+    )
     op.create_index(
         "qosmesh_outbox_pending",
         "qosmesh_outbox",
@@ -53,5 +62,5 @@ def downgrade() -> None:
         postgresql_where=sa.text("sent_at IS NULL"),
     )
     op.drop_index("qosmesh_outbox_pending", "qosmesh_outbox")
-    op.drop_column("qosmesh_outbox", "claimed_until")
+    op.drop_table("qosmesh_outbox_handed")
     op.drop_column("qosmesh_outbox", "not_before")
