@@ -78,6 +78,7 @@ DATABASE_ONLY = (
     "app/instance/relay.py",
     "app/api/outbox.py",
     "tests/database",
+    "tests/console/test_outbox_rows.py",
     "docs/outbox.md",
     "bench/cases/http_rows.py",
     "bench/peers/http_raw.py",
