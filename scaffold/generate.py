@@ -484,6 +484,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
         ("cut", "class DatabaseUnavailableError(", "class StoreUnavailableError("),
     ),
+    "app/api/console.py": (("        outbox=services.database is not None,\n", ""),),
     "app/api/problems.py": (
         ("    DatabaseUnavailableError,\n", ""),
         ("    app.add_exception_handler(DatabaseUnavailableError, _unavailable)\n", ""),

@@ -48,6 +48,7 @@ class ConsoleInfo(BaseModel):
     node_id: str
     version: str
     admin: bool  # whether APP_ADMIN_TOKEN is set: the dead-letter tab needs it
+    outbox: bool = False  # whether the service keeps a database, and so outbox rows
 
 
 class ConsumerStats(BaseModel):
@@ -87,6 +88,7 @@ async def console_info(services: ServicesDep) -> ConsoleInfo:
         node_id=services.discovery.self_info.node_id,
         version=__version__,
         admin=settings.admin_token is not None,
+        outbox=services.database is not None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 
 from app.api.admin import require_admin
 from app.database import dead_rows
@@ -23,25 +23,27 @@ async def get_database(request: Request) -> Database:
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
+BIGINT = 2**63 - 1  # the rows' ids are PostgreSQL bigints
+RowId = Annotated[int, Path(ge=1, le=BIGINT)]
 
 
 @router.get("/dead")
 async def list_dead_rows(
     database: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=dead_rows.PAGE_LIMIT)] = 50,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=BIGINT)] = None,
 ) -> dead_rows.DeadRowPage:
     """Outbox rows set aside as dead, oldest first; pass `next_after` back as `after`."""
     return await dead_rows.page(database, limit, after)
 
 
 @router.get("/dead/{row_id}")
-async def show_dead_row(row_id: int, database: DatabaseDep) -> dead_rows.DeadRowDetail:
+async def show_dead_row(row_id: RowId, database: DatabaseDep) -> dead_rows.DeadRowDetail:
     return await dead_rows.show(database, row_id)
 
 
 @router.post("/dead/{row_id}/retry", status_code=202)
-async def retry_dead_row(row_id: int, database: DatabaseDep) -> dict[str, str | int]:
+async def retry_dead_row(row_id: RowId, database: DatabaseDep) -> dict[str, str | int]:
     """Hand the row back to the relay (once its cause is fixed): it is published at its next
     round, after the rows of its key that went on without it."""
     await dead_rows.retry(database, row_id)
@@ -49,7 +51,7 @@ async def retry_dead_row(row_id: int, database: DatabaseDep) -> dict[str, str | 
 
 
 @router.delete("/dead/{row_id}", status_code=204)
-async def discard_dead_row(row_id: int, database: DatabaseDep) -> Response:
+async def discard_dead_row(row_id: RowId, database: DatabaseDep) -> Response:
     """Delete the row: its message is never sent."""
     await dead_rows.discard(database, row_id)
     return Response(status_code=204)

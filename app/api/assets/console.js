@@ -228,7 +228,7 @@ function openDeadLetters(message) {
   if (enabled && !token() && message) $("dlq-login").querySelector(".hint").textContent = message;
   if (enabled && token()) {
     loadGroups();
-    loadOutboxRows();
+    if (state.info.outbox) loadOutboxRows();
   }
 }
 
@@ -239,7 +239,6 @@ async function loadOutboxRows() {
   try {
     data = await admin("/admin/outbox/dead");
   } catch (error) {
-    $("outbox-dead").hidden = error.status === 404; // no database, so no outbox
     $("outbox-status").textContent = `outbox: ${error.message}`;
     return;
   }
