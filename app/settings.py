@@ -72,7 +72,9 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = None
     database_migrate: bool | None = None
-    database_pool_size: Annotated[int, Field(ge=1, le=100)] = 20
+    # At least 2: a relay round holds one connection through its publish and marks rows as
+    # handed on a second (app/database/outbox.py).
+    database_pool_size: Annotated[int, Field(ge=2, le=100)] = 20
     database_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
     outbox_retention: Annotated[float, Field(ge=60)] = 86400.0
     outbox_max_backlog: Annotated[int, Field(ge=1)] = 100000
