@@ -15,7 +15,7 @@ from app.database.connection import Database
 from app.database.tables import outbox
 from app.testing import eventually, running_app
 from tests.database.conftest import bus_with_database, relay_for
-from tests.database.test_outbox_faults import relaying
+from tests.database.test_outbox import relaying
 from tests.transports.conftest import Ping
 
 TOKEN = "admin-secret-0123456789"

@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nats.js.errors
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.database.connection import Database
 from app.database.outbox import Relay
@@ -27,7 +27,8 @@ from app.messages import H_DELIVER_AT, H_ID, Envelope, Message, QoS
 from app.testing import eventually
 from app.transports.jetstream.streams import stream_name
 from tests.database.conftest import bus_with_database, relay_for
-from tests.transports.conftest import Ping
+from tests.database.test_outbox import relaying
+from tests.transports.conftest import Ping, Running
 
 CANCEL_RUNS = int(os.environ.get("QOSMESH_CANCEL_RUNS", "3"))
 """How many times each cancel race runs: 3 in CI, 20 from `python3 dev.py cancels`."""
@@ -39,14 +40,15 @@ class Sized(Message):
 
 
 @contextlib.asynccontextmanager
-async def relaying(relay: Relay) -> AsyncIterator[None]:
-    task = asyncio.create_task(relay.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def receiving(settings, database: Database) -> AsyncIterator[tuple[Running, list[Ping]]]:
+    """A bus on the database whose Ping handler keeps what it receives."""
+    got: list[Ping] = []
+
+    async def handle(message: Ping) -> None:
+        got.append(message)
+
+    async with bus_with_database(settings, database, lambda b: b.subscribe(Ping, handle)) as bus:
+        yield bus, got
 
 
 async def stored_in_order(running, message_type: type[Message]) -> list[dict[str, Any]]:
@@ -66,6 +68,20 @@ async def stored_in_order(running, message_type: type[Message]) -> list[dict[str
             if stored.subject == subject:
                 bodies.append(json.loads(stored.data or b"{}"))
     return bodies
+
+
+def settled(database: Database) -> Callable[[], Awaitable[bool]]:
+    """Whether every row is marked sent or dead: a round marks its rows after the broker's acks,
+    so a message can be at the broker (and handled) a moment before its row says so."""
+
+    async def check() -> bool:
+        async with database.engine.connect() as session:
+            waiting = select(func.count()).where(
+                outbox.c.sent_at.is_(None), outbox.c.dead_at.is_(None)
+            )
+            return (await session.execute(waiting)).scalar_one() == 0
+
+    return check
 
 
 async def dead_rows(database: Database) -> list[tuple[str, str]]:
@@ -105,6 +121,7 @@ async def test_a_row_refused_for_good_mid_backlog_is_dead_and_every_key_goes_on_
                 return len(await stored_in_order(running, Ping)) == 99
 
             await eventually(delivered, timeout=30, message="the 99 others reached the broker")
+            await eventually(settled(database), message="every round marked its rows")
             await relay.read_levels()
             assert await database.readiness() == {"database": "ok"}
         seen = [int(body["n"]) for body in await stored_in_order(running, Ping)]
@@ -154,6 +171,7 @@ async def test_rows_a_stream_refuses_for_a_while_wait_on_their_own_and_keep_thei
                 return len(await stored_in_order(running, Sized)) == 61
 
             await eventually(all_through, timeout=30, message="key a followed")
+            await eventually(settled(database), message="every round marked its rows")
         seen = [int(b["n"]) for b in await stored_in_order(running, Sized)][1:]
     assert [n for n in seen if n % 3 == 0] == list(range(0, 60, 3))
     async with database.engine.connect() as session:
@@ -182,14 +200,7 @@ async def test_a_cancel_after_the_relay_died_between_publish_and_commit_never_li
     sent: the row looks unsent. A cancel answering True must mean the message never arrives;
     here the broker holds it, so the cancel takes it back there (True) and nothing arrives."""
     settings = db_settings()
-    got: list[Ping] = []
-
-    async def handle(message: Ping) -> None:
-        got.append(message)
-
-    async with bus_with_database(
-        settings, database, lambda b: b.subscribe(Ping, handle)
-    ) as running:
+    async with receiving(settings, database) as (running, got):
         message = Ping(n=run)
         async with database.transaction() as session:
             await running.bus.publish(message, session=session, delay=timedelta(seconds=2))
@@ -226,14 +237,7 @@ async def test_a_cancel_after_a_lost_pub_ack_never_lies(run, db_settings, databa
     the row stays unsent, for a retry. A cancel then must not trust the row: it deletes it
     (no retry sends it again) and asks the broker, which takes the message back."""
     settings = db_settings()
-    got: list[Ping] = []
-
-    async def handle(message: Ping) -> None:
-        got.append(message)
-
-    async with bus_with_database(
-        settings, database, lambda b: b.subscribe(Ping, handle)
-    ) as running:
+    async with receiving(settings, database) as (running, got):
 
         async def ack_lost(envelope: Envelope, qos: QoS, transport: str) -> None:
             await running.bus.relay(envelope, qos, transport)

@@ -2,6 +2,7 @@
 command answered 202 takes effect once after the outage, and the outbox drains."""
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import defaultdict
@@ -78,8 +79,10 @@ async def backlog(app) -> int:
         return int((await session.execute(count)).scalar_one())
 
 
-@pytest.fixture
-async def shop(settings_for, nats_server, postgres_server) -> AsyncIterator[tuple[object, str]]:
+@contextlib.asynccontextmanager
+async def serving(
+    settings_for, nats_server, postgres_server, **overrides: object
+) -> AsyncIterator[tuple[object, str]]:
     settings = settings_for(
         nats_url=nats_server.url,
         database_url=postgres_server.url,
@@ -87,9 +90,16 @@ async def shop(settings_for, nats_server, postgres_server) -> AsyncIterator[tupl
         publish_attempt_timeout=0.5,
         publish_deadline=2,
         ack_wait=2,
+        **overrides,
     )
     async with running_app(settings) as (app, url):
         yield app, url
+
+
+@pytest.fixture
+async def shop(settings_for, nats_server, postgres_server) -> AsyncIterator[tuple[object, str]]:
+    async with serving(settings_for, nats_server, postgres_server) as running:
+        yield running
 
 
 async def test_broker_stopped_for_10s_under_orders_and_payments(shop, nats_server):
@@ -133,17 +143,10 @@ async def test_database_restarted_under_load_loses_no_accepted_command(shop, pos
 async def small_backlog_shop(
     settings_for, nats_server, postgres_server
 ) -> AsyncIterator[tuple[object, str]]:
-    settings = settings_for(
-        nats_url=nats_server.url,
-        database_url=postgres_server.url,
-        database_migrate=True,
-        publish_attempt_timeout=0.5,
-        publish_deadline=2,
-        ack_wait=2,
-        outbox_max_backlog=40,
-    )
-    async with running_app(settings) as (app, url):
-        yield app, url
+    async with serving(
+        settings_for, nats_server, postgres_server, outbox_max_backlog=40
+    ) as running:
+        yield running
 
 
 async def test_a_20s_broker_outage_kills_no_row_turns_readiness_off_and_drains_every_key_in_order(
