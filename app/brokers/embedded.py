@@ -14,6 +14,7 @@ import fcntl
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,8 +33,35 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
+_LOWEST_FREE_PORT = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's range for outgoing connections' local ports begins."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    return 32_768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
+    """A TCP port nothing listens on right now, below the kernel's ephemeral range.
+
+    A port handed out by `bind(0)` comes from the range the kernel also gives outgoing
+    connections, so in the moment between choosing it and a server binding it, any client
+    socket on the machine (a broker connection opening during start-up) can take it. Below
+    that range only another listener can, and a random pick makes two at once unlikely.
+    """
+    top = _ephemeral_start()
+    picker = random.SystemRandom()
+    for _ in range(64):
+        port = picker.randrange(_LOWEST_FREE_PORT, top) if top > _LOWEST_FREE_PORT else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
