@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     drain_timeout: Annotated[float, Field(ge=0)] = 20.0
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1048576
     domain: str = DEFAULT_DOMAIN
+    # The dead-letter store's bounds (0: no bound of that kind) and what a full store does:
+    # `old` drops the oldest records to make room, `new` refuses the newest (docs/operations.md).
+    dlq_max_age: Annotated[float, Field(ge=0)] = 1209600.0
+    dlq_max_messages: Annotated[int, Field(ge=0)] = 100000
+    dlq_max_bytes: Annotated[int, Field(ge=0)] = 1073741824
+    dlq_discard: Literal["old", "new"] = "old"
 
     @field_validator("admin_token", mode="after")
     @classmethod

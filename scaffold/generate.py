@@ -49,6 +49,7 @@ EXAMPLE_ONLY = (
     "tests/hardening/test_secrets.py",
     "tests/hardening/test_backpressure.py",
     "tests/hardening/test_network_faults.py",
+    "tests/hardening/test_dead_letter_flood.py",
 )
 """Left out with the example domain: its package and every test that drives its orders and
 payments (a test in tests/scaffold finds new ones)."""

@@ -285,6 +285,54 @@ _sent: dict[tuple[str, str, int, str], Series] = {}
 
 def sent_series(system: str, subject: str, qos: int, outcome: str) -> Series:
     """The `messaging.client.sent.messages` series of one destination and outcome."""
+dead_letters_dropped = Counter(
+    "qosmesh.dead_letters.dropped",
+    unit="{message}",
+    description="Dead letters lost to the store's bounds: the oldest dropped to make room "
+    "(policy old) or the newest refused (policy new)",
+)
+
+DeadLetterLoad = Callable[[], tuple[Attributes, int, int, float] | None]
+"""A dead-letter store's size as last read: its attributes, the records and bytes it holds,
+and how full it is (0 to 1, the nearer of its count and size bounds); None until read."""
+_dead_letter_loads: list[DeadLetterLoad] = []
+
+
+def watch_dead_letters(source: DeadLetterLoad) -> Callable[[], None]:
+    """Report `source` as `qosmesh.dead_letters.stored`, `.stored_bytes` and `.fill`; returns
+    the undo."""
+    _dead_letter_loads.append(source)
+    return lambda: _dead_letter_loads.remove(source)
+
+
+def _observe_dead_letters(index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        for source in list(_dead_letter_loads):
+            load = source()
+            if load is not None:
+                yield Observation(load[index], load[0])
+
+    return observe
+
+
+meter.create_observable_gauge(
+    "qosmesh.dead_letters.stored",
+    callbacks=[_observe_dead_letters(1)],
+    unit="{message}",
+    description="Dead letters the store holds",
+)
+meter.create_observable_gauge(
+    "qosmesh.dead_letters.stored_bytes",
+    callbacks=[_observe_dead_letters(2)],
+    unit="By",
+    description="Bytes of dead letters the store holds",
+)
+meter.create_observable_gauge(
+    "qosmesh.dead_letters.fill",
+    callbacks=[_observe_dead_letters(3)],
+    unit="1",
+    description="How full the dead-letter store is, 0 to 1, by the nearer of its bounds",
+)
     key = (system, subject, qos, outcome)
     found = _sent.get(key)
     if found is None:

@@ -8,6 +8,7 @@ lists, for each store that has more, the id to resume it from.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ SCAN_PAGE = 500
 SCAN_LIMIT = 10_000
 """Grouping reads at most this many dead letters, the newest; a bulk action finds its group's
 members among them."""
+SCAN_BUDGET = 5.0
+"""Seconds grouping may read for; what it read by then is grouped and marked incomplete. Each
+page of SCAN_PAGE costs a few batched reads (app/brokers/direct_get.py), so the full scan is
+about 20 pages: tens of requests, whatever holes discards left."""
 BULK_LIMIT = 1000
 UNKNOWN = "unknown"
 """The error type of records kept before they had one."""
@@ -236,11 +241,15 @@ class DeadLetters:
     async def replay(self, dlq_id: str) -> str:
         return await self._store(dlq_id).replay(dlq_id)
 
-    async def scan(self, limit: int) -> tuple[Sequence[DeadLetter], bool]:
-        """Up to `limit` dead letters, newest first, and whether that was all of them."""
+    async def scan(
+        self, limit: int, budget: float = SCAN_BUDGET
+    ) -> tuple[Sequence[DeadLetter], bool]:
+        """Up to `limit` dead letters, newest first, read for at most `budget` seconds, and
+        whether that was all of them."""
         items: list[DeadLetter] = []
         cursor: str | None = None
-        while len(items) < limit:
+        deadline = time.monotonic() + budget
+        while len(items) < limit and time.monotonic() < deadline:
             page = await self.list(min(SCAN_PAGE, limit - len(items)), cursor)
             items.extend(page.items)
             cursor = page.next_cursor

@@ -166,11 +166,11 @@ async def has_dead_letters(store: DeadLetterStore, count: int) -> bool:
     return (await store.list(20, None)).total >= count
 
 
-async def test_an_advisory_whose_copy_keeps_failing_ends_in_a_stub_and_the_task_goes_on(
+async def test_a_copy_over_the_streams_size_bound_is_kept_as_a_stub_with_its_reason(
     bus_settings,
 ):
-    """The dead-letter stream refuses the whole copy: the consumer's own copy fails, the
-    server's MAX_DELIVERIES advisory is retried a bounded number of times, then a stub is kept."""
+    """The dead-letter stream's own size bound refuses the whole copy: a stub is kept at once,
+    with the handler's reason and error."""
 
     async def fail(message: BigPing) -> None:
         raise ValueError("handler refuses")
@@ -187,7 +187,7 @@ async def test_an_advisory_whose_copy_keeps_failing_ends_in_a_stub_and_the_task_
         (item,) = (await store.list(10, None)).items
         assert item.stub
         assert item.reason == "max_deliveries"
-        assert "copy failed" in item.error
+        assert "handler refuses" in item.error
         await running.bus.publish(BigPing(pad="small"))
         await eventually(lambda: has_dead_letters(store, 2), timeout=20, message="next one")
         page = (await store.list(10, None)).items

@@ -30,6 +30,7 @@ from app.brokers import nats_wire
 from app.messages import Envelope
 from app.observability.instruments import Attributes, consumer_gaps, watch_lag
 from app.qos.dead_letters import Failure
+from app.qos.retries import backoff
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports import consuming
@@ -38,6 +39,7 @@ from app.transports.consuming import (
     GIVEN_UP,
     ConsumerMetrics,
     HandlerTasks,
+    Outcome,
     Verdict,
     run_delivery,
     settle,
@@ -52,6 +54,9 @@ PULL_GRACE = 0.5
 MAX_BATCH = 256
 HOLD_ACK_WAITS = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
 SERVER_MARGIN = 5  # server deliveries beyond APP_MAX_DELIVER, for deliveries lost to crashes
+COPY_RETRY = 1.0  # the first delay after a failed dead-letter copy, doubling each delivery
+COPY_RETRY_CAP = 60.0
+UNCOPIED_KEPT = 1024
 
 
 class PullConsumer:
@@ -92,6 +97,9 @@ class PullConsumer:
         self._keepalive_task: asyncio.Task[None] | None = None
         # id(delivery) -> (delivery, when its handler started); a Msg is not hashable
         self._running: dict[int, tuple[Msg, float]] = {}
+        # Why a message whose dead-letter copy failed was dead, by stream sequence: its
+        # deliveries past the limit copy it again with that reason, not "no result".
+        self._uncopied: dict[int, Failure] = {}
         self._pending: int | None = None  # until the first read
         self._metrics = ConsumerMetrics(
             SYSTEM, subscription.subject, subscription.qos, subscription.subject
@@ -278,7 +286,9 @@ class PullConsumer:
             # The server gives more deliveries than the router (a margin for deliveries lost
             # to crashes and outages): the last one ended with no handler result.
             self._running.pop(id(msg), None)
-            await settle(settlement, GIVEN_UP, self._metrics)
+            failure = self._uncopied.get(_stream_seq(msg))
+            given_up = GIVEN_UP if failure is None else Outcome(Verdict.DEAD, failure=failure)
+            await settle(settlement, given_up, self._metrics)
             return
         if attempt > 1:
             self._metrics.redelivered.add()
@@ -321,21 +331,33 @@ class PullConsumer:
         failure: Failure,
         attempt: int,
     ) -> None:
-        """Copy to the dead-letter stream, then term; if the copy fails, the server's
-        MAX_DELIVERIES advisory brings the message to the dead-letter stream later."""
+        """Copy to the dead-letter stream, then term. A copy that fails (a broker away, a full
+        store that keeps what it holds) hands the delivery back after a growing delay, never at
+        once; past its deliveries the server's MAX_DELIVERIES advisory tries the copy again."""
+        seq = msg.metadata.sequence.stream
         try:
             await self._dlq.add(
                 envelope,
                 stream=self._stream,
-                seq=msg.metadata.sequence.stream,
+                seq=seq,
                 consumer=self._sub.name,
                 failure=failure,
                 deliveries=attempt,
             )
-        except Exception:
-            log.exception("dead-letter copy of %s failed", envelope.message_id)
-            await _settle(msg.nak())
+        except Exception as exc:
+            delay = backoff(attempt, base=COPY_RETRY, cap=COPY_RETRY_CAP)
+            log.error(
+                "dead-letter copy of %s failed; tried again in %.0f s: %s",
+                envelope.message_id,
+                delay,
+                exc,
+            )
+            if len(self._uncopied) >= UNCOPIED_KEPT:
+                self._uncopied.pop(next(iter(self._uncopied)))
+            self._uncopied[seq] = failure
+            await _settle(msg.nak(delay=delay))
             return
+        self._uncopied.pop(seq, None)
         await _settle(msg.term())
 
     async def stop(self, timeout: float) -> None:

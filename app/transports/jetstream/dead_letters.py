@@ -8,7 +8,14 @@ Two paths lead here, and both write with the same `Nats-Msg-Id`, so a message is
 A copy carries no broker control header of the original (`Nats-Expected-Stream` would make the
 dead-letter stream refuse it); the original `Nats-Msg-Id` is kept as `qm-orig-msg-id`. A copy
 that would not fit the server's `max_payload` is stored as a stub: the record, the original
-size and the first KiB of the body. A stub is listed as one and cannot be replayed.
+size and the first KiB of the body, its header values cut to fit. A stub is listed as one and
+cannot be replayed.
+
+The stream is bounded by `APP_DLQ_MAX_AGE`, `APP_DLQ_MAX_MESSAGES` and `APP_DLQ_MAX_BYTES`.
+The server refuses a record over the count or size bound (discard-new); with
+`APP_DLQ_DISCARD=old` the store then purges the oldest records, a hundredth of the bound at a
+time, and writes again, so every record dropped is counted. Listing reads runs of the stream
+in batches (app/brokers/direct_get.py), never one request per sequence.
 """
 
 from __future__ import annotations
@@ -17,20 +24,33 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
 
 from app.brokers import nats_wire
-from app.errors import DeadLetterNotFoundError, MessageTooLargeError, NotReplayableError
+from app.brokers.direct_get import batches, read_run
+from app.errors import (
+    DeadLetterNotFoundError,
+    DeadLetterStoreFullError,
+    MessageTooLargeError,
+    NotReplayableError,
+)
 from app.messages import H_ID, H_QOS, H_TYPE, DeadLetterReason, Envelope, QoS
-from app.observability.instruments import dead_letters
+from app.observability.instruments import (
+    Attributes,
+    dead_letters,
+    dead_letters_dropped,
+    watch_dead_letters,
+)
 from app.qos.dead_letters import (
     D_AT,
     D_CONSUMER,
@@ -77,7 +97,20 @@ _DLQ_HEADERS = (
     ORIG_MSG_ID,
 )
 STUB_BODY = 1024
+STUB_VALUE = 256
+"""A stub keeps at most this many characters of each header it copies (the id, the type)."""
 ADVISORY_MAX_DELIVER = 5
+STORE_FULL = 10077
+TOO_LARGE = 10054
+"""JetStream's answer to a record over the stream's `max_msg_size`."""
+"""JetStream's answer to a write over a stream's count or size bound (discard-new)."""
+ROOM = 100
+"""A full store (policy old) drops a hundredth of its bound at once, not one record a write."""
+LOAD_REFRESH = 10.0
+"""Seconds between reads of the store's size for its gauges."""
+FIRST_WINDOW = 64
+"""Sequences a listing reads at first below its cursor; each further read doubles it, so holes
+left by discards cost a few requests, not one per sequence."""
 
 Publish = Callable[[Envelope, QoS], Awaitable[None]]
 
@@ -99,19 +132,34 @@ class JetStreamDeadLetters:
         self.subject = f"dlq.{service}"
         self._consumer_prefix = f"{service}__"
         self._task: asyncio.Task[None] | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self._load: tuple[Attributes, int, int, float] | None = None
+        self._unwatch: Callable[[], None] = lambda: None
+        self._room = asyncio.Lock()
         self._stopping = False
 
     async def start(self) -> None:
-        common = {"storage": StorageType.FILE, "num_replicas": self._settings.replicas}
+        settings = self._settings
+        common = {"storage": StorageType.FILE, "num_replicas": settings.replicas}
         await ensure_stream(
             self._js,
             StreamConfig(
                 name=self.stream,
                 subjects=[self.subject],
-                duplicate_window=self._settings.duplicate_window,
+                duplicate_window=settings.duplicate_window,
+                max_age=settings.dlq_max_age or None,
+                max_msgs=settings.dlq_max_messages or -1,
+                max_bytes=settings.dlq_max_bytes or -1,
+                # Full means refused, whatever the policy: a policy of old makes the room
+                # itself, so that it can count what it drops.
+                discard=DiscardPolicy.NEW,
+                allow_direct=True,
                 **common,  # type: ignore[arg-type]
             ),
         )
+        dead_letters_dropped.add(0, {"messaging.system": "nats", "policy": settings.dlq_discard})
+        self._unwatch = watch_dead_letters(lambda: self._load)
+        self._load_task = supervised(self._read_load(), "dlq size")
         await ensure_stream(
             self._js,
             StreamConfig(
@@ -137,9 +185,27 @@ class JetStreamDeadLetters:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=2)
+        self._unwatch()
+        for task in (self._task, self._load_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task}, timeout=2)
+
+    async def _read_load(self) -> None:
+        """Keep the store's size for its gauges, read on an interval, never per write."""
+        settings = self._settings
+        attributes: Attributes = {"messaging.system": "nats"}
+        while not self._stopping:
+            try:
+                state = (await self._js.stream_info(self.stream)).state
+                fill = max(
+                    state.messages / settings.dlq_max_messages if settings.dlq_max_messages else 0,
+                    state.bytes / settings.dlq_max_bytes if settings.dlq_max_bytes else 0,
+                )
+                self._load = (attributes, state.messages, state.bytes, round(fill, 4))
+            except Exception as exc:
+                log.debug("dead-letter store size not read: %s", exc)
+            await asyncio.sleep(LOAD_REFRESH)
 
     async def add(
         self,
@@ -168,10 +234,15 @@ class JetStreamDeadLetters:
         body = envelope.body
         size = nats_wire.frame_size(envelope.headers, body)
         if stub or not _fits(self._nc, headers, body):
-            kept = {k: v for k, v in copied_headers(envelope.headers).items() if k in _STUB_KEEPS}
-            headers = {**kept, **record, D_STUB: "true", D_SIZE: str(size)}
-            body = body[:STUB_BODY]
-        ack = await self._js.publish(self.subject, body, timeout=5, headers=headers)
+            headers, body = _stub(self._nc, envelope, record, size)
+        try:
+            ack = await self._write(headers, body)
+        except APIError as exc:
+            if exc.err_code != TOO_LARGE or D_STUB in headers:
+                raise
+            # The stream's own message size bound is below the server's: keep a stub.
+            headers, body = _stub(self._nc, envelope, record, size)
+            ack = await self._write(headers, body)
         if not ack.duplicate:
             dead_letters.add(
                 1,
@@ -183,12 +254,66 @@ class JetStreamDeadLetters:
             )
             log.warning(
                 "message %s dead-lettered as js-%d%s: %s: %s",
-                envelope.message_id,
+                _cut(envelope.message_id, STUB_VALUE),
                 ack.seq,
                 f" (a stub: {size} bytes do not fit)" if D_STUB in headers else "",
                 failure.reason,
                 failure.error,
             )
+
+    async def _write(self, headers: dict[str, str], body: bytes) -> Any:
+        """Store a record; when the store is full, make room (policy old) or refuse."""
+        try:
+            return await self._publish_record(headers, body)
+        except DeadLetterStoreFullError:
+            if self._settings.dlq_discard == "new":
+                dead_letters_dropped.add(1, {"messaging.system": "nats", "policy": "new"})
+                raise
+        # One writer at a time makes room, and the others find it made.
+        async with self._room:
+            for _ in range(5):
+                try:
+                    return await self._publish_record(headers, body)
+                except DeadLetterStoreFullError:
+                    await self._make_room(nats_wire.frame_size(headers, body))
+        raise DeadLetterStoreFullError(f"dead-letter stream {self.stream} stays full")
+
+    async def _publish_record(self, headers: dict[str, str], body: bytes) -> Any:
+        try:
+            return await self._js.publish(self.subject, body, timeout=5, headers=headers)
+        except APIError as exc:
+            if exc.err_code != STORE_FULL:
+                raise
+            raise DeadLetterStoreFullError(
+                f"dead-letter stream {self.stream} is full ({exc.description}) and keeps what "
+                f"it holds (APP_DLQ_DISCARD={self._settings.dlq_discard})"
+            ) from exc
+
+    async def _make_room(self, size: int) -> None:
+        """Purge the oldest records: enough for `size` more bytes and one more record, and a
+        hundredth of each bound besides."""
+        settings = self._settings
+        state = (await self._js.stream_info(self.stream)).state
+        drop = 0
+        if settings.dlq_max_messages:
+            over = state.messages + 1 - settings.dlq_max_messages
+            drop = max(drop, over + settings.dlq_max_messages // ROOM)
+        if settings.dlq_max_bytes and state.messages:
+            over_bytes = state.bytes + size - settings.dlq_max_bytes
+            average = state.bytes / state.messages
+            wanted = over_bytes + settings.dlq_max_bytes // ROOM
+            drop = max(drop, math.ceil(wanted / average) if over_bytes > 0 else 0)
+        keep = max(0, state.messages - max(drop, 1))
+        answer = await self._nc.request(
+            f"$JS.API.STREAM.PURGE.{self.stream}", json.dumps({"keep": keep}).encode(), timeout=5
+        )
+        purged = int(json.loads(answer.data).get("purged", 0))
+        dead_letters_dropped.add(purged, {"messaging.system": "nats", "policy": "old"})
+        log.warning(
+            "dead-letter stream %s is full: its %d oldest records were dropped to make room",
+            self.stream,
+            purged,
+        )
 
     async def _follow_advisories(self) -> None:
         """Runs until stopped: no failed fetch, ack or copy ends it. An advisory that cannot
@@ -294,18 +419,45 @@ class JetStreamDeadLetters:
         return detail_from(f"{self.prefix}-{seq}", "jetstream", headers, body, stored_at)
 
     async def list(self, limit: int, cursor: str | None) -> DeadLetterPage:
-        info = await self._js.stream_info(self.stream)
-        state = info.state
-        seq = self._seq(cursor) if cursor else state.last_seq
+        """Newest first: runs below the cursor read in batches, each twice the last, until
+        the page is full or the stream's start is reached."""
+        state = (await self._js.stream_info(self.stream)).state
+        first = max(state.first_seq, 1)
+        top = self._seq(cursor) if cursor else state.last_seq
+        if not batches(self._nc):
+            return await self._list_one_by_one(limit, first, top, state.messages)
+        found: list[DeadLetter] = []
+        window = max(FIRST_WINDOW, limit)
+        while top >= first and len(found) <= limit and limit > 0:
+            start = max(first, top - window + 1)
+            run, _requests = await read_run(self._nc, self.stream, start, top)
+            for stored in reversed(run):
+                detail = detail_from(
+                    f"{self.prefix}-{stored.seq}", "jetstream", stored.headers, b"", stored.time
+                )
+                found.append(DeadLetter.model_validate(detail.model_dump()))
+            top = start - 1
+            window *= 2
+        if len(found) > limit:
+            next_cursor: str | None = found[limit].dlq_id
+        else:
+            next_cursor = f"{self.prefix}-{top}" if top >= first and limit > 0 else None
+        return DeadLetterPage(items=found[:limit], total=state.messages, next_cursor=next_cursor)
+
+    async def _list_one_by_one(
+        self, limit: int, first: int, top: int, total: int
+    ) -> DeadLetterPage:
+        """A server older than 2.11 answers one message per request: one per sequence."""
+        seq = top
         items: list[DeadLetter] = []
-        while seq >= max(state.first_seq, 1) and len(items) < limit:
+        while seq >= first and len(items) < limit:
             with contextlib.suppress(DeadLetterNotFoundError):
                 detail = await self._fetch(seq)
                 items.append(DeadLetter.model_validate(detail.model_dump()))
             seq -= 1
-        more = seq >= max(state.first_seq, 1)
+        more = seq >= first
         return DeadLetterPage(
-            items=items, total=state.messages, next_cursor=f"{self.prefix}-{seq}" if more else None
+            items=items, total=total, next_cursor=f"{self.prefix}-{seq}" if more else None
         )
 
     async def get(self, dlq_id: str) -> DeadLetterDetail:
@@ -337,7 +489,28 @@ class JetStreamDeadLetters:
         return message_id
 
 
-_STUB_KEEPS = frozenset({H_ID, H_TYPE, H_QOS, ORIG_MSG_ID})
+_STUB_KEEPS = (H_ID, H_TYPE, H_QOS, ORIG_MSG_ID)
+
+
+def _stub(
+    nc: NatsClient, envelope: Envelope, record: dict[str, str], size: int
+) -> tuple[dict[str, str], bytes]:
+    """A record that fits: the reason and the record whole, the message's id, type and QoS
+    cut to STUB_VALUE characters each, and as much of the first KiB of the body as fits."""
+    copied = copied_headers(envelope.headers)
+    kept = {k: _cut(copied[k], STUB_VALUE) for k in _STUB_KEEPS if k in copied}
+    headers = {**kept, **record, D_STUB: "true", D_SIZE: str(size)}
+    if not _fits(nc, headers, b""):  # a subject or consumer name of pathological length
+        headers = {
+            k: _cut(v, STUB_VALUE) if k not in (D_REASON, "Nats-Msg-Id") else v
+            for k, v in headers.items()
+        }
+    room = nc.max_payload - nats_wire.frame_size(headers, b"")
+    return headers, envelope.body[: max(0, min(STUB_BODY, room))]
+
+
+def _cut(value: str, most: int) -> str:
+    return value if len(value) <= most else value[: most - 3] + "..."
 
 
 def copied_headers(headers: Mapping[str, object]) -> dict[str, str]:

@@ -3,20 +3,32 @@ not be handled, with the original fields plus why, how often and from where.
 
 An entry is copied here and acked on its stream in one MULTI transaction, so it is dead-lettered
 exactly once even when two consumers race for it. Ids are `rd-<stream entry id>`.
+
+The stream is bounded by `APP_DLQ_MAX_MESSAGES` (an exact XTRIM MAXLEN after each copy, whose
+count of trimmed entries is the count dropped) and `APP_DLQ_MAX_AGE` (XTRIM MINID); a Redis
+stream has no size bound, so `APP_DLQ_MAX_BYTES` is JetStream's only. With
+`APP_DLQ_DISCARD=new`, a full stream refuses the copy and the entry stays pending.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.errors import DeadLetterNotFoundError
+from app.errors import DeadLetterNotFoundError, DeadLetterStoreFullError
 from app.messages import H_ID, H_QOS, Envelope, QoS
-from app.observability.instruments import dead_letters
+from app.observability.instruments import (
+    Attributes,
+    dead_letters,
+    dead_letters_dropped,
+    watch_dead_letters,
+)
 from app.qos.dead_letters import (
     D_AT,
     D_CONSUMER,
@@ -32,6 +44,7 @@ from app.qos.dead_letters import (
     detail_from,
 )
 from app.settings import Settings
+from app.supervision import supervised
 from app.transports.redis.codec import Fields, envelope_from
 
 log = logging.getLogger(__name__)
@@ -51,6 +64,8 @@ _DLQ_FIELDS = (
 )
 
 Publish = Callable[[Envelope, QoS], Awaitable[None]]
+LOAD_REFRESH = 10.0
+"""Seconds between reads of the store's length for its gauges."""
 
 
 class RedisDeadLetters:
@@ -60,8 +75,36 @@ class RedisDeadLetters:
 
     def __init__(self, redis: aioredis.Redis, settings: Settings, publish: Publish) -> None:
         self._redis = redis
+        self._settings = settings
         self._publish = publish
         self.stream = f"dlq.{settings.service_name}"
+        self._load: tuple[Attributes, int, int, float] | None = None
+        self._unwatch: Callable[[], None] = lambda: None
+        self._load_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        policy = self._settings.dlq_discard
+        dead_letters_dropped.add(0, {"messaging.system": "redis", "policy": policy})
+        self._unwatch = watch_dead_letters(lambda: self._load)
+        self._load_task = supervised(self._read_load(), "dlq size")
+
+    async def stop(self) -> None:
+        self._unwatch()
+        if self._load_task is not None:
+            self._load_task.cancel()
+            await asyncio.wait({self._load_task}, timeout=2)
+
+    async def _read_load(self) -> None:
+        """Keep the store's length for its gauges, read on an interval, never per write."""
+        bound = self._settings.dlq_max_messages
+        while True:
+            try:
+                length = int(await self._redis.xlen(self.stream))
+                fill = round(length / bound, 4) if bound else 0.0
+                self._load = ({"messaging.system": "redis"}, length, 0, fill)
+            except Exception as exc:
+                log.debug("dead-letter store length not read: %s", exc)
+            await asyncio.sleep(LOAD_REFRESH)
 
     async def add(
         self,
@@ -89,10 +132,27 @@ class RedisDeadLetters:
             D_CONSUMER: consumer,
             D_AT: datetime.now(UTC).isoformat(),
         }
+        settings = self._settings
+        bound = settings.dlq_max_messages
+        if settings.dlq_discard == "new" and bound and await self._redis.xlen(self.stream) >= bound:
+            dead_letters_dropped.add(1, {"messaging.system": "redis", "policy": "new"})
+            raise DeadLetterStoreFullError(
+                f"dead-letter stream {self.stream} holds {bound} entries and keeps what it "
+                "holds (APP_DLQ_DISCARD=new)"
+            )
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.stream, record)
             pipe.xack(subject, group, entry)
-            added, acked = await pipe.execute()
+            if bound:
+                pipe.xtrim(self.stream, maxlen=bound, approximate=False)
+            if settings.dlq_max_age:
+                oldest = int((time.time() - settings.dlq_max_age) * 1000)
+                pipe.xtrim(self.stream, minid=f"{oldest}-0", approximate=False)
+            added, acked, *trimmed = await pipe.execute()
+        if bound and trimmed and trimmed[0]:
+            dead_letters_dropped.add(
+                int(trimmed[0]), {"messaging.system": "redis", "policy": "old"}
+            )
         if not acked:
             # Another consumer settled it first: keep a single copy.
             await self._redis.xdel(self.stream, added)

@@ -106,6 +106,7 @@ class RedisStreamsTransport:
         return list(self._consumers)
 
     async def start(self) -> None:
+        await self._dlq.start()
         for subscription in self._subscriptions:
             consumer = RedisConsumer(
                 self._redis, subscription, self._settings, self._dlq, self.instance
@@ -191,6 +192,7 @@ class RedisStreamsTransport:
     async def stop(self, timeout: float) -> None:
         await asyncio.gather(*(c.stop(timeout) for c in self._consumers))
         self._consumers.clear()
+        await self._dlq.stop()
         await self._publisher.close()
 
 
