@@ -80,6 +80,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+MAX_ID = 256
+"""The longest message id a message may carry."""
+
+
 class Message(BaseModel):
     """A command or fact sent to other instances; QoS 1 (at least once) unless the type says."""
 
@@ -89,7 +93,11 @@ class Message(BaseModel):
     subject: ClassVar[str | None] = None
     schema_version: ClassVar[int] = 1
 
-    message_id: str = Field(default_factory=new_message_id)
+    # Checked when the message is made: an empty id would make every QoS 2 copy one message,
+    # and the id travels in a header (no whitespace) and keys the idempotency stores.
+    message_id: str = Field(
+        default_factory=new_message_id, min_length=1, max_length=MAX_ID, pattern=r"^\S+$"
+    )
     correlation_id: str = ""
     timestamp: datetime = Field(default_factory=_utcnow)
 

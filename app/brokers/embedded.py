@@ -223,15 +223,18 @@ class NatsServer(ServerProcess):
         port: int | None = None,
         extra_args: Sequence[str] = (),
         sync: str | None = None,
+        config: str = "",
     ) -> None:
         super().__init__(store_dir, host=host, port=port, extra_args=extra_args)
         self.sync = sync
+        self.config = config  # more of nats-server's config file, e.g. `feature_flags { ... }`
 
     def argv(self) -> list[str]:
         config: list[str] = []
-        if self.sync is not None:
+        if self.sync is not None or self.config:
             path = self.store_dir / "jetstream.conf"
-            path.write_text(f"jetstream {{\n  sync_interval: {self.sync}\n}}\n")
+            text = f"jetstream {{\n  sync_interval: {self.sync}\n}}\n" if self.sync else ""
+            path.write_text(text + self.config + "\n")
             config = ["-c", str(path)]
         return [
             str(find_binary("nats-server")),

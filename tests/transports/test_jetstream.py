@@ -1,6 +1,7 @@
 """QoS 1 and 2 on JetStream against a real nats-server, with faults injected."""
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,13 +11,14 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from app.brokers.embedded import NatsServer
 from app.bus import Bus
 from app.errors import InvalidMessageError, PublishError
 from app.messages import H_ID, Envelope, QoS, encode
 from app.testing import eventually
 from app.testing.faults import freeze, thaw
 from app.transports.jetstream.transport import JetStreamTransport
-from tests.transports.conftest import Charge, Ping, running_bus
+from tests.transports.conftest import FAST_BUS, Charge, Ping, running_bus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -486,3 +488,39 @@ async def test_a_qos2_delivery_waits_out_its_idempotency_store_instead_of_dead_l
         assert (await store.list(10, None)).total == 0
         await asyncio.sleep(1)
     assert applied == [1]
+
+
+async def test_a_consumer_on_v2_ack_subjects_resumes_at_the_right_sequence(settings_for, tmp_path):
+    """nats-server with `js_ack_fc_v2` sends 11-token ack subjects: the stream sequence a
+    re-created consumer resumes from is read off them too, so nothing is skipped or repeated."""
+    server = NatsServer(tmp_path / "nats-v2", config="feature_flags {\n  js_ack_fc_v2: true\n}")
+    server.start()
+    try:
+        settings = settings_for(nats_url=server.url, **FAST_BUS)
+        got: list[int] = []
+        seen_replies: list[str] = []
+
+        def setup(bus: Bus) -> None:
+            async def on_ping(message: Ping) -> None:
+                got.append(message.n)
+
+            bus.subscribe(Ping, on_ping, broadcast=True)
+
+        async with running_bus(settings, setup, instance="i9") as running:
+            probe = await running.brokers.nc.subscribe("$JS.ACK.>")
+            for n in range(5):
+                await running.bus.publish(Ping(n=n))
+            await eventually(lambda: len(got) == 5, message="5 handled")
+            with contextlib.suppress(Exception):
+                seen_replies.append((await probe.next_msg(timeout=2)).subject)
+            await probe.unsubscribe()
+            await running.brokers.js.delete_consumer("SVC_PING", "svc__ping__i9")
+            for n in range(5, 10):
+                await running.bus.publish(Ping(n=n))
+            await eventually(lambda: set(got) == set(range(10)), timeout=15, message="all 10")
+            await asyncio.sleep(1)
+    finally:
+        server.stop()
+    assert sorted(got) == list(range(10))
+    assert seen_replies
+    assert all(len(subject.split(".")) >= 11 for subject in seen_replies), seen_replies

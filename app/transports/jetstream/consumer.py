@@ -401,11 +401,16 @@ class _Settlement:
 
 
 def _stream_seq(msg: Msg) -> int:
-    """The delivery's stream sequence, off its ack subject (0 when it has another form)."""
+    """The delivery's stream sequence: the sixth token of a v1 ack subject, read directly; any
+    other form (the v2 subject with a domain and an account hash) through nats-py's metadata,
+    which parses both; 0 when the reply is no ack subject at all."""
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[5])
-    return 0
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # not an ack subject: nothing to resume from
+        return 0
 
 
 def _delivery_count(msg: Msg) -> int:
