@@ -72,15 +72,41 @@ BROKER_ERRORS: tuple[type[Exception], ...] = (
 """What a broker call raises when the broker is away or too slow: the caller may retry later."""
 
 
+TOKEN_SCHEMES = ("nats", "tls", "ws", "wss")
+"""Schemes whose user info without a colon is a token (NATS token auth), not a user name."""
+SECRET_PARAMETERS = ("password", "passwd", "pwd", "secret", "token", "key", "auth")
+"""A query parameter whose name contains one of these has its value hidden."""
+
+
 def redact_url(url: str) -> str:
-    """The URL without its user info, fit for logs: everything between `://` and the last `@`
-    is hidden. Done on the text, not on a parse, so that a URL no parser accepts (a password
-    with `/` or `#` in it) is hidden too."""
+    """The URL fit for logs: the user name kept, a password or token never, and the value of
+    every query parameter that names a secret hidden (`?password=`, `sslkey=`).
+
+    Done on the text, not on a parse, so that a URL no parser accepts (a password with `/` or
+    `#` in it) is hidden too: the user info is everything between `://` and the last `@`."""
     scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
-    _userinfo, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    return f"{scheme}{sep}***@{host}"
+    userinfo, at, host = rest.rpartition("@")
+    if at:
+        user, colon, _secret = userinfo.partition(":")
+        if colon:
+            shown = f"{user}:***@"
+        elif scheme.lower() in TOKEN_SCHEMES:
+            shown = "***@"
+        else:
+            shown = f"{userinfo}@"
+    else:
+        shown, host = "", rest
+    address, question, query = host.partition("?")
+    if question:
+        address += "?" + "&".join(_redact_parameter(part) for part in query.split("&"))
+    return f"{scheme}{sep}{shown}{address}"
+
+
+def _redact_parameter(part: str) -> str:
+    name, equals, _value = part.partition("=")
+    if equals and any(word in name.lower() for word in SECRET_PARAMETERS):
+        return f"{name}=***"
+    return part
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

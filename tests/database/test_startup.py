@@ -42,7 +42,7 @@ def test_a_database_that_refuses_stops_the_start_at_once_with_one_line(
     assert service.proc is not None
     assert service.proc.wait(20) != 0
     log = service.log()
-    assert f"cannot connect to PostgreSQL at postgresql://***@{host}/no_such_db" in log
+    assert f"cannot connect to PostgreSQL at postgresql://postgres:***@{host}/no_such_db" in log
     assert "does not exist" in log  # the server's reason
     assert PASSWORD not in log
     (line,) = [line for line in log.splitlines() if "cannot connect to PostgreSQL" in line]
