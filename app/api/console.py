@@ -9,6 +9,7 @@ and messages carry is shown as text.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -17,17 +18,7 @@ from pydantic import BaseModel
 
 from app import __version__
 from app.api.deps import ServicesDep
-from app.observability.scrape import (
-    CONSUMED,
-    DEAD_LETTERS,
-    DEDUPE_HITS,
-    PENDING,
-    PUBLISH_RETRIES,
-    QOS0_LOST,
-    REDELIVERIES,
-    samples,
-    total,
-)
+from app.observability.snapshot import latest
 
 ASSETS = Path(__file__).parent / "assets"
 """Scripts, styles and images, served as they are under /console/static."""
@@ -73,6 +64,7 @@ class QosCounters(BaseModel):
 class Messaging(BaseModel):
     consumers: list[ConsumerStats]
     qos: QosCounters
+    age: float = 0.0  # seconds since the numbers were read (at most a second): for rates
 
 
 @router.get("")
@@ -95,35 +87,30 @@ async def console_info(services: ServicesDep) -> ConsoleInfo:
 @router.get("/api/messaging")
 async def messaging(services: ServicesDep) -> Messaging:
     """The consumers of this instance and the QoS counters, read from the same instruments
-    as `/metrics`."""
-    found = samples()
-    consumers = []
-    for transport, sub in services.bus.consumers:
-        pending = [
-            v for n, labels, v in found if n == PENDING and labels.get("consumer") == sub.name
-        ]
-        consumed = {"name": CONSUMED, "messaging_destination_name": sub.subject}
-        consumers.append(
-            ConsumerStats(
-                consumer=sub.name,
-                subject=sub.subject,
-                transport=transport,
-                qos=int(sub.qos),
-                pending=sum(pending) if pending else None,
-                handled=total(found, **consumed, outcome="ack"),
-                duplicates=total(found, **consumed, outcome="duplicate"),
-                redeliveries=total(found, name=REDELIVERIES, destination=sub.subject),
-                dead_letters=total(found, name=DEAD_LETTERS, destination=sub.subject),
-            )
+    as `/metrics`, as they were at most a second ago (app/observability/snapshot.py)."""
+    snapshot = latest()
+    consumers = [
+        ConsumerStats(
+            consumer=sub.name,
+            subject=sub.subject,
+            transport=transport,
+            qos=int(sub.qos),
+            pending=snapshot.pending.get(sub.name),
+            handled=snapshot.handled(sub.subject, "ack"),
+            duplicates=snapshot.handled(sub.subject, "duplicate"),
+            redeliveries=snapshot.redeliveries.get(sub.subject, 0),
+            dead_letters=snapshot.dead_letters.get(sub.subject, 0),
         )
-    sides = {labels.get("side", "") for n, labels, _v in found if n == DEDUPE_HITS}
+        for transport, sub in services.bus.consumers
+    ]
     return Messaging(
+        age=round(time.monotonic() - snapshot.taken, 3),
         consumers=consumers,
         qos=QosCounters(
-            qos0_lost=total(found, name=QOS0_LOST),
-            publish_retries=total(found, name=PUBLISH_RETRIES),
-            redeliveries=total(found, name=REDELIVERIES),
-            dedupe_hits={side: total(found, name=DEDUPE_HITS, side=side) for side in sides},
+            qos0_lost=snapshot.qos0_lost,
+            publish_retries=snapshot.publish_retries,
+            redeliveries=sum(snapshot.redeliveries.values()),
+            dedupe_hits={side: float(hits) for side, hits in snapshot.dedupe_hits.items()},
         ),
     )
 

@@ -6,12 +6,18 @@ It adds no endpoint: a micro endpoint is a queue subscription, and one on a mess
 take messages from the consumers. INFO names the message subscriptions in its metadata; STATS
 reports one entry per handler, from the counters `/metrics` shows (docs/discovery.md).
 nats-py's `nats.micro` is not used because its STATS can only describe its own endpoints.
+
+Anyone on the bus can ask, as often as they like, and every instance answers a request to all
+services: so PING and INFO are encoded once, STATS once per snapshot (a second), and an instance
+sends at most REPLIES_PER_SECOND replies; a request over that gets none, and is counted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +27,8 @@ from nats.aio.subscription import Subscription as NatsSubscription
 
 from app import __version__
 from app.bus import Bus
-from app.observability.scrape import CONSUMED, PROCESS_SECONDS, samples, total
+from app.observability.instruments import micro_refused
+from app.observability.snapshot import Snapshot, latest
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,34 @@ PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"
 STATS_TYPE = "io.nats.micro.v1.stats_response"
 PROCESS_STARTED = datetime.now(UTC)
+REPLIES_PER_SECOND = 100
+"""The replies an instance sends a second, every verb and subject together."""
+REPLY_BURST = 100
+"""The replies it sends at once after a quiet spell (the bucket's size)."""
+WARN_EVERY = 60.0
+"""Seconds between two warnings that requests go unanswered."""
+
+
+class ReplyLimit:
+    """A token bucket: `rate` replies a second on average, `burst` at once."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float = REPLIES_PER_SECOND, burst: float = REPLY_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = time.monotonic()
+
+    def allow(self) -> bool:
+        """Whether one more reply may go now (it is then counted against the limit)."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 class MicroService:
@@ -48,6 +83,11 @@ class MicroService:
             "discovery.bucket": settings.discovery_bucket,
         }
         self._subscriptions: list[NatsSubscription] = []
+        self._limit = ReplyLimit()
+        self._warned = -WARN_EVERY
+        self._pong = self._about = b""
+        self._stats_of: Snapshot | None = None
+        self._stats = b""
 
     def subjects(self, verb: str) -> list[str]:
         return [
@@ -63,13 +103,17 @@ class MicroService:
                 for transport, sub in self._bus.consumers
             ]
         )
-        answers = {"PING": self._ping, "INFO": self._info, "STATS": self._stats}
+        self._pong = json.dumps(self._ping()).encode()
+        self._about = json.dumps(self._info()).encode()
+        answers = {
+            "PING": lambda: self._pong,
+            "INFO": lambda: self._about,
+            "STATS": self._stats_now,
+        }
         for verb in VERBS:
-            answer = answers[verb]
+            reply = self._replier(verb, answers[verb])
             for subject in self.subjects(verb):
-                self._subscriptions.append(
-                    await self._nc.subscribe(subject, cb=self._replier(answer))
-                )
+                self._subscriptions.append(await self._nc.subscribe(subject, cb=reply))
 
     async def stop(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -79,16 +123,32 @@ class MicroService:
             except Exception as exc:  # the connection is gone: so are the subscriptions
                 log.debug("micro: unsubscribe failed: %s", exc)
 
-    def _replier(self, answer: Any) -> Any:
+    def _replier(self, verb: str, answer: Callable[[], bytes]) -> Callable[[Msg], Awaitable[None]]:
+        refused = micro_refused.series({"verb": verb})  # on record at zero from the start
+
         async def reply(msg: Msg) -> None:
             if not msg.reply:
                 return
+            if not self._limit.allow():
+                refused.add()
+                self._unanswered()
+                return
             try:
-                await msg.respond(json.dumps(answer()).encode())
+                await self._nc.publish(msg.reply, answer())
             except Exception as exc:
                 log.debug("micro: no answer to %s: %s", msg.subject, exc)
 
         return reply
+
+    def _unanswered(self) -> None:
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning(
+                "micro: more than %d requests a second, the rest go unanswered "
+                "(qosmesh_micro_refused_total counts them)",
+                REPLIES_PER_SECOND,
+            )
 
     def _identity(self, kind: str) -> dict[str, Any]:
         return {
@@ -106,15 +166,20 @@ class MicroService:
         description = f"{self.name}: a qosmesh service (messages in metadata.subscriptions)"
         return {**self._identity(INFO_TYPE), "description": description, "endpoints": []}
 
-    def _stats(self) -> dict[str, Any]:
-        found = samples()
+    def _stats_now(self) -> bytes:
+        """The STATS reply, encoded once per snapshot."""
+        snapshot = latest()
+        if snapshot is not self._stats_of:
+            self._stats = json.dumps(self._stats_reply(snapshot)).encode()
+            self._stats_of = snapshot
+        return self._stats
+
+    def _stats_reply(self, snapshot: Snapshot) -> dict[str, Any]:
         endpoints = []
         for transport, sub in self._bus.consumers:
-            dest = {"messaging_destination_name": sub.subject}
-            handled = int(total(found, CONSUMED, **dest))
-            errors = int(total(found, CONSUMED, **dest, outcome="nak"))
-            errors += int(total(found, CONSUMED, **dest, outcome="term"))
-            busy = round(total(found, PROCESS_SECONDS, **dest) * 1e9)
+            handled = snapshot.handled(sub.subject)
+            errors = snapshot.handled(sub.subject, "nak", "term")
+            busy = round(snapshot.process_seconds.get(sub.subject, 0.0) * 1e9)
             endpoints.append(
                 {
                     "name": sub.name,

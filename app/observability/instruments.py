@@ -74,6 +74,12 @@ class Counter:
     def add(self, amount: int, attributes: Attributes | None = None) -> None:
         self.series(attributes).add(amount)
 
+    def values(self) -> list[tuple[dict[str, str | int], int]]:
+        """Every series now, as (attributes, sum): what code reads without a scrape."""
+        with self._lock:
+            sums = [(key, series.value) for key, series in self._series.items()]
+        return [(dict(key), value) for key, value in sums]
+
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             sums = [(key, series.value) for key, series in self._series.items()]
@@ -163,6 +169,12 @@ class Histogram:
 
     def record(self, value: float, attributes: Attributes) -> None:
         self.series(attributes).record(value)
+
+    def values(self) -> list[tuple[Attributes, int, float]]:
+        """Every series kept locally, as (attributes, count, sum); none while records go to
+        the SDK instrument (see `keep_locally`)."""
+        with self.lock:
+            return [(s.attributes, s.count, s.sum) for s in self._series.values() if s.count]
 
     def metric(self) -> Metric | None:
         """What was recorded locally, as the SDK would export it; None when nothing was."""
@@ -278,6 +290,11 @@ discovery_events = Counter(
     unit="{event}",
     description="Membership changes seen, by type (joined, updated, left) and reason",
 )
+micro_refused = Counter(
+    "qosmesh.micro.refused",
+    unit="{request}",
+    description="NATS micro ($SRV) requests left unanswered over the reply rate limit, by verb",
+)
 
 
 _sent: dict[tuple[str, str, int, str], Series] = {}
@@ -368,6 +385,11 @@ def watch_lag(source: LagSource) -> Callable[[], None]:
     """Report `source` as `qosmesh.consumer.pending` and `.oldest_unacked`; returns the undo."""
     _lag_sources.append(source)
     return lambda: _lag_sources.remove(source)
+
+
+def lags() -> list[tuple[Attributes, int | None, float]]:
+    """Every consumer's lag as its transport last read it (see LagSource)."""
+    return [source() for source in list(_lag_sources)]
 
 
 def _observe_pending(options: CallbackOptions) -> Iterable[Observation]:

@@ -5,11 +5,13 @@ all served from this origin, and the messaging summary read from the same instru
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
 
 from app.api.docs import BUNDLES, REDOC_FILES, SWAGGER_FILES
+from app.observability.snapshot import MAX_AGE, SNAPSHOTS
 from app.testing import running_app
 
 POLICY = {
@@ -76,3 +78,17 @@ def test_the_packaged_bundles_are_where_the_docs_expect_them():
     renames its files fails here (pyproject.toml bounds it below 2)."""
     for name in (*SWAGGER_FILES, *REDOC_FILES):
         assert (BUNDLES / name).stat().st_size > 100_000, name
+
+
+async def test_the_messaging_summary_is_read_once_a_second_however_often_it_is_asked(client):
+    """No token is needed to ask, so asking must be cheap: one snapshot of the instruments
+    answers every request for a second (app/observability/snapshot.py)."""
+    _, http = client
+    before = SNAPSHOTS.taken
+    started = time.monotonic()
+    summaries = [(await http.get("/console/api/messaging")) for _ in range(300)]
+    elapsed = time.monotonic() - started
+    assert {response.status_code for response in summaries} == {200}
+    assert summaries[-1].json()["qos"]["qos0_lost"] >= 0
+    assert 0 <= summaries[-1].json()["age"] < MAX_AGE + 0.1  # the page's rates allow for it
+    assert SNAPSHOTS.taken - before <= elapsed / MAX_AGE + 1

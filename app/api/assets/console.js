@@ -139,7 +139,7 @@ function counter(label, value) {
 async function pollMessaging() {
   try {
     const data = await getJson("/console/api/messaging");
-    const now = Date.now();
+    const now = Date.now() - (data.age ?? 0) * 1000; // when the instance read its counters
     const hits = Object.entries(data.qos.dedupe_hits);
     $("qos-counters").replaceChildren(
       counter("QoS 0 lost", data.qos.qos0_lost),
