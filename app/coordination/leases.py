@@ -18,7 +18,9 @@ time, so a job guarded by it (a sweeper, a scheduled report) runs on one instanc
 
 - **Release** on stop: the key is deleted, and a core NATS message on
   `qm-leases.<service>.freed` tells the instances waiting for it to try at once rather than at
-  their next poll (every sixth of the TTL).
+  their next poll (every sixth of the TTL). Anyone on the bus can send that message, so a
+  waiter tries at most once per `WAKE_GAP` of the TTL, however many arrive: a flood of them
+  costs the KV one request per waiter and lease per gap.
 
 Observability: `qosmesh_lease_held{name}` is 1 on the holder; acquiring and losing are logged.
 """
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -52,6 +55,9 @@ MARGIN = 0.1
 """The share of the TTL a holder gives up at the end of each interval, for clock rates and the
 time a renewal spends on its way to the server."""
 REQUEST_TIMEOUT = 2.0
+WAKE_GAP = 0.05
+"""The least time, as a share of the TTL, between two tries of a waiter: a release heard sooner
+after its last try waits out the rest (0.5 s with the default TTL of 10 s)."""
 
 
 class Leases:
@@ -101,7 +107,7 @@ class Leases:
         """Another instance released a lease: those waiting for it try at once, rather than at
         their next poll (a crashed holder's lease is still waited out by its TTL)."""
         lease = self._leases.get(msg.data.decode(errors="replace"))
-        if lease is not None:
+        if lease is not None and not lease.held:
             lease.freed.set()
 
     def held(self) -> list[str]:
@@ -131,6 +137,8 @@ class Lease:
         self.holder = holder
         self.ttl = ttl
         self.renew_every = ttl / 3
+        self.wake_gap = ttl * WAKE_GAP
+        self._tried = -math.inf  # monotonic, when this instance last tried to take it
         self._key = safe_key(name)
         self._revision: int | None = None
         self._valid_until = 0.0  # monotonic
@@ -163,7 +171,7 @@ class Lease:
         """Take the lease if nobody holds it; whether this instance holds it now."""
         if self.held:
             return await self.renew()
-        sent = time.monotonic()
+        sent = self._tried = time.monotonic()
         try:
             revision = await self._bucket.create(self._key, self._value(), REQUEST_TIMEOUT)
         except KeyWrongLastSequenceError:
@@ -197,11 +205,16 @@ class Lease:
         return True
 
     async def _until_freed(self, timeout: float) -> None:
-        """Wait `timeout` seconds, or less if another instance says it released the lease."""
+        """Wait `timeout` seconds, or less if another instance says it released the lease, but
+        never less than `wake_gap` after the last try: what was heard meanwhile is one wake-up."""
+        deadline = time.monotonic() + timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.freed.wait()
-        self.freed.clear()
+        early = min(deadline, self._tried + self.wake_gap) - time.monotonic()
+        if early > 0:
+            await asyncio.sleep(early)
+        self.freed.clear()  # before the try that follows, which sees every release heard
 
     async def release(self) -> None:
         """Give the lease up (the key goes, so another instance can take it at once)."""

@@ -23,7 +23,9 @@ import pytest
 from app.brokers import open_brokers
 from app.brokers.kv import Bucket
 from app.coordination import FencedRecord, Leases, singleton
+from app.coordination.leases import WAKE_GAP
 from app.errors import LeaseLostError, StaleTokenError
+from app.testing import eventually
 from app.transports.registry import needs_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -331,3 +333,66 @@ async def test_a_released_lease_is_taken_at_once_not_at_the_next_poll(settings_f
         await second.close()
     print(f"\ntaken over {took * 1000:.0f} ms after the release")
     assert took < 0.5
+
+
+async def test_a_flood_of_freed_messages_costs_one_try_per_gap_and_a_release_is_still_taken(
+    settings_for, nats_server
+):
+    """Anyone on the bus can say a lease was freed: 5,000 such messages make the instance
+    waiting for it try at most once per wake gap (TTL/20), counted as the creates the KV
+    bucket receives; the holder's real release, amid more of them, is still taken well before
+    the waiter's next poll."""
+    settings = settings_for(nats_url=nats_server.url, lease_ttl=10.0, service_name="svc")
+    flood, seconds = 5000, 2.0
+    async with open_brokers(settings, redis=needs_redis(settings)) as brokers:
+        first = await Leases.open(brokers, settings, "first")
+        second = await Leases.open(brokers, settings, "second")
+        attacker = await nats.connect(nats_server.url)
+        tries: list[float] = []
+
+        async def count(msg: Any) -> None:
+            if (msg.headers or {}).get("Nats-Expected-Last-Subject-Sequence") == "0":
+                tries.append(time.monotonic())  # a create: somebody tries to take the lease
+
+        await attacker.subscribe("$KV.svc_leases.job", cb=count)
+        await attacker.flush()
+        taken = asyncio.Event()
+        holding = asyncio.create_task(first.lease("job").hold())
+        await eventually(lambda: first.lease("job").held, timeout=5)
+
+        def changed(now: bool) -> None:
+            if now:
+                taken.set()
+
+        waiting = asyncio.create_task(second.lease("job").hold(changed))
+        await eventually(lambda: len(tries) >= 2, timeout=5)  # the second tried and waits
+        flooded_at = time.monotonic()
+        for i in range(flood):
+            await attacker.publish("qm-leases.svc.freed", b"job")
+            if i % 10 == 9:  # spread out: a burst would wake a waiter only once anyway
+                await attacker.flush()
+                await asyncio.sleep(seconds * 10 / flood)
+        flooded = time.monotonic() - flooded_at
+        tried_in_flood = len([t for t in tries if t >= flooded_at])
+
+        holding.cancel()  # stops: releases the lease and says so, amid more spoofed messages
+        released = time.monotonic()
+        for _ in range(500):
+            await attacker.publish("qm-leases.svc.freed", b"job")
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+        await asyncio.wait_for(taken.wait(), 5)
+        took = time.monotonic() - released
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await attacker.close()
+        await first.close()
+        await second.close()
+    gap = settings.lease_ttl * WAKE_GAP
+    print(
+        f"\n{flood} freed messages over {flooded:.2f}s: {tried_in_flood} tries "
+        f"(at most one per {gap:.2f}s); the real release taken {took * 1000:.0f} ms after"
+    )
+    assert tried_in_flood <= flooded / gap + 2
+    assert took < gap + 0.5  # well before the next poll (a sixth of the TTL: 1.7 s)
