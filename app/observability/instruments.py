@@ -280,28 +280,6 @@ dedupe_hits = Counter(
 dead_letters = Counter(
     "qosmesh.dead_letters", unit="{message}", description="Messages dead-lettered, by reason"
 )
-consumer_gaps = Counter(
-    "qosmesh.consumer.gap",
-    unit="{message}",
-    description="Messages a re-created consumer could not resume from: gone from the stream",
-)
-discovery_events = Counter(
-    "qosmesh.discovery.events",
-    unit="{event}",
-    description="Membership changes seen, by type (joined, updated, left) and reason",
-)
-micro_refused = Counter(
-    "qosmesh.micro.refused",
-    unit="{request}",
-    description="NATS micro ($SRV) requests left unanswered over the reply rate limit, by verb",
-)
-
-
-_sent: dict[tuple[str, str, int, str], Series] = {}
-
-
-def sent_series(system: str, subject: str, qos: int, outcome: str) -> Series:
-    """The `messaging.client.sent.messages` series of one destination and outcome."""
 dead_letters_dropped = Counter(
     "qosmesh.dead_letters.dropped",
     unit="{message}",
@@ -350,6 +328,28 @@ meter.create_observable_gauge(
     unit="1",
     description="How full the dead-letter store is, 0 to 1, by the nearer of its bounds",
 )
+consumer_gaps = Counter(
+    "qosmesh.consumer.gap",
+    unit="{message}",
+    description="Messages a re-created consumer could not resume from: gone from the stream",
+)
+discovery_events = Counter(
+    "qosmesh.discovery.events",
+    unit="{event}",
+    description="Membership changes seen, by type (joined, updated, left) and reason",
+)
+micro_refused = Counter(
+    "qosmesh.micro.refused",
+    unit="{request}",
+    description="NATS micro ($SRV) requests left unanswered over the reply rate limit, by verb",
+)
+
+
+_sent: dict[tuple[str, str, int, str], Series] = {}
+
+
+def sent_series(system: str, subject: str, qos: int, outcome: str) -> Series:
+    """The `messaging.client.sent.messages` series of one destination and outcome."""
     key = (system, subject, qos, outcome)
     found = _sent.get(key)
     if found is None:
