@@ -5,7 +5,8 @@ run under the guarantee its QoS asks for.
   raises (app/transports/consuming.py).
 - QoS 2: the handler runs under a claim in its transport's claim store: a copy whose claim is
   held or done is a duplicate, not run. The claim is renewed while the handler runs, released
-  when it raises, and marked done after it returns.
+  when it raises, and marked done after it returns: a done mark that fails is tried again,
+  alone, with the claim still renewed, never by running the handler again.
 - A transactional handler (`subscribe(..., transactional=True)`) runs inside the inbox
   transaction that records the message id with its effects (app/database/inbox.py), at QoS 1
   and 2, instead of under a claim.
@@ -19,7 +20,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import asyncio
 from app.errors import ConfigurationError
+import logging
 from app.messages import DeadLetterReason, DecodeError, Envelope, Message, QoS, decode_message
 from app.observability.instruments import dedupe_hits
 from app.observability.spans import process_span
@@ -28,11 +31,17 @@ from app.transports.base import Delivery
 
 if TYPE_CHECKING:
     from app.database.connection import Database
+from app.qos.retries import backoff
 
 
 def in_transaction(
     database: Database | None,
     handler: Callable[..., Awaitable[None]],
+log = logging.getLogger(__name__)
+
+DONE_RETRY_CAP = 2.0
+"""The longest pause between two tries of a done mark."""
+
     consumer: str,
     qos: QoS,
 ) -> Callable[[Message], Awaitable[bool]]:
@@ -93,8 +102,32 @@ def dispatcher(
                 with contextlib.suppress(Exception):
                     await claims.release(held.let_go(ticket))
                 raise
-            # Retried by the store within the budget.
-            await claims.complete(held.let_go(ticket))
+            await mark_done(claims, held, ticket, consumer)
             return True
 
     return on_delivery
+
+
+async def mark_done(claims: ClaimStore, held: HeldClaims, ticket: int, consumer: str) -> None:
+    """Record that the handler's effect is applied. From here the delivery never runs the
+    handler again: the done mark alone is tried until it is written (or the process dies),
+    with the claim still renewed meanwhile, so no other delivery takes it over while the store
+    is away for less than the claim's stale time (docs/qos.md)."""
+    attempt = 0
+    while True:
+        try:
+            await claims.complete(held.current(ticket))
+        except Exception as exc:
+            attempt += 1
+            delay = backoff(attempt, base=0.2, cap=DONE_RETRY_CAP)
+            log.warning(
+                "%s: the done mark of a handled message failed (%s); tried again in %.1f s, "
+                "the handler is not run again",
+                consumer,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            continue
+        held.let_go(ticket)
+        return

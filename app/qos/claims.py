@@ -19,8 +19,10 @@ The stores: `MemoryClaimStore` here, a KV bucket per service with the JetStream 
 (app/transports/jetstream/claims.py), Redis keys with the Redis one
 (app/transports/redis/claims.py).
 
-Where this stops: a crash after the handler's effect and before the claim is marked done runs
-the handler once more. A handler whose effect must never repeat writes the effect and the
+Once the handler has returned, the done mark alone is retried until it is written, with the
+claim still renewed (app/bus/dispatch.py). Where this stops: a crash after the handler's effect
+and before the claim is marked done runs the handler once more, and so does a store away for
+longer than the claim's stale time. A handler whose effect must never repeat writes the effect and the
 message id in one atomic step (see the example's payment handler).
 """
 
@@ -87,6 +89,11 @@ class HeldClaims:
         ticket = next(self._tickets)
         self._held[ticket] = [store, claim, stale_after, time.monotonic()]
         return ticket
+
+    def current(self, ticket: int) -> Claim:
+        """The claim as last renewed; still renewed."""
+        claim: Claim = self._held[ticket][1]
+        return claim
 
     def let_go(self, ticket: int) -> Claim:
         """The claim as last renewed; no longer renewed."""
