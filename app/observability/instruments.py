@@ -305,26 +305,27 @@ def _observe_dead_letters(index: int) -> Callable[[CallbackOptions], Iterable[Ob
         for source in list(_dead_letter_loads):
             load = source()
             if load is not None:
-                yield Observation(load[index], load[0])
+                attributes, stored, stored_bytes, fill = load
+                yield Observation((stored, stored_bytes, fill)[index], attributes)
 
     return observe
 
 
 meter.create_observable_gauge(
     "qosmesh.dead_letters.stored",
-    callbacks=[_observe_dead_letters(1)],
+    callbacks=[_observe_dead_letters(0)],
     unit="{message}",
     description="Dead letters the store holds",
 )
 meter.create_observable_gauge(
     "qosmesh.dead_letters.stored_bytes",
-    callbacks=[_observe_dead_letters(2)],
+    callbacks=[_observe_dead_letters(1)],
     unit="By",
     description="Bytes of dead letters the store holds",
 )
 meter.create_observable_gauge(
     "qosmesh.dead_letters.fill",
-    callbacks=[_observe_dead_letters(3)],
+    callbacks=[_observe_dead_letters(2)],
     unit="1",
     description="How full the dead-letter store is, 0 to 1, by the nearer of its bounds",
 )
