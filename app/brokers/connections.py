@@ -118,6 +118,12 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def inbox_prefix(settings: Settings) -> str:
+    """Where replies to this instance's requests arrive (APP_NATS_INBOX_PREFIX): the service's
+    own prefix unless set, outside `_INBOX.>`, so its NATS user can be allowed those alone."""
+    return settings.nats_inbox_prefix or f"_INBOX_{settings.service_name}"
+
+
 def _nats_auth(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if settings.nats_user:
@@ -178,6 +184,7 @@ async def connect_nats(
             error_cb=error_cb,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
+            inbox_prefix=inbox_prefix(settings),
             **_nats_auth(settings),
         )
     )

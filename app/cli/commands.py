@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app.cli import database, dlq, nodes, outbox, publish
+from app.cli import database, dlq, nats_permissions, nodes, outbox, publish
 from app.errors import ConfigurationError
 from app.instance.services import services_of
 from app.settings import Settings, describe_validation_error
@@ -84,6 +84,7 @@ def main(argv: list[str]) -> int:
     outbox.add_parser(commands)
     nodes.add_parser(commands)
     publish.add_parser(commands)
+    nats_permissions.add_parser(commands)
     args = parser.parse_args(argv)
     if args.instances < 1:
         parser.error("--instances: 1 or more")
@@ -114,5 +115,8 @@ def main(argv: list[str]) -> int:
     if args.command == "outbox":
         logging.basicConfig(level=logging.ERROR)
         return asyncio.run(outbox.run(settings, args))
+    if args.command == "nats-permissions":
+        logging.basicConfig(level=logging.ERROR)
+        return asyncio.run(nats_permissions.run(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

@@ -16,6 +16,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from app.brokers.permissions import Permissions, watched_bucket
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,3 +103,10 @@ async def _create(js: JetStreamContext, settings: Settings, limit_markers: bool)
         settings.replicas,
     )
     return kv
+
+
+def nats_permissions(settings: Settings) -> Permissions:
+    """The shared bucket as one service's NATS user needs it: every key read and watched, the
+    bucket created by whoever comes first, and only its own service's keys written
+    (`<service>.<node id>`, NodeInfo.key)."""
+    return watched_bucket(settings.discovery_bucket, f"{settings.service_name}.*")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
@@ -15,13 +16,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from app.brokers import nats_wire
+from app.brokers.permissions import Permissions, publishing, subscribing
 from app.errors import MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import consumed_series, process_duration, qos0_lost, sent_series
 from app.observability.spans import send_span, sending_traced
 from app.settings import Settings
 from app.transports.base import Delivery, Subscription
-from app.transports.spec import Built, TransportSpec
+from app.transports.spec import Built, Channel, TransportSpec
 
 if TYPE_CHECKING:
     from app.brokers import Brokers
@@ -120,5 +122,19 @@ async def _build(settings: Settings, brokers: Brokers) -> Built:
     return Built(NatsCoreTransport(brokers.nc), None)
 
 
-SPEC = TransportSpec("nats", "nats", reliable=False, needs_redis=False, build=_build)
+def _nats_permissions(settings: Settings, channels: Sequence[Channel]) -> Permissions:
+    """Publish what it sends; subscribe to what it receives (every instance, or a queue group)."""
+    return publishing(*(c.subject for c in channels if c.sends)) | subscribing(
+        *(c.subject for c in channels if c.consumers)
+    )
+
+
+SPEC = TransportSpec(
+    "nats",
+    "nats",
+    reliable=False,
+    needs_redis=False,
+    build=_build,
+    nats_permissions=_nats_permissions,
+)
 """NATS core: QoS 0 only, at most once, each loss counted."""

@@ -16,6 +16,10 @@ _WRONG_REVISION = (10071, 10164)  # JetStream: wrong last sequence (per subject)
 _CLAIM_TRIES = 3
 
 
+def bucket_name(settings: Settings) -> str:
+    return f"{settings.service_name.replace('-', '_')}_processed"
+
+
 class KvClaimStore:
     """A JetStream KV bucket per service; keys expire with the bucket's TTL."""
 
@@ -26,8 +30,7 @@ class KvClaimStore:
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> KvClaimStore:
         ttl = max(settings.idempotency_ttl, settings.duplicate_window)
-        bucket = f"{settings.service_name.replace('-', '_')}_processed"
-        kv = await open_bucket(js, bucket, ttl=ttl, replicas=settings.replicas)
+        kv = await open_bucket(js, bucket_name(settings), ttl=ttl, replicas=settings.replicas)
         return cls(kv, RetryBudget.from_settings(settings))
 
     async def claim(self, key: str, stale_after: float) -> Claim | None:

@@ -78,6 +78,20 @@ def schedule_subject(subject: str, message_id: str) -> str:
     return f"{subject}.sched.{schedule_token(message_id)}"
 
 
+def schedule_subjects(subject: str) -> str:
+    """Every schedule of `subject`, as a wildcard: the stream holds them beside it."""
+    return f"{subject}.sched.*"
+
+
+def fallback_prefix(service: str) -> str:
+    """Where the fallback keeps a service's delayed messages, one subject below it each."""
+    return f"qm-scheduled.{service}"
+
+
+def fallback_stream(service: str) -> str:
+    return stream_name(f"qm-scheduled-{service}")
+
+
 def native_supported(nc: NatsClient) -> bool:
     version = nc.connected_server_version
     return (version.major, version.minor) >= NATIVE_SINCE
@@ -140,7 +154,7 @@ class NativeSchedules:
     async def backlog(self) -> int:
         total = 0
         for subject, stream in self._streams().items():
-            info = await self._js.stream_info(stream, subjects_filter=f"{subject}.sched.*")
+            info = await self._js.stream_info(stream, subjects_filter=schedule_subjects(subject))
             total += len(info.state.subjects or {})
         return total
 
@@ -169,8 +183,8 @@ class FallbackSchedules:
         self._publish = publish
         self._send = send
         self._fire = fire
-        self.prefix = f"qm-scheduled.{settings.service_name}"
-        self.stream = stream_name(f"qm-scheduled-{settings.service_name}")
+        self.prefix = fallback_prefix(settings.service_name)
+        self.stream = fallback_stream(settings.service_name)
         self._ready = False
         self._following: NatsSubscription | None = None
         self._followed_as: tuple[int, int] = (0, 0)  # (token, reconnects) the heap was built for

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from app.settings import Settings
 from app.transports.jetstream import SYSTEM
 from app.transports.jetstream.claims import KvClaimStore
+from app.transports.jetstream.permissions import nats_permissions
 from app.transports.jetstream.transport import RETRYABLE, JetStreamTransport
 from app.transports.spec import Built, TransportSpec
 
@@ -22,5 +23,11 @@ async def _build(settings: Settings, brokers: Brokers) -> Built:
 
 
 SPEC = TransportSpec(
-    "jetstream", SYSTEM, reliable=True, needs_redis=False, build=_build, transient=RETRYABLE
+    "jetstream",
+    SYSTEM,
+    reliable=True,
+    needs_redis=False,
+    build=_build,
+    transient=RETRYABLE,
+    nats_permissions=nats_permissions,
 )

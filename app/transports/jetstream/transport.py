@@ -39,6 +39,7 @@ from app.transports.jetstream.schedules import (
     NativeSchedules,
     Send,
     native_supported,
+    schedule_subjects,
 )
 from app.transports.jetstream.streams import ensure_stream, stream_name
 
@@ -95,7 +96,7 @@ class JetStreamTransport:
         return StreamConfig(
             name=stream_name(subject),
             # With the server's schedules, each delayed message has a subject of its own.
-            subjects=[subject, f"{subject}.sched.*"] if native else [subject],
+            subjects=[subject, schedule_subjects(subject)] if native else [subject],
             allow_msg_schedules=True if native else None,
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,

@@ -122,6 +122,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.database.required (not .Values.secrets.APP_DATABASE_URL) (not .Values.existingSecret) }}
 {{- fail "the service keeps data in PostgreSQL (the example does): set secrets.APP_DATABASE_URL (or existingSecret), or database.required=false for a domain without one; the image has no embedded PostgreSQL" }}
 {{- end }}
+{{- if .Values.natsUsers.enabled }}
+{{- if not .Values.nats.enabled }}
+{{- fail "natsUsers configures the bundled NATS cluster (nats.enabled=true); for another NATS, give its operator the block `python -m app nats-permissions` prints" }}
+{{- end }}
+{{- if or .Values.existingSecret (not .Values.secrets.APP_NATS_PASSWORD) }}
+{{- fail "natsUsers: set secrets.APP_NATS_PASSWORD (not existingSecret): the chart writes it into the cluster's users file as well" }}
+{{- end }}
+{{- if not .Values.natsUsers.permissions }}
+{{- fail "natsUsers: set natsUsers.permissions as `python -m app nats-permissions --format helm` prints them" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
@@ -151,3 +162,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "qosmesh.alertSelector" -}}
 namespace="{{ .Release.Namespace }}", job="{{ include "qosmesh.fullname" . }}"
 {{- end }}
+
+{{/* The NATS user the service connects as on the bundled cluster (natsUsers). */}}
+{{- define "qosmesh.natsUser" -}}
+{{- .Values.natsUsers.user | default (include "qosmesh.serviceName" .) -}}
+{{- end }}
+
+{{/* The Secret the bundled cluster includes its users from; the `nats` values name it alike. */}}
+{{- define "qosmesh.natsUsersSecret" -}}
+{{- printf "%s-nats-users" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* users.conf: nats-server configuration (JSON is a subset of it) without the HTML escapes
+     of toJson, which nats-server does not read. */}}
+{{- define "qosmesh.natsUsersConf" -}}
+{{- $own := dict "user" (include "qosmesh.natsUser" .) "password" (toString .Values.secrets.APP_NATS_PASSWORD) "permissions" .Values.natsUsers.permissions }}
+{{- $users := prepend .Values.natsUsers.otherUsers $own }}
+{{- $json := dict "users" $users | toJson | replace "\\u003c" "<" | replace "\\u003e" ">" | replace "\\u0026" "&" -}}
+# The bundled cluster's users, written by the qosmesh chart (natsUsers); included by nats.conf.
+authorization: {{ $json }}
+{{ end }}
