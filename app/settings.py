@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     nats_connect_timeout: Annotated[float, Field(gt=0)] = 10.0
     nats_reconnect_wait: Annotated[float, Field(gt=0)] = 0.25
     nats_sync: Annotated[str, Field(pattern=r"^(always|[1-9][0-9]*(ms|s|m|h))$")] = "always"
+    # Where replies to this service's requests arrive; None: `_INBOX_<service name>`, so a NATS
+    # user can be allowed its own inboxes only (app/brokers/permissions.py).
+    nats_inbox_prefix: (
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] | None
+    ) = None
 
     redis_url: SecretStr | None = None
     redis_maxlen: Annotated[int, Field(ge=1)] = 100000

@@ -67,6 +67,7 @@ HELM_ONLY = (
     "tests/deploy/test_chart.py",
     "tests/deploy/test_alerts.py",
     "tests/deploy/test_keda.py",
+    "tests/deploy/test_nats_users.py",
 )
 """Left out with the Helm chart: the chart and its render tests (docs/operations.md stays: its
 runbooks hold without the chart's rules)."""
@@ -454,6 +455,14 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ("        self._database = database\n", ""),
         ("self._instance_id, self._database)", "self._instance_id)"),
     ),
+    "app/instance/declared.py": (
+        (", and a database that is never opened.", "."),
+        ("from app.database.connection import Database\n", ""),
+        ("from app.instance.relay import uses_database\n", ""),
+        ("    database = _unopened() if uses_database(settings, domain) else None\n", ""),
+        ("INSTANCE, database)", "INSTANCE)"),
+        ("cut", "\n\n\ndef _unopened()", END),
+    ),
     "app/instance/services.py": (
         ("    from app.database.connection import Database\n", ""),
         (
@@ -464,8 +473,8 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     ),
     "app/cli/commands.py": (
         (
-            "from app.cli import database, dlq, nodes, outbox, publish\n",
-            "from app.cli import dlq, nodes, publish\n",
+            "from app.cli import database, dlq, nats_permissions, nodes, outbox, publish\n",
+            "from app.cli import dlq, nats_permissions, nodes, publish\n",
         ),
         ("    database.add_parser(commands)\n    outbox.add_parser(commands)\n", ""),
         (
