@@ -7,10 +7,13 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import nats.errors
@@ -31,6 +34,8 @@ from nats.js.kv import KeyValue
 from app.brokers.nats_wire import JETSTREAM_MAX_HEADERS
 from app.brokers.replies import Replies
 from app.qos.retries import RetryBudget, with_retries
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -110,6 +115,7 @@ async def retrying(op: Callable[[], Awaitable[T]], budget: RetryBudget, what: st
 # -- Bucket ------------------------------------------------------------------------------------
 
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_TTL = "Nats-TTL"  # a value's own time to live (nats-server 2.11+, `allow_msg_ttl`)
 _WRONG_LAST = (10071, 10164)  # the key's last revision is not the one expected
 _NOT_FOUND = 10037  # no message
 _REMOVED = (b"KV-Operation: DEL", b"KV-Operation: PURGE")
@@ -136,6 +142,7 @@ class Bucket:
         self._stream = f"KV_{name}"
         self._prefix = f"$KV.{name}."
         self._direct = direct
+        self._js: JetStreamContext | None = None  # set by `open`: for the bucket's own config
 
     @classmethod
     async def open(
@@ -150,7 +157,41 @@ class Bucket:
     ) -> Bucket:
         kv = await open_bucket(js, name, ttl=ttl, replicas=replicas, history=history)
         direct = bool((await js.stream_info(f"KV_{name}")).config.allow_direct)
-        return cls(nc, kv, name, direct)
+        bucket = cls(nc, kv, name, direct)
+        bucket._js = js
+        return bucket
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("a Bucket made without `open` cannot read its own config")
+        return self._js
+
+    async def keep_keys_for(self, ttl: float) -> None:
+        """Let keys carry their own TTL, and make sure the bucket keeps a key at least `ttl`
+        seconds: an older bucket's max age is raised in place, never lowered (an instance with
+        a shorter TTL still counts on its keys living as long as it thinks)."""
+        config = (await self.js.stream_info(self._stream)).config
+        raised = bool(config.max_age) and (config.max_age or 0) < ttl
+        if config.allow_msg_ttl and not raised:
+            return
+        if raised:
+            log.warning(
+                "KV bucket %s kept keys %g s, less than this instance's %g s: raised to %g s",
+                self._stream.removeprefix("KV_"),
+                config.max_age,
+                ttl,
+                ttl,
+            )
+            config.max_age = ttl
+        config.allow_msg_ttl = True
+        await self.js.update_stream(config)
+
+    async def created(self) -> datetime:
+        """When the server created the bucket (its stream): a bucket deleted and made again
+        has a later one."""
+        info = await self.js.stream_info(self._stream)
+        return info.created or datetime.now(UTC)
 
     async def _request(
         self,
@@ -211,26 +252,28 @@ class Bucket:
             return None, revision
         return Entry(base64.b64decode(message.get("data") or ""), revision), revision
 
-    async def create(self, key: str, value: bytes, timeout: float) -> int:
+    async def create(self, key: str, value: bytes, timeout: float, ttl: float | None = None) -> int:
         """Write the key's first value and return its revision; KeyWrongLastSequenceError
-        when it has one already."""
+        when it has one already. `ttl`: the server removes this value that many seconds after
+        it stored it (the bucket must allow per-key TTLs: `keep_keys_for`)."""
         try:
-            return await self.update(key, value, 0, timeout)
+            return await self.update(key, value, 0, timeout, ttl)
         except KeyWrongLastSequenceError:
             entry, last = await self._read(key, timeout)
             if entry is not None:
                 raise
-        return await self.update(key, value, last, timeout)  # over the deletion's tombstone
+        return await self.update(key, value, last, timeout, ttl)  # over the deletion's tombstone
 
-    async def update(self, key: str, value: bytes, last: int, timeout: float) -> int:
+    async def update(
+        self, key: str, value: bytes, last: int, timeout: float, ttl: float | None = None
+    ) -> int:
         """Write the key's value if its revision is `last` (0: it has none), returning the new
         revision; KeyWrongLastSequenceError when another write came first."""
+        headers = {_EXPECTED_LAST: str(last)}
+        if ttl is not None:
+            headers[_TTL] = f"{math.ceil(ttl * 1000)}ms"
         reply = await self._request(
-            self._prefix + key,
-            value,
-            {_EXPECTED_LAST: str(last)},
-            timeout,
-            max_headers=JETSTREAM_MAX_HEADERS,
+            self._prefix + key, value, headers, timeout, max_headers=JETSTREAM_MAX_HEADERS
         )
         ack = _json(reply)
         error = ack.get("error")

@@ -2,15 +2,20 @@
 time, so a job guarded by it (a sweeper, a scheduled report) runs on one instance only.
 
 - **Acquire** by create: the key `<name>` of the bucket `<service>_leases` exists only while
-  someone holds it. The bucket's TTL is the lease's: the server removes a key not renewed
-  within it, so a holder that crashed or paused loses the lease without anyone's clock.
+  someone holds it. Every write carries the writer's own TTL (`APP_LEASE_TTL`, as the key's
+  `Nats-TTL`): the server removes a key not renewed within it, so a holder that crashed or
+  paused loses the lease without anyone's clock, and instances whose TTLs differ (a rolling
+  change of the setting) each hold for exactly as long as the server keeps their key. The
+  bucket's own max age is only raised to the longest TTL, never lowered.
 - **Renew** by compare-and-set on the revision, every third of the TTL. A renewal that finds
   another revision means the lease was lost (it expired, and someone else created it).
-- **Fencing.** The lease's token is its current revision, which only grows: every later holder's
-  token is larger than every earlier one's. A protected resource keeps the largest token it has
-  seen and refuses writes with a smaller one (`FencedRecord`, in fencing.py): a holder that
-  paused past its TTL and wakes up still believing it holds the lease cannot overwrite its
-  successor's work.
+- **Fencing.** The lease's token is the bucket's creation time (server time, whole seconds
+  since 2020) in the high bits and its current revision in the low 32: it only grows, even when
+  the bucket is deleted and made again (its revisions restart, its creation time is later), so
+  every later holder's token is larger than every earlier one's. A protected resource keeps
+  the largest token it has seen and refuses writes with a smaller one (`FencedRecord`, in
+  fencing.py): a holder that paused past its TTL and wakes up still believing it holds the
+  lease cannot overwrite its successor's work.
 - **Knowing when it is lost.** The holder counts its lease valid until the TTL, minus a margin,
   after it *sent* the last confirmed renewal, on its own monotonic clock: the server's key
   outlives that moment, so two holders' confirmed intervals never overlap. `Lease.token` raises
@@ -55,6 +60,8 @@ MARGIN = 0.1
 """The share of the TTL a holder gives up at the end of each interval, for clock rates and the
 time a renewal spends on its way to the server."""
 REQUEST_TIMEOUT = 2.0
+EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+"""Where a fencing token's high bits (the bucket's creation, in seconds) count from."""
 WAKE_GAP = 0.05
 """The least time, as a share of the TTL, between two tries of a waiter: a release heard sooner
 after its last try waits out the rest (0.5 s with the default TTL of 10 s)."""
@@ -85,6 +92,7 @@ class Leases:
         bucket = await Bucket.open(
             brokers.nc, brokers.js, name, ttl=settings.lease_ttl, replicas=settings.replicas
         )
+        await bucket.keep_keys_for(settings.lease_ttl)
         subject = f"qm-leases.{settings.service_name}.freed"
 
         async def announce(lease: str) -> None:
@@ -141,6 +149,7 @@ class Lease:
         self._tried = -math.inf  # monotonic, when this instance last tried to take it
         self._key = safe_key(name)
         self._revision: int | None = None
+        self._epoch = 0  # the bucket's creation, in seconds since EPOCH: the token's high bits
         self._valid_until = 0.0  # monotonic
         self.on_confirmed: Callable[[int, float, float], None] | None = None
         """Called with (token, sent, valid until), monotonic, after each confirmed renewal."""
@@ -161,7 +170,7 @@ class Lease:
         if not self.held:
             raise LeaseLostError(f"lease {self.name!r} is not held by {self.holder}")
         assert self._revision is not None
-        return self._revision
+        return (self._epoch << 32) | self._revision
 
     def _value(self) -> bytes:
         since = datetime.now(UTC).isoformat()
@@ -173,11 +182,15 @@ class Lease:
             return await self.renew()
         sent = self._tried = time.monotonic()
         try:
-            revision = await self._bucket.create(self._key, self._value(), REQUEST_TIMEOUT)
+            revision = await self._bucket.create(
+                self._key, self._value(), REQUEST_TIMEOUT, ttl=self.ttl
+            )
         except KeyWrongLastSequenceError:
             return False  # somebody holds it
+        created = await self._bucket.created()
+        self._epoch = max(0, int((created - EPOCH).total_seconds()))
         self._confirmed(revision, sent)
-        log.info("lease %s acquired (token %d)", self.name, revision, extra={"lease": self.name})
+        log.info("lease %s acquired (token %d)", self.name, self.token, extra={"lease": self.name})
         return True
 
     async def renew(self) -> bool:
@@ -187,7 +200,7 @@ class Lease:
         sent = time.monotonic()
         try:
             revision = await self._bucket.update(
-                self._key, self._value(), self._revision, REQUEST_TIMEOUT
+                self._key, self._value(), self._revision, REQUEST_TIMEOUT, ttl=self.ttl
             )
         except KeyWrongLastSequenceError:
             self._lost("another instance holds it now")
