@@ -22,8 +22,8 @@ The stores: `MemoryClaimStore` here, a KV bucket per service with the JetStream 
 Once the handler has returned, the done mark alone is retried until it is written, with the
 claim still renewed (app/bus/dispatch.py). Where this stops: a crash after the handler's effect
 and before the claim is marked done runs the handler once more, and so does a store away for
-longer than the claim's stale time. A handler whose effect must never repeat writes the effect and the
-message id in one atomic step (see the example's payment handler).
+longer than the claim's stale time. A handler whose effect must never repeat writes the effect
+and the message id in one atomic step (see the example's payment handler).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ from app.errors import QosMeshError
 log = logging.getLogger(__name__)
 
 DONE = "done"
+CLAIMED = "claimed"
+"""How a claim in progress begins when the store itself expires it once it goes stale (a Redis
+PX, a KV key's own TTL): busy for as long as it exists, whatever any host's clock says."""
 
 
 class ClaimBusy(QosMeshError):
@@ -135,6 +138,9 @@ def decide(value: str, stale_after: float) -> bool | None:
     """For an existing claim: False when done, None when it may be taken over, else busy."""
     if value == DONE:
         return False
+    if value.startswith(CLAIMED):
+        raise ClaimBusy("message is being applied by another delivery")
+    # An older version's claim, "processing <unix time> <token>": judged by this host's clock.
     parts = value.split(" ")
     try:
         stale = time.time() - float(parts[1]) >= stale_after

@@ -1,6 +1,7 @@
 """QoS 2 claims have owners: a delivery whose claim was taken over cannot undo the winner's."""
 
 import asyncio
+import time
 
 import nats
 import pytest
@@ -8,7 +9,7 @@ import redis.asyncio as aioredis
 
 from app.brokers.embedded import free_port
 from app.errors import StoreUnavailableError
-from app.qos.claims import ClaimBusy, ClaimStore, MemoryClaimStore
+from app.qos.claims import Claim, ClaimBusy, ClaimStore, MemoryClaimStore
 from app.testing.faults import freeze, thaw
 from app.transports.consuming import HELD
 from app.transports.jetstream.claims import KvClaimStore
@@ -37,9 +38,24 @@ async def taken_over(store: ClaimStore):
     loser = await store.claim("m1", stale_after=STALE)
     assert loser is not None
     await asyncio.sleep(STALE + 0.1)
-    winner = await store.claim("m1", stale_after=STALE)
-    assert winner is not None
+    # A KV claim lives at least a whole second (a key's own TTL) and its removal is the
+    # server's, on its own schedule: the takeover comes when the server dropped it.
+    winner = await eventually_claimed(store, "m1")
     return loser, winner
+
+
+async def eventually_claimed(store: ClaimStore, key: str) -> Claim:
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            claim = await store.claim(key, stale_after=STALE)
+        except ClaimBusy:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        assert claim is not None
+        return claim
 
 
 async def test_a_delivery_that_lost_its_claim_cannot_delete_the_winners_done_mark(store):
@@ -140,3 +156,26 @@ async def test_a_store_operation_retried_counts_as_a_store_retry_not_a_publish(
         await nc.close()
     assert metrics.value("qosmesh.store.retries", operation="idempotency mark") > store_before
     assert metrics.value("qosmesh.publish.retries") == publish_before
+
+
+@pytest.mark.parametrize("skew", [60.0, -60.0])
+async def test_a_live_claim_stays_busy_and_a_dead_one_lapses_whatever_the_host_clock(
+    store, monkeypatch, skew
+):
+    """Staleness is the store's to judge (a Redis PX, a KV key's own TTL), never a host's wall
+    clock: an instance whose clock runs a minute ahead or behind neither takes over a live
+    claim nor waits out a dead one."""
+    if isinstance(store, MemoryClaimStore):
+        pytest.skip("one process: its own monotonic clock")
+    live = await store.claim("m-live", stale_after=5.0)
+    assert live is not None
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    with pytest.raises(ClaimBusy):
+        await store.claim("m-live", stale_after=5.0)
+    dead = await store.claim("m-dead", stale_after=1.0)
+    assert dead is not None
+    started = time.monotonic()
+    taken = await eventually_claimed(store, "m-dead")
+    assert taken.value != dead.value
+    assert time.monotonic() - started < 4.0

@@ -5,30 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 
 import redis.asyncio as aioredis
 
 from app.errors import StoreUnavailableError
-from app.qos.claims import DONE, Claim, ClaimBusy, renewed_value
+from app.qos.claims import CLAIMED, DONE, Claim, ClaimBusy
 from app.qos.retries import RetryBudget, with_retries
 from app.settings import Settings
 from app.transports.redis.transport import RETRYABLE
 
-# Claim atomically: take a missing or stale claim, report a done one, refuse a live one.
+# Claim atomically: take a missing claim, report a done one, refuse a live one. A claim in
+# progress lives `stale` ms on Redis's own clock (PX), renewed while its handler runs: a holder
+# that died lets it lapse without any host's clock being read. A claim written by an older
+# version ("processing <time> <token>", kept for the idempotency TTL) is judged stale by
+# Redis's TIME, never by the caller's.
 _REDIS_CLAIM = """
 local current = redis.call('GET', KEYS[1])
-if not current then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  return 1
-end
 if current == 'done' then return 0 end
-local started = tonumber(string.match(current, '^processing (%S+)')) or 0
-if tonumber(ARGV[2]) - started >= tonumber(ARGV[4]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  return 1
+if current then
+  local started = tonumber(string.match(current, '^processing (%S+)'))
+  if not started then return 2 end
+  local now = redis.call('TIME')
+  if tonumber(now[1]) + tonumber(now[2]) / 1000000 - started < tonumber(ARGV[3]) then
+    return 2
+  end
 end
-return 2
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 
@@ -39,10 +42,10 @@ return 0
 """
 
 
-# Renew only the caller's own claim.
+# Renew only the caller's own claim, for another `stale` ms.
 _REDIS_REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
 return 0
@@ -63,9 +66,9 @@ class RedisClaimStore:
         self._refresh = redis.register_script(_REDIS_REFRESH)
 
     async def claim(self, key: str, stale_after: float) -> Claim | None:
-        now = time.time()
-        value = f"processing {now:.3f} {secrets.token_hex(8)}"
-        args: list[str | int | float] = [value, f"{now:.3f}", self._ttl_ms, stale_after]
+        stale_ms = max(1, int(stale_after * 1000))
+        value = f"{CLAIMED} {stale_ms} {secrets.token_hex(8)}"
+        args: list[str | int | float] = [value, stale_ms, stale_after]
         try:
             result = int(await self._claim(keys=[self._prefix + key], args=args))
         except RETRYABLE as exc:
@@ -95,6 +98,6 @@ class RedisClaimStore:
         await self._release(keys=[claim.key], args=[claim.value])
 
     async def refresh(self, claim: Claim) -> Claim | None:
-        value = renewed_value(claim.value)
-        renewed = await self._refresh(keys=[claim.key], args=[claim.value, value, self._ttl_ms])
-        return Claim(claim.key, value) if int(renewed) else None
+        stale_ms = claim.value.split(" ")[1]  # "claimed <stale ms> <token>"
+        renewed = await self._refresh(keys=[claim.key], args=[claim.value, stale_ms])
+        return claim if int(renewed) else None
