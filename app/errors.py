@@ -7,6 +7,7 @@ QosMeshError
 ├── DatabaseUnavailableError    PostgreSQL could not be reached, or refused us, at start
 ├── PublishError            the broker did not confirm a publish within the retry budget
 │   └── MessageTooLargeError    headers and body exceed the broker's limit: refused, never sent
+├── HandlerTimeoutError     a handler ran past its deadline: cancelled, its delivery failed
 ├── DeadLetterNotFoundError no dead letter with that id
 ├── DeadRowNotFoundError    no dead outbox row with that id
 ├── NotReplayableError      a dead letter kept as a stub (too large to copy whole)
@@ -60,6 +61,13 @@ class MessageTooLargeError(PublishError):
     the connection: such a message is refused before it reaches the wire."""
 
 
+class HandlerTimeoutError(QosMeshError):
+    """A handler ran past its deadline (APP_HANDLER_TIMEOUT, or its own `timeout=`) and was
+    cancelled. Its delivery failed as for any handler error: tried again later, dead-lettered
+    on the last delivery. Not a TimeoutError: that one says a broker did not answer, which a
+    delivery waits out in place."""
+
+
 class DeadRowNotFoundError(QosMeshError):
     """No outbox row with that id is set aside as dead (never was, or retried or discarded)."""
 
@@ -111,6 +119,7 @@ __all__ = [
     "DeadLetterNotFoundError",
     "DecodeError",
     "DiscoveryError",
+    "HandlerTimeoutError",
     "InvalidMessageError",
     "LeaseLostError",
     "MessageTooLargeError",

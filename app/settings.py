@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     max_deliver: Annotated[int, Field(ge=1)] = 5
     ack_wait: Annotated[float, Field(gt=0)] = 10.0
     consumer_concurrency: Annotated[int, Field(ge=1)] = 64
+    handler_timeout: Annotated[float, Field(gt=0)] = 60.0
     duplicate_window: Annotated[float, Field(ge=1)] = 120.0
     idempotency_ttl: Annotated[float, Field(ge=1)] = 86400.0
 

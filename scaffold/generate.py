@@ -392,9 +392,13 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "never will be\n",
             "",
         ),
-        (", broadcast: bool = False, transactional: bool = False", ", broadcast: bool = False"),
-        (", broadcast=broadcast, transactional=transactional)", ", broadcast=broadcast)"),
-        ("        transactional: bool = False,\n    ) -> None:", "    ) -> None:"),
+        ("        transactional: bool = False,\n    ) -> ", "    ) -> "),
+        (
+            "            self.subscribe(\n                message_type,\n                func,\n"
+            "                broadcast=broadcast,\n                timeout=timeout,\n"
+            "                transactional=transactional,\n            )",
+            "            self.subscribe(message_type, func, broadcast=broadcast, timeout=timeout)",
+        ),
         ("cut", "\n\n        `transactional=True`", '"""\n        if self._started'),
         (
             "        run = in_transaction(self._database, handler, name, qos) if transactional "

@@ -11,6 +11,10 @@ run under the guarantee its QoS asks for.
   transaction that records the message id with its effects (app/database/inbox.py), at QoS 1
   and 2, instead of under a claim.
 
+The handler given here is already cut at its deadline (app/bus/handler_deadlines.py): the
+deadline bounds the service's own handler alone, so a claim, its done mark and the inbox
+transaction's commit are outside it.
+
 A dispatcher answers False for a duplicate it did not run, True otherwise.
 """
 

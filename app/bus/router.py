@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.bus.dispatch import dispatcher, in_transaction
+from app.bus.handler_deadlines import HandlerDeadlines
 from app.errors import (
     ConfigurationError,
     InvalidMessageError,
@@ -30,7 +31,7 @@ from app.messages import (
     encode,
     snake_case,
 )
-from app.observability.instruments import record_zeros
+from app.observability.instruments import handler_timeouts, record_zeros
 from app.observability.spans import sending_traced
 from app.qos.claims import ClaimStore, HeldClaims
 from app.qos.dead_letters import DeadLetterStore
@@ -73,6 +74,8 @@ class Bus:
         self._stopped = False
         self._claims = HeldClaims()
         self._renewing: asyncio.Task[None] | None = None
+        self._deadlines = HandlerDeadlines()
+        self._cutting: asyncio.Task[None] | None = None
         # Per message type: the QoS, transport and subject (settings are fixed for a bus).
         self._routes: dict[type[Message], tuple[QoS, Transport, str]] = {}
         self._published: list[type[Message]] = []
@@ -266,12 +269,23 @@ class Bus:
             raise PublishError("; ".join(map(str, errors))) from errors[0]
 
     def handler(
-        self, message_type: type[M], *, broadcast: bool = False, transactional: bool = False
+        self,
+        message_type: type[M],
+        *,
+        broadcast: bool = False,
+        timeout: float | None = None,
+        transactional: bool = False,
     ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
         """Decorator form of `subscribe`."""
 
         def register(func: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-            self.subscribe(message_type, func, broadcast=broadcast, transactional=transactional)
+            self.subscribe(
+                message_type,
+                func,
+                broadcast=broadcast,
+                timeout=timeout,
+                transactional=transactional,
+            )
             return func
 
         return register
@@ -282,9 +296,14 @@ class Bus:
         handler: Callable[..., Awaitable[None]],
         *,
         broadcast: bool = False,
+        timeout: float | None = None,
         transactional: bool = False,
     ) -> None:
         """Handle every `message_type` this service receives with `handler(message)`.
+
+        A handler still running after `timeout` seconds (default APP_HANDLER_TIMEOUT) is
+        cancelled, and its delivery fails with HandlerTimeoutError: tried again later, or
+        dead-lettered on its last delivery.
 
         `transactional=True`: `handler(message, session)` runs in a database transaction that
         also records the message id in the inbox (app/database/inbox.py), so its database
@@ -298,6 +317,8 @@ class Bus:
         if broadcast:
             name = f"{name}__{self._instance_id}"
         types: dict[str, type[Message]] = {message_type.type_name(): message_type}
+        # The deadline bounds the handler's own run, not the claim, inbox commit or ack around it.
+        handler = self._bounded(handler, timeout, name, transport.name, self.subject(message_type))
         run = in_transaction(self._database, handler, name, qos) if transactional else handler
         on_delivery = self._dispatcher(types, run, qos, name, transport.name, transactional)
         subscription = Subscription(
@@ -309,6 +330,19 @@ class Bus:
         )
         self._subscriptions.append((transport, subscription))
         self._handled.append((message_type, subscription))
+
+    def _bounded(
+        self,
+        handler: Callable[..., Awaitable[None]],
+        timeout: float | None,
+        consumer: str,
+        transport: str,
+        subject: str,
+    ) -> Callable[..., Awaitable[None]]:
+        seconds = self._settings.handler_timeout if timeout is None else timeout
+        attributes = {"messaging.system": spec_of(transport).system, "destination": subject}
+        timeouts = handler_timeouts.series(attributes)
+        return self._deadlines.bounded(handler, seconds, consumer, timeouts)
 
     def _dispatcher(
         self,
@@ -343,6 +377,7 @@ class Bus:
             await transport.start()
         self._started = True
         self._renewing = asyncio.create_task(self._claims.renew(), name="renew claims")
+        self._cutting = asyncio.create_task(self._deadlines.sweep(), name="handler deadlines")
         record_zeros(
             (spec_of(transport.name).system, sub.subject, int(sub.qos))
             for transport, sub in self._subscriptions
@@ -357,6 +392,8 @@ class Bus:
         await asyncio.gather(*(t.stop(timeout) for t in self._transports.values()))
         if self._renewing is not None:
             self._renewing.cancel()
+        if self._cutting is not None:
+            self._cutting.cancel()
 
     @property
     def consumers(self) -> list[tuple[str, Subscription]]:

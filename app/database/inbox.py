@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app import failpoints
 from app.database.connection import Database, Transaction, unavailable
 from app.database.tables import inbox
-from app.errors import StoreUnavailableError
+from app.errors import HandlerTimeoutError, StoreUnavailableError
 from app.messages import Message
 
 M = TypeVar("M", bound=Message)
@@ -44,6 +44,8 @@ async def handle_once(
             await handler(message, connection)
         failpoints.reached("inbox.before_ack")
         return True
+    except HandlerTimeoutError:
+        raise  # the handler's own failure, rolled back: never a database away
     except Exception as exc:
         if unavailable(exc):
             raise StoreUnavailableError(f"database: {type(exc).__name__}") from exc

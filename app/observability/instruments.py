@@ -274,6 +274,11 @@ store_retries = Counter(
 redeliveries = Counter(
     "qosmesh.redeliveries", unit="{message}", description="Deliveries with a count above 1"
 )
+handler_timeouts = Counter(
+    "qosmesh.handler.timeouts",
+    unit="{delivery}",
+    description="Handlers cancelled at their deadline (their delivery failed)",
+)
 dedupe_hits = Counter(
     "qosmesh.dedupe.hits", unit="{message}", description="QoS 2 duplicates stopped, by side"
 )
@@ -435,6 +440,7 @@ def record_zeros(destinations: Iterable[tuple[str, str, int]]) -> None:
         if qos == 0:
             qos0_lost.add(0, {"messaging.destination.name": subject})
         redeliveries.add(0, {"messaging.system": system, "destination": subject})
+        handler_timeouts.add(0, {"messaging.system": system, "destination": subject})
         for reason in DeadLetterReason:
             dead_letters.add(
                 0, {"messaging.system": system, "destination": subject, "reason": reason}

@@ -3,7 +3,8 @@ apply once per message id, however often the message arrives, and wait out a dat
 
 import asyncio
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.database.connection import Database
@@ -112,6 +113,54 @@ async def test_a_database_restart_under_a_handler_loses_no_effect_and_doubles_no
         page = await DeadLetters(running.bus.dead_letters).list()
     assert page.items == []
     assert await applied(database) == want
+
+
+async def _in_a_statement(session: AsyncConnection) -> None:
+    await session.execute(text("SELECT pg_sleep(30)"))
+
+
+async def _after_a_connection_error(session: AsyncConnection) -> None:
+    try:
+        raise ConnectionError("the downstream refused")
+    except ConnectionError:  # it waits to try the downstream again
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    "hang", [_in_a_statement, _after_a_connection_error], ids=lambda hang: hang.__name__[1:]
+)
+async def test_a_transactional_handler_past_its_deadline_is_rolled_back_and_tried_again(
+    db_settings, database, metrics, hang
+):
+    """The deadline cuts the handler inside its transaction, in a statement the database still
+    runs, or while it handles a connection error of its own: its effect is rolled back, and the
+    delivery fails and comes again (a redelivery, not a wait in place for a database away); the
+    next one applies it once."""
+    settings = db_settings(ack_wait=5)
+    calls: list[str] = []
+
+    async def hangs_once(message: Ping, session: AsyncConnection) -> None:
+        await recording(calls)(message, session)
+        if len(calls) == 1:
+            await hang(session)
+
+    def counts() -> tuple[float, float]:
+        return (
+            metrics.value("qosmesh.handler.timeouts", destination="svc.ping"),
+            metrics.value("qosmesh.redeliveries", destination="svc.ping"),
+        )
+
+    before = counts()
+    setup = lambda bus: bus.subscribe(Ping, hangs_once, transactional=True, timeout=1)  # noqa: E731
+    async with bus_with_database(settings, database, setup) as running:
+        message = Ping(n=3)
+        await running.bus.publish(message)
+        await eventually(lambda: _applied_is(database, {message.message_id: 1}), timeout=15)
+        await asyncio.sleep(1)  # no third delivery
+    assert calls == [message.message_id] * 2
+    assert await applied(database) == {message.message_id: 1}
+    timeouts, redeliveries = (after - was for after, was in zip(counts(), before, strict=True))
+    assert (timeouts, redeliveries) == (1, 1)
 
 
 def _applied_is(database: Database, want: dict[str, int]):

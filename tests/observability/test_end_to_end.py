@@ -193,6 +193,9 @@ def test_metrics_after_a_known_workload_are_exact(pair, nats_server):
     )
     assert total(scrapes, "qosmesh_dead_letters_total") == 0
     assert total(scrapes, "qosmesh_qos0_lost_total") == 0
+    timeouts = "qosmesh_handler_timeouts_total"  # on record from the start, at zero
+    assert any(sample == timeouts for scraped in scrapes for sample, _ in scraped)
+    assert total(scrapes, timeouts) == 0
     assert total(scrapes, "qosmesh_discovery_nodes", service="qosmesh") == 4  # 2 views x 2
     paid = httpx.get(f"{first.url}/orders/{order['order_id']}").json()["paid"]
     assert paid == 3

@@ -68,7 +68,8 @@ def series_of(metrics, name: str, **attributes: object) -> list[dict[str, object
 
 def test_every_dead_letter_reason_and_settled_outcome_is_on_record_from_the_start(metrics):
     """An absent series breaks rates and alerts: each reason a message can be dead-lettered
-    for, and each way a delivery is settled, is reported at zero before any happens."""
+    for, each way a delivery is settled, and the handlers cut at their deadline, are reported
+    at zero before any happens."""
     record_zeros([("nats", "svc.zeros", 1)])
     reasons = {
         s["reason"] for s in series_of(metrics, "qosmesh.dead_letters", destination="svc.zeros")
@@ -83,3 +84,4 @@ def test_every_dead_letter_reason_and_settled_outcome_is_on_record_from_the_star
         )
     }
     assert {verdict for verdict in Verdict if verdict is not Verdict.BUSY} <= outcomes
+    assert series_of(metrics, "qosmesh.handler.timeouts", destination="svc.zeros")
