@@ -11,8 +11,8 @@ QosMeshError
 ├── DeadLetterNotFoundError no dead letter with that id
 ├── DeadRowNotFoundError    no dead outbox row with that id
 ├── NotReplayableError      a dead letter kept as a stub (too large to copy whole)
-├── InvalidMessageError     a message refused as it is, for good (a delay too long, a stream limit)
 ├── DeadLetterStoreFullError    the dead-letter store is at its bound and refuses new records
+├── InvalidMessageError     a message refused as it is, for good (a delay too long, a stream limit)
 ├── DiscoveryError          membership could not be read or written
 │   └── NoInstanceError     no live instance of the service a peer call names
 ├── LeaseLostError          this instance no longer holds a lease it held (expired, or taken)
@@ -76,17 +76,17 @@ class NotReplayableError(QosMeshError):
     """The dead letter is a stub (its message was too large to copy whole): nothing to replay."""
 
 
+class DeadLetterStoreFullError(QosMeshError):
+    """The dead-letter store is at its bound and keeps what it holds (`APP_DLQ_DISCARD=new`):
+    the message stays unsettled where it is, and is tried again later."""
+
+
 class InvalidMessageError(QosMeshError, ValueError):
     """A message that cannot be published as it is, e.g. a QoS 2 message with no message id."""
 
 
 class DeadLetterNotFoundError(QosMeshError):
     """No dead letter is stored under the given id."""
-
-
-class DeadLetterStoreFullError(QosMeshError):
-    """The dead-letter store is at its bound and keeps what it holds (`APP_DLQ_DISCARD=new`):
-    the message stays unsettled where it is, and is tried again later."""
 
 
 class DiscoveryError(QosMeshError):

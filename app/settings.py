@@ -107,18 +107,18 @@ class Settings(BaseSettings):
     handler_timeout: Annotated[float, Field(gt=0)] = 60.0
     duplicate_window: Annotated[float, Field(ge=1)] = 120.0
     idempotency_ttl: Annotated[float, Field(ge=1)] = 86400.0
-
-    admin_token: SecretStr | None = None
-    max_body_bytes: Annotated[int, Field(ge=1)] = 65536
-    drain_timeout: Annotated[float, Field(ge=0)] = 20.0
-    max_message_bytes: Annotated[int, Field(ge=1024)] = 1048576
-    domain: str = DEFAULT_DOMAIN
     # The dead-letter store's bounds (0: no bound of that kind) and what a full store does:
     # `old` drops the oldest records to make room, `new` refuses the newest (docs/operations.md).
     dlq_max_age: Annotated[float, Field(ge=0)] = 1209600.0
     dlq_max_messages: Annotated[int, Field(ge=0)] = 100000
     dlq_max_bytes: Annotated[int, Field(ge=0)] = 1073741824
     dlq_discard: Literal["old", "new"] = "old"
+
+    admin_token: SecretStr | None = None
+    max_body_bytes: Annotated[int, Field(ge=1)] = 65536
+    drain_timeout: Annotated[float, Field(ge=0)] = 20.0
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1048576
+    domain: str = DEFAULT_DOMAIN
 
     @field_validator("admin_token", mode="after")
     @classmethod

@@ -20,32 +20,32 @@ A dispatcher answers False for a duplicate it did not run, True otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import asyncio
 from app.errors import ConfigurationError
-import logging
 from app.messages import DeadLetterReason, DecodeError, Envelope, Message, QoS, decode_message
 from app.observability.instruments import dedupe_hits
 from app.observability.spans import process_span
 from app.qos.claims import ClaimStore, HeldClaims
+from app.qos.retries import backoff
 from app.transports.base import Delivery
 
 if TYPE_CHECKING:
     from app.database.connection import Database
-from app.qos.retries import backoff
 
-
-def in_transaction(
-    database: Database | None,
-    handler: Callable[..., Awaitable[None]],
 log = logging.getLogger(__name__)
 
 DONE_RETRY_CAP = 2.0
 """The longest pause between two tries of a done mark."""
 
+
+def in_transaction(
+    database: Database | None,
+    handler: Callable[..., Awaitable[None]],
     consumer: str,
     qos: QoS,
 ) -> Callable[[Message], Awaitable[bool]]:

@@ -200,7 +200,8 @@ async def test_redis_dead_letters_stay_within_their_bound_and_count_what_it_drop
 
             async def settled() -> bool:
                 kept = int(await client.xlen("dlq.svc"))
-                return kept + metrics.value("qosmesh.dead_letters.dropped", policy="old") >= 200
+                dropped = metrics.value("qosmesh.dead_letters.dropped", policy="old")
+                return bool(kept + dropped >= 200)
 
             await eventually(settled, timeout=30)
             length = int(await client.xlen("dlq.svc"))
