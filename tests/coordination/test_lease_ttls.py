@@ -5,11 +5,14 @@ import asyncio
 import time
 
 import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from app.brokers.kv import Bucket
 from app.coordination import Leases
 from app.coordination.leases import Lease
+
+pytestmark = pytest.mark.slow  # long: run in CI, left out of a generated project's quick run
 
 
 async def _leases(url: str, holder: str, ttl: float) -> tuple[NatsClient, Lease]:

@@ -12,6 +12,8 @@ from app.testing import eventually
 from tests.transports.conftest import Charge, bus_settings, running_bus
 from tests.transports.test_redis import redis_settings
 
+pytestmark = pytest.mark.slow  # long: run in CI, left out of a generated project's quick run
+
 __all__ = ["bus_settings", "redis_settings"]  # the fixtures, shared with the transport tests
 
 AWAY = 8.0
