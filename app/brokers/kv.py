@@ -27,6 +27,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
+    NotFoundError,
     ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
@@ -143,6 +144,8 @@ class Bucket:
         self._prefix = f"$KV.{name}."
         self._direct = direct
         self._js: JetStreamContext | None = None  # set by `open`: for the bucket's own config
+        self._made_as: dict[str, Any] = {}  # `open`'s settings, to make the bucket again
+        self._keys_for = 0.0  # the longest `keep_keys_for`
 
     @classmethod
     async def open(
@@ -159,7 +162,25 @@ class Bucket:
         direct = bool((await js.stream_info(f"KV_{name}")).config.allow_direct)
         bucket = cls(nc, kv, name, direct)
         bucket._js = js
+        bucket._made_as = {"ttl": ttl, "replicas": replicas, "history": history}
         return bucket
+
+    async def make_again_if_gone(self) -> bool:
+        """Make the bucket again, as it was opened (and with the key TTLs it was asked to
+        keep), when the server says it no longer exists: deleted by hand, or a cluster
+        restored from scratch. Whether it was gone."""
+        try:
+            await self.js.stream_info(self._stream)
+            return False
+        except NotFoundError:
+            pass
+        name = self._stream.removeprefix("KV_")
+        log.warning("KV bucket %s is gone: making it again", name)
+        self.kv = await open_bucket(self.js, name, **self._made_as)
+        self._direct = bool((await self.js.stream_info(self._stream)).config.allow_direct)
+        if self._keys_for:
+            await self.keep_keys_for(self._keys_for)
+        return True
 
     @property
     def js(self) -> JetStreamContext:
@@ -171,6 +192,7 @@ class Bucket:
         """Let keys carry their own TTL, and make sure the bucket keeps a key at least `ttl`
         seconds: an older bucket's max age is raised in place, never lowered (an instance with
         a shorter TTL still counts on its keys living as long as it thinks)."""
+        self._keys_for = max(self._keys_for, ttl)
         config = (await self.js.stream_info(self._stream)).config
         raised = bool(config.max_age) and (config.max_age or 0) < ttl
         if config.allow_msg_ttl and not raised:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.bus.dispatch import dispatcher, in_transaction
@@ -148,7 +148,15 @@ class Bus:
         transaction instead (app/database/outbox.py): it reaches the broker if and only if the
         transaction commits, published by the relay (delayed as asked). Messages with the same
         `ordering_key` are published in commit order."""
-        due = _due(delay, at)
+        if delay is not None and at is not None:
+            raise ValueError("publish takes delay or at, not both")
+        if at is not None and at.tzinfo is None:
+            raise ValueError("at must be timezone-aware (datetime.now(UTC) + ...)")
+        due = at
+        if delay is not None:  # counted from the broker's time, not this host's
+            qos, transport, _ = self._route_of(type(message))
+            now = await self._schedules_of(transport, qos, message.type_name()).now()
+            due = now + delay
         if session is not None:
             await self._into_outbox(message, session, ordering_key, due)
             return
@@ -202,8 +210,10 @@ class Bus:
         envelope = encode(message, qos, subject)
         if due is not None:  # the relay schedules it: the header says when
             # Refused in the caller's transaction, as below: the relay could never send it.
-            keeps = self._schedules_of(transport, qos, message.type_name()).max_delay
-            if keeps is not None and (due - datetime.now(UTC)).total_seconds() > keeps:
+            schedules = self._schedules_of(transport, qos, message.type_name())
+            keeps = schedules.max_delay
+            # Judged by the clock the delay was counted from: the broker's.
+            if keeps is not None and (due - await schedules.now()).total_seconds() > keeps:
                 raise InvalidMessageError(
                     f"{message.type_name()}: a delay beyond {keeps / 86400:g} days is more than "
                     f"the scheduler of transport {transport.name!r} keeps"
@@ -404,14 +414,3 @@ class Bus:
     def dead_letters(self) -> list[DeadLetterStore]:
         stores = (transport.dead_letters for transport in self._transports.values())
         return [store for store in stores if store is not None]
-
-
-def _due(delay: timedelta | None, at: datetime | None) -> datetime | None:
-    """When a message asked to be delayed is due; None for one sent at once."""
-    if delay is not None and at is not None:
-        raise ValueError("publish takes delay or at, not both")
-    if delay is not None:
-        return datetime.now(UTC) + delay
-    if at is not None and at.tzinfo is None:
-        raise ValueError("at must be timezone-aware (datetime.now(UTC) + ...)")
-    return at

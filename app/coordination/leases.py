@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js.errors import KeyWrongLastSequenceError
@@ -187,6 +188,14 @@ class Lease:
             )
         except KeyWrongLastSequenceError:
             return False  # somebody holds it
+        except nats.errors.NoRespondersError:
+            # Nothing stores the bucket's subjects: it may be gone. Made again, its creation
+            # time (the tokens' high bits) is later, so the next holder's token is larger.
+            try:
+                await self._bucket.make_again_if_gone()
+            except Exception as exc:  # the next try looks again
+                log.debug("lease bucket not made again: %s", exc)
+            raise
         created = await self._bucket.created()
         self._epoch = max(0, int((created - EPOCH).total_seconds()))
         self._confirmed(revision, sent)

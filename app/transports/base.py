@@ -109,6 +109,11 @@ class Schedules(Protocol):
     """The longest delay in seconds it keeps (None: any); `schedule` refuses a longer one with
     InvalidMessageError, and the outbox refuses it at write."""
 
+    async def now(self) -> datetime:
+        """The broker's time (app/brokers/clock.py): a delay is counted from it, and a message
+        is due by it, whatever this host's clock says."""
+        ...
+
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None: ...
 
     async def cancel(self, subject: str, message_id: str) -> bool:

@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
+from app.brokers.clock import ServerClock
 from app.errors import InvalidMessageError
 from app.messages import H_DELIVER_AT, H_QOS, Envelope, QoS, due_of
 from app.settings import Settings
@@ -120,18 +121,23 @@ class NativeSchedules:
         send: Send,
         streams: Callable[[], dict[str, str]],
         max_delay: float,
+        clock: ServerClock,
     ) -> None:
         self.max_delay: float | None = max_delay
+        self._clock = clock
         self._nc = nc
         self._js = js
         self._publish = publish
         self._send = send
         self._streams = streams  # subject -> stream name, of the streams in use
 
+    async def now(self) -> datetime:
+        return await self._clock.now()
+
     async def schedule(self, envelope: Envelope, qos: QoS, due: datetime) -> None:
         if (
             self.max_delay is not None
-            and (due - datetime.now(UTC)).total_seconds() > self.max_delay
+            and (due - await self._clock.now()).total_seconds() > self.max_delay
         ):
             days = self.max_delay / 86400
             raise InvalidMessageError(
@@ -176,10 +182,12 @@ class FallbackSchedules:
         publish: Callable[[Envelope, QoS, Send], Awaitable[None]],
         send: Send,
         fire: Callable[[Envelope, QoS], Awaitable[None]],
+        clock: ServerClock,
     ) -> None:
         self._nc = nc
         self._js = js
         self._settings = settings
+        self._clock = clock
         self._publish = publish
         self._send = send
         self._fire = fire
@@ -190,6 +198,9 @@ class FallbackSchedules:
         self._followed_as: tuple[int, int] = (0, 0)  # (token, reconnects) the heap was built for
         self._due: list[tuple[float, int]] = []  # (due, stream sequence), a heap
         self._moved_at = 0.0  # monotonic, of the last move_due
+
+    async def now(self) -> datetime:
+        return await self._clock.now()
 
     def config(self) -> StreamConfig:
         return StreamConfig(
@@ -273,7 +284,7 @@ class FallbackSchedules:
             # read the whole stream again; whatever fired meanwhile is gone from it.
             await self._follow()
             self._followed_as = followed_as
-        now = datetime.now(UTC).timestamp()
+        now = (await self._clock.now()).timestamp()  # the server's time, not this host's
         while self._due and self._due[0][0] <= now:
             due, seq = heapq.heappop(self._due)
             try:

@@ -24,6 +24,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from app.brokers.clock import ServerClock, nats_time
 from app.errors import ConfigurationError, InvalidMessageError, MessageTooLargeError
 from app.messages import Envelope, QoS
 from app.observability.instruments import dedupe_hits, sent_series
@@ -77,9 +78,12 @@ class JetStreamTransport:
         self._subscriptions: list[Subscription] = []
         self._consumers: list[PullConsumer] = []
         self._schedules: NativeSchedules | FallbackSchedules
+        # The server's time, read off its answers about this service's dead-letter stream
+        # (one that every instance with this transport has).
+        clock = ServerClock(nats_time(nc, lambda: self._dlq.stream))
         if settings.scheduler != "fallback" and native_supported(nc):
             self._schedules = NativeSchedules(
-                nc, js, self._publish_via, self._send_to, self._streams_in_use, MAX_DELAY
+                nc, js, self._publish_via, self._send_to, self._streams_in_use, MAX_DELAY, clock
             )
         else:
             if settings.scheduler == "native":
@@ -88,7 +92,7 @@ class JetStreamTransport:
                     f"this one is {nc.connected_server_version}"
                 )
             self._schedules = FallbackSchedules(
-                nc, js, settings, self._publish_via, self._send_to, self.publish
+                nc, js, settings, self._publish_via, self._send_to, self.publish, clock
             )
 
     def stream_config(self, subject: str) -> StreamConfig:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import redis.asyncio as aioredis
 
+from app.brokers.clock import ServerClock, redis_time
 from app.messages import Envelope, QoS
 from app.settings import Settings
 from app.transports.redis.codec import fields_of
@@ -50,11 +50,14 @@ if removed == 1 then redis.call('SET', KEYS[3], 'cancelled', 'PX', ARGV[2]) end
 return removed
 """
 
-# KEYS: the set. ARGV: now (ms), at most, hash key prefix, stream MAXLEN, window (ms),
-# tombstone key prefix. An entry its stream refuses (a key of another type) is tried again in
-# a minute rather than holding up every later one. Returns {looked at, refused}.
+# KEYS: the set. ARGV: (unused), at most, hash key prefix, stream MAXLEN, window (ms),
+# tombstone key prefix. What is due is judged by Redis's own TIME, never by the lease holder's
+# clock. An entry its stream refuses (a key of another type) is tried again in a minute rather
+# than holding up every later one. Returns {looked at, refused}.
 MOVE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])
 local refused = 0
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
@@ -81,7 +84,7 @@ for _, id in ipairs(ids) do
     redis.call('SET', ARGV[6] .. id, 'fired', 'PX', ARGV[5])
   else
     refused = refused + 1
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + 60000, id)
+    redis.call('ZADD', KEYS[1], now + 60000, id)
   end
 end
 return {#ids, refused}
@@ -101,6 +104,7 @@ class RedisSchedules:
     ) -> None:
         self._redis = redis
         self._settings = settings
+        self._clock = ServerClock(redis_time(redis))
         self._publish = publish  # each attempt within the transport's retry budget
         self._dedupe_key = dedupe_key
         self.key = f"qm:scheduled:{settings.service_name}"
@@ -139,8 +143,11 @@ class RedisSchedules:
         async with asyncio.timeout(REQUEST_TIMEOUT):
             return int(await self._redis.zcard(self.key))
 
+    async def now(self) -> datetime:
+        return await self._clock.now()
+
     async def move_due(self, token: int) -> None:
-        now_ms = int(time.time() * 1000)
+        now_ms = 0  # judged by Redis's TIME inside the script
         window_ms = int(self._settings.duplicate_window * 1000)
         maxlen = self._settings.redis_maxlen
         args: list[str | int] = [

@@ -1,0 +1,86 @@
+"""The broker's clock, as this host can read it: delayed messages are due by it, not by the
+clock of whichever host published or moves them.
+
+Hosts' clocks disagree (an NTP step, a VM resumed, a container with a skewed clock). A message
+published "in 60 s" by a host running 30 s ahead, and moved by a lease holder running 30 s
+behind, must still fire no earlier than 60 s after it was published by the broker's clock. So
+due times are taken from the broker's time, and judged against it: this host keeps the offset
+between the broker's clock and its own, measured from an answer of the broker halfway through
+the request's round trip, and measures it again when it is older than `MAX_AGE`.
+
+The probes: nats-server stamps every JetStream API answer with its time (`ts`); Redis answers
+`TIME`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NatsClient
+
+MAX_AGE = 10.0
+"""Seconds an offset is used before it is measured again."""
+REQUEST_TIMEOUT = 2.0
+
+Probe = Callable[[], Awaitable[float]]
+"""The broker's time now, in Unix seconds."""
+
+
+class ServerClock:
+    """The broker's time: this host's clock plus the offset last measured."""
+
+    def __init__(self, probe: Probe) -> None:
+        self._probe = probe
+        self._offset = 0.0
+        self._measured = -math.inf  # monotonic
+
+    @property
+    def offset(self) -> float:
+        """Seconds the broker's clock is ahead of this host's (negative: behind)."""
+        return self._offset
+
+    async def sync(self) -> None:
+        sent = time.time()
+        server = await self._probe()
+        answered = time.time()
+        self._offset = server - (sent + answered) / 2
+        self._measured = time.monotonic()
+
+    async def now(self) -> datetime:
+        """The broker's time now, from an offset at most `MAX_AGE` old (measured again when
+        older; the last one is kept when the broker does not answer)."""
+        if time.monotonic() - self._measured > MAX_AGE:
+            try:
+                await self.sync()
+            except Exception:  # the broker away: the last offset is the best there is
+                if self._measured == -math.inf:
+                    raise
+        return datetime.fromtimestamp(time.time() + self._offset, UTC)
+
+
+def nats_time(nc: NatsClient, stream: Callable[[], str]) -> Probe:
+    """nats-server's time, from the `ts` of its answer about the stream `stream()` names."""
+
+    async def probe() -> float:
+        answer = await nc.request(f"$JS.API.STREAM.INFO.{stream()}", b"", timeout=REQUEST_TIMEOUT)
+        stamp = str(json.loads(answer.data)["ts"])
+        whole, _, fraction = stamp.rstrip("Z").partition(".")
+        parsed = datetime.fromisoformat(f"{whole}+00:00")
+        return parsed.timestamp() + float(f"0.{fraction or '0'}")
+
+    return probe
+
+
+def redis_time(redis: aioredis.Redis) -> Probe:
+    """Redis's time, from `TIME`."""
+
+    async def probe() -> float:
+        seconds, micros = await redis.time()
+        return int(seconds) + int(micros) / 1_000_000
+
+    return probe
