@@ -4,6 +4,8 @@ token larger than any written before, so the row still refuses the old holder's 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.example import stats
@@ -16,7 +18,7 @@ def often(monkeypatch):
     monkeypatch.setattr(stats, "EVERY", 0.2)
 
 
-async def _summary(shop) -> dict | None:
+async def _summary(shop) -> dict[str, Any] | None:
     answer = await shop.client.get("/orders/stats")
     return answer.json() if answer.status_code == 200 else None
 
