@@ -6,17 +6,49 @@ distinct payment keys answered 202, plus possibly some indeterminate ones; no 5x
 dead letter; discovery converges; nothing is left running; memory stays bounded. With a payment
 timeout, an order may end cancelled instead of confirmed, but never one with a payment answered
 202 or applied.
+
+Reads: an order answered 202 is found by every read that starts after the answer, and its
+status never goes back (pending, then confirmed or cancelled), nor its `paid` down.
+
+The chaos domain's effects, one line per execution (app/chaos/domain.py): a charge answered 202
+runs once, one refused never, an indeterminate one at most once; a step answered 202 runs at
+least once; a reminder fires once, never before its time, and never after a cancel that
+answered True; the lease's holders never overlap (each token's lines are one unbroken run, and
+tokens grow). A QoS 2 handler may run twice only within the bounds docs/qos.md states: its
+first run's process was killed, or it lost the claim store for longer than the claim's stale
+time (paused, cut off, or the store itself away) between the two runs. Such runs are counted,
+not hidden.
+
+Progress: judged over the fault-free windows (a grace after every healed fault), a window must
+see at least one operation answered 2xx and a share of determinate operations of at least
+`MIN_DETERMINATE`: a run where every answer is a 503 fails.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.chaos.history import Operation
 
 MEMORY_GROWTH = 64 * 1024 * 1024
+MIN_DETERMINATE = 0.6
+"""The least share of operations, among those inside a fault-free window, answered 2xx or 4xx."""
+GRACE = 3.0
+"""Seconds after a fault heals before the window after it is judged (reconnects, elections)."""
+MIN_WINDOW = 2.0
+"""A fault-free stretch shorter than this, after its grace, is not judged."""
+EARLY = 0.01
+"""A reminder firing this much before its time is early (the wall clock's resolution here)."""
+CUTS_AN_INSTANCE = frozenset(
+    {"instance-pause", "net-cut", "net-oneway", "net-latency", "net-broker"}
+)
+"""Faults on an instance's lane that keep it from renewing its claims (not a drain, which
+lets its handlers finish, nor a cut from the database alone)."""
+STATUS_RANK = {"pending": 0, "confirmed": 1, "cancelled": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +65,51 @@ class Observed:
     """What the system holds after healing."""
 
     orders: dict[str, StoredOrder]  # every record of the orders bucket, tombstones included
-    dead_letters: list[str] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)  # those of the poison fault aside
+    dead_rows: list[str] = field(default_factory=list)  # outbox rows set aside, poison aside
+    unsent_rows: list[str] = field(default_factory=list)  # outbox rows not sent after healing
     discovery_seconds: float | None = 0.0  # last heal to every view right; None: never
     node_ttl: float = 3.0
     leftovers: list[str] = field(default_factory=list)  # processes alive after teardown
     rss_growth: dict[str, int] = field(default_factory=dict)  # instance -> bytes since warm-up
     cancelling: bool = False  # APP_EXAMPLE_PAYMENT_TIMEOUT set: unpaid orders are cancelled
+    effects: list[dict[str, Any]] = field(default_factory=list)  # the chaos domain's lines
+    faults: list[FaultSpan] = field(default_factory=list)  # as inflicted, on the clients' clock
+    wall_start: float = 0.0  # time.time() at the clients' time 0, for the effects' times
+    clients_until: float | None = None  # when the clients stopped; None: progress not judged
+    stale: float = 2.0  # a QoS 2 claim's stale time (APP_ACK_WAIT)
+    store: str = "broker"  # the lane of the claim store: broker or valkey
+    judged: list[Window] = field(default_factory=list)  # filled by `check`: the windows judged
+    poisoned: int = 0  # dead letters of the poison fault (expected, not violations)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpan:
+    """A fault as it was inflicted: from its start until it was healed (a restarted process
+    listening again), in seconds on the clients' clock."""
+
+    kind: str
+    target: str
+    start: float
+    end: float
+    lane: str  # instance `i<k>`, `broker`, `valkey` or `postgres`
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(slots=True)
+class Window:
+    start: float
+    end: float
+    operations: int = 0
+    determinate: int = 0
+    ok: int = 0
+
+    @property
+    def share(self) -> float:
+        return self.determinate / self.operations if self.operations else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +130,13 @@ def check(operations: Iterable[Operation], observed: Observed) -> list[Violation
     return [
         *_placed(ops, observed),
         *_paid(ops, observed),
+        *_reads(ops),
+        *_charges(ops, observed),
+        *_steps(ops, observed),
+        *_reminders(ops, observed),
+        *_lease(observed),
         *_server_errors(ops),
+        *_progress(ops, observed),
         *_system(observed),
     ]
 
@@ -139,6 +216,11 @@ def _server_errors(ops: list[Operation]) -> Iterable[Violation]:
 def _system(observed: Observed) -> Iterable[Violation]:
     if observed.dead_letters:
         yield Violation("dead-letters", f"dead letters: {observed.dead_letters[:10]}")
+    if observed.dead_rows:
+        yield Violation("outbox", f"outbox rows set aside as dead: {observed.dead_rows[:10]}")
+    if observed.unsent_rows:
+        detail = f"{len(observed.unsent_rows)} outbox rows never sent: {observed.unsent_rows[:10]}"
+        yield Violation("outbox", detail)
     bound = observed.node_ttl + 1
     if observed.discovery_seconds is None or observed.discovery_seconds > bound:
         took = observed.discovery_seconds
@@ -149,3 +231,212 @@ def _system(observed: Observed) -> Iterable[Violation]:
     for instance, grown in observed.rss_growth.items():
         if grown > MEMORY_GROWTH:
             yield Violation("memory", f"{instance} grew {grown / 2**20:.0f} MiB after warm-up")
+
+
+def _reads(ops: list[Operation]) -> Iterable[Violation]:
+    placed = {op.order_id: op for op in ops if op.kind == "place" and op.outcome == "ok"}
+    reads: dict[str, list[Operation]] = defaultdict(list)
+    for op in ops:
+        if op.kind == "read" and op.order_id is not None and op.attempts:
+            reads[op.order_id].append(op)
+    for order_id, seen in reads.items():
+        place = placed.get(order_id)
+        for op in seen:
+            answered = place is not None and place.attempts[-1].end <= op.attempts[-1].start
+            if answered and op.attempts[-1].status == 404:
+                yield Violation("reads", f"order {order_id} answered 202, then not found", (op,))
+        found = sorted(
+            (op for op in seen if op.outcome == "ok" and op.answer),
+            key=lambda op: op.attempts[-1].end,
+        )
+        for earlier, later in itertools.pairwise(found):
+            if earlier.attempts[-1].end > later.attempts[-1].start:
+                continue  # the two overlapped: either order is fine
+            a, b = earlier.answer or {}, later.answer or {}
+            back = STATUS_RANK.get(b.get("status", ""), 0) < STATUS_RANK.get(a.get("status", ""), 0)
+            if back or b.get("paid", 0) < a.get("paid", 0):
+                detail = (
+                    f"order {order_id} read {a.get('status')} paid {a.get('paid')}, then "
+                    f"{b.get('status')} paid {b.get('paid')}"
+                )
+                yield Violation("reads", detail, (earlier, later))
+
+
+def _runs(observed: Observed, kind: str) -> dict[str, list[dict[str, Any]]]:
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in observed.effects:
+        if line.get("k") == kind:
+            runs[str(line.get("id"))].append(line)
+    for lines in runs.values():
+        lines.sort(key=lambda line: float(line["t"]))
+    return runs
+
+
+def excused(first: dict[str, Any], second: dict[str, Any], observed: Observed) -> str | None:
+    """Why a QoS 2 handler may have run twice (`first`, then `second`), by the bounds
+    docs/qos.md states; None when nothing explains it."""
+    since = float(first["t"]) - observed.wall_start
+    until = float(second["t"]) - observed.wall_start
+    lane = f"i{first['i']}"
+    for fault in observed.faults:
+        if fault.end < since or fault.start > until:
+            continue
+        if fault.lane == lane and fault.kind == "instance-kill":
+            return f"{lane} was killed at {fault.start:.1f}s"
+        cut_off = (fault.lane == lane and fault.kind in CUTS_AN_INSTANCE) or (
+            fault.lane == observed.store
+        )
+        long_enough = (
+            fault.seconds >= observed.stale
+            or fault.kind.endswith(("kill", "restart"))  # and then recovers its streams
+            or fault.kind == "net-latency"  # each way past the ack timeouts
+        )
+        if cut_off and long_enough:
+            return f"{fault.kind} {fault.target} for {fault.seconds:.1f}s at {fault.start:.1f}s"
+    return None
+
+
+def _once(
+    invariant: str,
+    ops: dict[str, Operation],
+    runs: dict[str, list[dict[str, Any]]],
+    observed: Observed,
+) -> Iterable[Violation]:
+    for key, lines in runs.items():
+        op = ops.get(key)
+        if op is None or op.outcome == "failed":
+            why = "no client sent it" if op is None else "it was refused"
+            yield Violation(invariant, f"{key} ran though {why}", (op,) if op else ())
+            continue
+        for first, again in itertools.pairwise(lines):
+            reason = excused(first, again, observed)
+            if reason is None:
+                detail = (
+                    f"{key} ran {len(lines)} times (i{first['i']} at "
+                    f"{float(first['t']) - observed.wall_start:.2f}s, then i{again['i']} at "
+                    f"{float(again['t']) - observed.wall_start:.2f}s) with no fault to explain it"
+                )
+                yield Violation(invariant, detail, (op,))
+                break
+
+
+def duplicates(observed: Observed) -> dict[str, str]:
+    """The QoS 2 runs beyond the first that a fault explains: message id -> why."""
+    found: dict[str, str] = {}
+    for kind in ("charge", "fire"):
+        for key, lines in _runs(observed, kind).items():
+            for first, again in itertools.pairwise(lines):
+                reason = excused(first, again, observed)
+                if reason is not None:
+                    found[key] = reason
+    return found
+
+
+def _charges(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
+    charges = {op.key: op for op in ops if op.kind == "charge"}
+    runs = _runs(observed, "charge")
+    yield from _once("qos2-once", charges, runs, observed)
+    for key, op in charges.items():
+        if op.outcome == "ok" and key not in runs:
+            yield Violation("qos2-once", f"charge {key} answered 202 never ran", (op,))
+
+
+def _steps(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
+    steps = {op.key: op for op in ops if op.kind == "step"}
+    runs = _runs(observed, "step")
+    for key, op in steps.items():
+        if op.outcome == "ok" and key not in runs:
+            yield Violation("qos1-at-least-once", f"step {key} answered 202 never ran", (op,))
+    for key, lines in runs.items():
+        sent = steps.get(key)
+        if sent is None or sent.outcome == "failed":
+            why = "no client sent it" if sent is None else "it was refused"
+            yield Violation("qos1-at-least-once", f"step {key} ran though {why}")
+        elif any(line.get("n") != sent.n or line.get("key") != sent.ref for line in lines):
+            yield Violation("qos1-at-least-once", f"step {key} ran with another body", (sent,))
+
+
+def _reminders(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
+    reminders = {op.key: op for op in ops if op.kind == "remind"}
+    runs = _runs(observed, "fire")
+    cancelled: dict[str, Operation] = {}
+    for op in ops:
+        said_true = (op.answer or {}).get("cancelled") is True
+        if op.kind == "cancel" and op.ref is not None and op.outcome == "ok" and said_true:
+            cancelled[op.ref] = op
+    yield from _once("delayed-once", reminders, runs, observed)
+    for key, lines in runs.items():
+        early = float(lines[0]["due"]) - float(lines[0]["t"])
+        if early > EARLY:
+            detail = f"reminder {key} fired {early:.3f}s before its time"
+            yield Violation("delayed-early", detail, (reminders[key],) if key in reminders else ())
+        if key in cancelled:
+            detail = f"reminder {key} fired though its cancel answered True"
+            yield Violation("cancel", detail, (cancelled[key],))
+    for key, op in reminders.items():
+        if op.outcome == "ok" and key not in runs and key not in cancelled:
+            yield Violation("delayed-once", f"reminder {key} answered 202 never fired", (op,))
+
+
+def _lease(observed: Observed) -> Iterable[Violation]:
+    """Each token's lines form one unbroken run, and the runs' tokens grow: no two holders
+    ever acted at once."""
+    lines = sorted(
+        (line for line in observed.effects if line.get("k") == "lease"),
+        key=lambda line: float(line["t"]),
+    )
+    finished: set[int] = set()
+    current: dict[str, Any] | None = None
+    for line in lines:
+        token = int(line["token"])
+        if current is not None and token != int(current["token"]):
+            finished.add(int(current["token"]))
+            if token in finished or token < int(current["token"]):
+                at = float(line["t"]) - observed.wall_start
+                detail = (
+                    f"i{line['i']} acted with token {token} at {at:.2f}s, after "
+                    f"i{current['i']} acted with token {current['token']}"
+                )
+                yield Violation("lease", detail)
+                return
+        current = line
+
+
+def windows(observed: Observed) -> list[Window]:
+    """The fault-free stretches of the run, each starting a grace after a fault healed."""
+    if observed.clients_until is None:
+        return []
+    busy = sorted((fault.start, fault.end + GRACE) for fault in observed.faults)
+    found: list[Window] = []
+    free_from = 0.0
+    for start, end in busy:
+        if start - free_from >= MIN_WINDOW:
+            found.append(Window(free_from, start))
+        free_from = max(free_from, end)
+    if observed.clients_until - free_from >= MIN_WINDOW:
+        found.append(Window(free_from, observed.clients_until))
+    return found
+
+
+def _progress(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
+    if observed.clients_until is None:
+        return
+    observed.judged = judged = windows(observed)
+    if not judged:
+        yield Violation("progress", "no fault-free window to judge progress in")
+    for window in judged:
+        for op in ops:
+            inside = op.attempts and window.start <= op.attempts[0].start
+            if inside and op.attempts[-1].end <= window.end:
+                window.operations += 1
+                window.determinate += op.outcome != "indeterminate"
+                window.ok += op.outcome == "ok"
+        span = f"{window.start:.1f}-{window.end:.1f}s"
+        if window.ok == 0:
+            yield Violation("progress", f"no operation succeeded in the fault-free {span}")
+        elif window.share < MIN_DETERMINATE:
+            detail = (
+                f"{window.determinate} of {window.operations} operations determinate in the "
+                f"fault-free {span}, less than {MIN_DETERMINATE:.0%}"
+            )
+            yield Violation("progress", detail)

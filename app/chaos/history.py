@@ -30,16 +30,22 @@ class Attempt:
 @dataclass(slots=True)
 class Operation:
     """`place` creates an order (its sku is its key), `pay` adds `amount` to `order_id` once
-    per key, `read` reads `order_id` back."""
+    per key, `read` reads `order_id` back. The chaos domain's (app/chaos/domain.py), each with
+    its key as the message id: `charge` (QoS 2, claims), `step` number `n` of the ordering key
+    `ref` (QoS 1, through the outbox), `remind` due `delay` seconds later (QoS 2, delayed), and
+    `cancel` of the reminder `ref`."""
 
     client: int
     number: int
-    kind: Literal["place", "pay", "read"]
+    kind: Literal["place", "pay", "read", "charge", "step", "remind", "cancel"]
     key: str
     order_id: str | None = None
     amount: int = 0
     attempts: list[Attempt] = field(default_factory=list)
-    answer: dict[str, Any] | None = None  # the body of the 2xx
+    answer: dict[str, Any] | None = None  # the body of the 2xx (reads' too)
+    ref: str | None = None
+    n: int = 0
+    delay: float = 0.0
 
     @property
     def outcome(self) -> Outcome:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,13 +18,17 @@ import httpx
 import nats.errors
 
 from app.chaos import history
-from app.chaos.checker import Observed, StoredOrder, Violation, check
+from app.chaos.checker import GRACE, FaultSpan, Observed, Violation, check, duplicates
 from app.chaos.history import Operation
 from app.chaos.schedule import Fault, Schedule
 from app.chaos.system import ChaosError, System
-from app.chaos.workload import Load, drive
+from app.chaos.workload import Deadline, Load, drive
 
 HEAL = 30.0  # how long the system gets, once the faults stop, to make every promise good
+CALM = 4.0  # seconds the clients go on after the last fault's grace: a window always judged
+POISON = "poison-"  # the message ids of the hostile faults' messages and rows
+IN_FLIGHT = ("confirmed", "paid", "qos2-once", "qos1-at-least-once", "delayed-once", "outbox")
+"""Invariants that may still be settling after the faults stop: waited for, up to HEAL."""
 READ_ERRORS = (nats.errors.Error, httpx.HTTPError, OSError, TimeoutError)
 """What the harness's own reads of the system may meet while it heals."""
 T = TypeVar("T")
@@ -74,32 +79,49 @@ async def run(
     operations: list[Operation] = []
     errors: list[str] = []
     cancelling = schedule.payment_timeout is not None
-    observed = Observed(orders={}, node_ttl=system.node_ttl, cancelling=cancelling)
+    observed = Observed(
+        orders={},
+        node_ttl=system.node_ttl,
+        cancelling=cancelling,
+        stale=system.ack_wait,
+        store="valkey" if schedule.variant == "redis" else "broker",
+    )
     sampler: asyncio.Task[None] | None = None
     try:
         await system.start()
         sampler = asyncio.create_task(system.sample())
         started = time.monotonic()
-        lanes = {fault.lane: asyncio.Lock() for fault in schedule.faults}
+        observed.wall_start = time.time()
+        lanes = {f"i{i.index}": asyncio.Lock() for i in system.instances}
+        lanes |= {fault.lane: asyncio.Lock() for fault in schedule.faults}
         nemesis = [
-            asyncio.create_task(_at(started, fault, system, lanes[fault.lane]))
+            asyncio.create_task(_at(started, fault, system, lanes, observed.faults))
             for fault in schedule.faults
         ]
-        operations = await drive(
-            schedule.seed,
-            [i.url for i in system.instances],
-            started,
-            started + schedule.window,
-            load or Load(),
+        deadline = Deadline(math.inf)
+        clients = asyncio.create_task(
+            drive(
+                schedule.seed,
+                [i.url for i in system.instances],
+                started,
+                deadline,
+                load or Load(),
+            )
         )
         for outcome in await asyncio.gather(*nemesis, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 errors.append(f"fault not healed: {outcome!r}")
+        # The clients go on through the last fault's grace and a calm stretch after it.
+        deadline.at = max(started + schedule.window, time.monotonic() + GRACE + CALM)
+        operations = await clients
+        observed.clients_until = time.monotonic() - started
         healed = time.monotonic()
         errors += await system.ensure_running()
         observed.discovery_seconds = await _converged(system, healed, system.node_ttl + 5)
-        observed.orders = await _settled(system, operations, healed + heal, cancelling)
-        observed.dead_letters = await _read(system.dead_letters, "dead letters", 30.0)
+        await _settled(system, operations, observed, healed + heal)
+        letters = await _read(system.dead_letters, "dead letters", 30.0)
+        observed.dead_letters = [why for id_, why in letters if not id_.startswith(POISON)]
+        observed.poisoned = len(letters) - len(observed.dead_letters)
         for instance in system.instances:
             if instance.warm_rss is not None and instance.rss is not None:
                 observed.rss_growth[instance.name] = instance.rss - instance.warm_rss
@@ -128,12 +150,28 @@ def _save(report: Report, operations: list[Operation]) -> None:
     (report.history.parent / "report.json").write_text(json.dumps(summary, indent=2))
 
 
-async def _at(started: float, fault: Fault, system: System, lane: asyncio.Lock) -> None:
+async def _at(
+    started: float,
+    fault: Fault,
+    system: System,
+    lanes: dict[str, asyncio.Lock],
+    spans: list[FaultSpan],
+) -> None:
     """Inflict `fault` at its time, or once the fault before it on its lane has healed (an
-    instance restart can take longer than planned)."""
+    instance restart can take longer than planned), and note when it began and healed. A fault
+    on the lease's holder is aimed when it starts (at instance 0 if none holds it)."""
     await asyncio.sleep(max(0.0, started + fault.at - time.monotonic()))
-    async with lane:
-        await system.inflict(fault)
+    aimed, kind = fault, fault.kind.removesuffix("-long")
+    if fault.target == "holder":
+        holder = await system.holder()
+        kind = kind.replace("holder", "instance")
+        aimed = replace(fault, kind=kind, target=f"i{holder or 0}")
+    async with lanes[aimed.lane]:
+        start = time.monotonic() - started
+        await system.inflict(aimed)
+        end = time.monotonic() - started
+    lane = aimed.lane if aimed.lane != "holder" else aimed.target
+    spans.append(FaultSpan(kind, aimed.target, round(start, 3), round(end, 3), lane))
 
 
 async def _converged(system: System, healed: float, timeout: float) -> float | None:
@@ -148,26 +186,28 @@ async def _converged(system: System, healed: float, timeout: float) -> float | N
 
 
 async def _settled(
-    system: System, operations: list[Operation], deadline: float, cancelling: bool
-) -> dict[str, StoredOrder]:
-    """The orders, once every confirmation and payment is in or the deadline passed. The
-    harness's own reads ride out a broker still electing leaders, as a client would; one that
-    never succeeds by the deadline is a finding, not a crash of the run."""
+    system: System, operations: list[Operation], observed: Observed, deadline: float
+) -> None:
+    """Read the orders, the effects and the outbox into `observed`, once every confirmation,
+    payment, effect and outbox row is in or the deadline passed. The harness's own reads ride
+    out a broker still electing leaders, as a client would; one that never succeeds by the
+    deadline is a finding, not a crash of the run."""
     while True:
         try:
-            orders = await system.orders()
+            observed.orders = await system.orders()
+            dead, unsent = await system.outbox()
         except READ_ERRORS as exc:
             if time.monotonic() > deadline:
                 raise ChaosError(f"the orders could not be read after healing: {exc!r}") from exc
             await asyncio.sleep(0.5)
             continue
-        pending = [
-            v
-            for v in check(operations, Observed(orders, cancelling=cancelling))
-            if v.invariant in ("confirmed", "paid")
-        ]
+        observed.effects = system.effects()
+        observed.dead_rows = [row for row in dead if not row.startswith(POISON)]
+        observed.unsent_rows = [row for row in unsent if not row.startswith(POISON)]
+        settling = replace(observed, clients_until=None)
+        pending = [v for v in check(operations, settling) if v.invariant in IN_FLIGHT]
         if not pending or time.monotonic() > deadline:
-            return orders
+            return
         await asyncio.sleep(0.5)
 
 
@@ -203,4 +243,15 @@ def _counts(
         "dedupe hits": system.counter("qosmesh_dedupe_hits"),
         "cancelled": sum(1 for o in observed.orders.values() if o.status == "cancelled"),
         "409s": sum(1 for a in attempts if a.status == 409),
+        "charges": kinds["charge"],
+        "steps": kinds["step"],
+        "reminders": kinds["remind"],
+        "cancels said True": sum(
+            1 for op in operations if op.kind == "cancel" and (op.answer or {}).get("cancelled")
+        ),
+        "effects": len(observed.effects),
+        "explained QoS 2 reruns": len(duplicates(observed)),
+        "poison dead-lettered": observed.poisoned,
+        "windows judged": len(observed.judged),
+        "least determinate share": round(min((w.share for w in observed.judged), default=0), 3),
     }

@@ -19,12 +19,28 @@ NETWORK_KINDS = ("net-cut", "net-oneway", "net-latency")
 BROKER_KINDS = ("broker-kill", "broker-restart", "broker-pause")
 VALKEY_KINDS = ("valkey-kill", "valkey-restart", "valkey-pause")
 POSTGRES_KINDS = ("postgres-kill", "postgres-restart", "postgres-pause")
+CLASSIC_KINDS = INSTANCE_KINDS + NETWORK_KINDS + BROKER_KINDS + POSTGRES_KINDS
+# Beyond every threshold that matters (publish deadline, lease TTL, 3 x ack wait).
+LONG_KINDS = ("instance-pause-long", "net-cut-long", "broker-pause-long")
+# Cut from one side only: the brokers (NATS and Valkey), or the database.
+ONE_SIDED_KINDS = ("net-broker", "net-db")
+# Aimed at the instance holding the chaos domain's lease, found through /nodes.
+HOLDER_KINDS = ("holder-kill", "holder-pause")
+# A rolling restart of one instance with APP_LEASE_TTL four times the others'.
+CONFIG_KINDS = ("config-lease-ttl",)
+# From anyone on the bus or the database: $SRV.STATS requests, undecodable and unknown-version
+# messages on the service's subjects, outbox rows that can never be sent.
+HOSTILE_KINDS = ("stats-flood", "poison", "outbox-poison")
+NEW_KINDS = LONG_KINDS + ONE_SIDED_KINDS + HOLDER_KINDS + CONFIG_KINDS + HOSTILE_KINDS
 
 
-def kinds_of(variant: Variant) -> tuple[str, ...]:
-    """Every fault kind that applies to `variant`."""
-    kinds = INSTANCE_KINDS + NETWORK_KINDS + BROKER_KINDS + POSTGRES_KINDS
-    return kinds + VALKEY_KINDS if variant == "redis" else kinds
+def kinds_of(variant: Variant, classic: bool = False) -> tuple[str, ...]:
+    """Every fault kind that applies to `variant` (`classic`: the first set only)."""
+    kinds: tuple[str, ...] = CLASSIC_KINDS if classic else CLASSIC_KINDS + NEW_KINDS
+    if variant == "redis":
+        kinds = tuple(kind for kind in kinds if kind != "poison")  # NATS subjects only
+        return kinds + VALKEY_KINDS
+    return kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +49,10 @@ class Fault:
 
     Targets: `i<k>` (instance k; network kinds cut its links to the brokers), `nats` (the one
     nats-server), `n<k>` or `leader` (a cluster node; the leader of the orders stream is looked
-    up when the fault starts), `valkey`, `postgres`. `detail` is the direction of a one-way loss
-    (`up`: instance to broker, `down`: back) or the added latency in seconds.
+    up when the fault starts), `valkey`, `postgres`, `holder` (the instance holding the chaos
+    lease when the fault starts), `hostile` (traffic from outside the service). `detail` is the
+    direction of a one-way loss (`up`: instance to broker, `down`: back) or the added latency
+    in seconds.
     """
 
     at: float
@@ -51,7 +69,9 @@ class Fault:
     def lane(self) -> str:
         if self.target.startswith("i"):
             return self.target
-        return self.target if self.target in ("valkey", "postgres") else "broker"
+        if self.target in ("valkey", "postgres", "hostile", "holder"):
+            return self.target
+        return "broker"
 
     def describe(self) -> str:
         detail = f" {self.detail}" if self.detail else ""
@@ -96,13 +116,18 @@ def plan(
     *,
     instances: int = 3,
     ack_wait: float = 2.0,
+    lease_ttl: float = 3.0,
+    publish_deadline: float = 1.5,
     cover: bool = True,
+    classic: bool = False,
     payment_timeout: float | None = None,
 ) -> Schedule:
     """The faults of one run. `cover`: every kind of the variant once, in a random order and
-    at random moments; otherwise kinds drawn at random until the window is full."""
+    at random moments; otherwise kinds drawn at random until the window is full. `classic`:
+    only the first set of kinds (the CI seeds kept from before the others)."""
     rng = random.Random(f"{seed}/{variant}")  # noqa: S311 (seeded on purpose: replayable)
-    kinds = list(kinds_of(variant))
+    kinds = list(kinds_of(variant, classic))
+    longest = max(publish_deadline, lease_ttl, 3 * ack_wait)
     if cover:
         rng.shuffle(kinds)
     else:
@@ -110,7 +135,7 @@ def plan(
     free: dict[str, float] = {}
     faults: list[Fault] = []
     for kind in kinds:
-        fault = _draw(rng, kind, variant, instances, ack_wait, window)
+        fault = _draw(rng, kind, variant, instances, ack_wait, longest, window)
         if cover and variant == "cluster" and kind == "broker-kill":
             fault = Fault(fault.at, kind, "leader", fault.duration)  # the leader, every time
         start = max(fault.at, free.get(fault.lane, 0.0))
@@ -129,11 +154,22 @@ def plan(
 
 
 def _draw(
-    rng: random.Random, kind: str, variant: Variant, instances: int, ack_wait: float, window: float
+    rng: random.Random,
+    kind: str,
+    variant: Variant,
+    instances: int,
+    ack_wait: float,
+    longest: float,
+    window: float,
 ) -> Fault:
+    """One fault of `kind`: its target and how long it lasts, each with the bound it models."""
     detail = ""
-    if kind.startswith(("instance", "net")):
+    if kind.startswith(("instance", "net", "config")):
         target = f"i{rng.randrange(instances)}"
+    elif kind.startswith("holder"):
+        target = "holder"
+    elif kind in HOSTILE_KINDS:
+        target = "hostile"
     elif kind.startswith("valkey"):
         target = "valkey"
     elif kind.startswith("postgres"):
@@ -142,7 +178,15 @@ def _draw(
         target = rng.choice(["leader", "leader", "n0", "n1", "n2"])
     else:
         target = "nats"
-    if kind.endswith("pause"):
+    if kind.endswith("-long"):
+        duration = longest + rng.uniform(1.0, 3.0)  # past every deadline, TTL and hold
+    elif kind == "stats-flood":
+        duration = rng.uniform(4.0, 8.0)  # a burst of 2,000, then 200 a second
+    elif kind == "poison":
+        duration = rng.uniform(1.0, 2.0)  # published for this long
+    elif kind in ("outbox-poison", "config-lease-ttl"):
+        duration = 0.5  # rows written at once; an instance stopped and started again
+    elif kind.endswith("pause"):
         duration = ack_wait + rng.uniform(0.5, 1.5)  # past the ack wait: redelivery elsewhere
     elif kind.endswith("kill"):
         duration = rng.uniform(1.0, 3.0)  # down for this long, then started again

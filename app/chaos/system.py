@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
+import nats
+import nats.errors
 import psutil
+from nats.aio.msg import Msg
 
 from app.brokers.embedded import NatsServer, PostgresServer, ServerProcess, ValkeyServer
 from app.chaos.checker import StoredOrder
+from app.chaos.domain import LEASE
 from app.chaos.schedule import Fault, Variant
 from app.testing import NatsCluster, ServiceProcess
 from app.testing.faults import TcpProxy, freeze, thaw
@@ -38,6 +44,8 @@ class Instance:
     index: int
     process: ServiceProcess
     proxies: list[TcpProxy]
+    broker_proxies: list[TcpProxy] = field(default_factory=list)  # NATS nodes, and Valkey
+    database_proxies: list[TcpProxy] = field(default_factory=list)
     incarnation: int = 0
     served_at: float = 0.0  # when the current incarnation first answered /healthz
     warm_rss: int | None = None
@@ -65,9 +73,13 @@ class System:
         instances: int = 3,
         ack_wait: float = 2.0,
         node_ttl: float = 3.0,
+        lease_ttl: float = 3.0,
+        publish_deadline: float = 1.5,
         payment_timeout: float | None = None,
     ) -> None:
         self.variant = variant
+        self.lease_ttl = lease_ttl
+        self.publish_deadline = publish_deadline
         self.payment_timeout = payment_timeout
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -80,7 +92,7 @@ class System:
             self.cluster = NatsCluster(root / "cluster", advertise=False)
             self.nats_nodes = self.cluster.nodes
         else:
-            self.nats = NatsServer(root / "nats", sync="2m")
+            self.nats = NatsServer(root / "nats", sync="always")  # the product's default
             self.nats_nodes = [self.nats]
         if variant == "redis":
             self.valkey = ValkeyServer(root / "valkey")
@@ -100,8 +112,16 @@ class System:
 
     def _instance(self, index: int) -> Instance:
         nats_proxies = [TcpProxy("127.0.0.1", node.port) for node in self.nats_nodes]
+        workdir = self.root / f"i{index}"
+        workdir.mkdir(parents=True, exist_ok=True)
         env = {
             "APP_SERVICE_NAME": SERVICE,
+            "APP_DOMAIN": "app.chaos.domain",
+            "QM_CHAOS_LOG": str(workdir / "effects.log"),
+            "QM_CHAOS_INSTANCE": str(index),
+            "APP_LEASE_TTL": str(self.lease_ttl),
+            "APP_PUBLISH_DEADLINE": str(self.publish_deadline),
+            "APP_PUBLISH_ATTEMPT_TIMEOUT": str(min(1.0, self.publish_deadline / 3)),
             "APP_NATS_URL": ",".join(proxy.url for proxy in nats_proxies),
             "APP_ACK_WAIT": str(self.ack_wait),
             "APP_NODE_TTL": str(self.node_ttl),
@@ -117,18 +137,19 @@ class System:
             "APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{postgres_proxy.port}/postgres",
             "APP_DATABASE_MIGRATE": "true",
         }
-        proxies = [*nats_proxies, postgres_proxy]
+        broker_proxies = list(nats_proxies)
         if self.valkey is not None:
             redis_proxy = TcpProxy("127.0.0.1", self.valkey.port)
-            proxies = [*proxies, redis_proxy]
+            broker_proxies.append(redis_proxy)
             env |= {
                 "APP_REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/0",
                 "APP_QOS1_TRANSPORT": "redis",
                 "APP_QOS2_TRANSPORT": "redis",
                 "APP_REDIS_CLAIM_IDLE": str(self.ack_wait),
             }
-        process = ServiceProcess(self.root / f"i{index}", env)
-        return Instance(index, process, proxies)
+        process = ServiceProcess(workdir, env)
+        proxies = [*broker_proxies, postgres_proxy]
+        return Instance(index, process, proxies, broker_proxies, [postgres_proxy])
 
     # -- whole system -------------------------------------------------------------------
 
@@ -178,13 +199,33 @@ class System:
 
     async def inflict(self, fault: Fault) -> None:
         """Break what `fault` says, wait its duration, heal it."""
-        kind = fault.kind
-        if kind.startswith(("instance", "net")):
+        kind = fault.kind.removesuffix("-long")
+        if fault.target == "hostile":
+            await _HOSTILE_FAULTS[kind](self, fault)
+        elif kind.startswith(("instance", "net", "config")):
             instance = self.instances[int(fault.target[1:])]
             await _INSTANCE_FAULTS[kind](self, instance, fault)
         else:
             server = await self._server_of(fault)
             await _SERVER_FAULTS[kind.split("-", 1)[1]](self, server, fault)
+
+    async def holder(self) -> int | None:
+        """The index of the instance holding the chaos domain's lease, as /nodes says."""
+        ids: dict[str, int] = {}
+        holders: set[str] = set()
+        async with httpx.AsyncClient(timeout=2) as client:
+            for instance in self.instances:
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    answer = (await client.get(f"{instance.url}/nodes?service={SERVICE}")).json()
+                    ids[answer["self"]] = instance.index
+                    for node in answer["nodes"]:
+                        held = str(node.get("metadata", {}).get("leases", "")).split(",")
+                        if LEASE in held:
+                            holders.add(node["node_id"])
+        for node_id in holders:
+            if node_id in ids:
+                return ids[node_id]
+        return None
 
     async def _server_of(self, fault: Fault) -> ServerProcess:
         if fault.target == "valkey":
@@ -237,6 +278,27 @@ class System:
         for proxy in instance.proxies:
             setattr(proxy, attribute, False)
             proxy.cut(refuse_for=0)  # what was lost left the streams torn: TCP gives up too
+
+    async def _cut_brokers(self, instance: Instance, fault: Fault) -> None:
+        """The instance reaches PostgreSQL, but no broker: commands answer, events wait."""
+        for proxy in instance.broker_proxies:
+            proxy.cut(refuse_for=fault.duration)
+        await asyncio.sleep(fault.duration)
+
+    async def _cut_database(self, instance: Instance, fault: Fault) -> None:
+        """The instance reaches the brokers, but not PostgreSQL: its handlers fail, its
+        commands answer 503, and its relay stops."""
+        for proxy in instance.database_proxies:
+            proxy.cut(refuse_for=fault.duration)
+        await asyncio.sleep(fault.duration)
+
+    async def _change_lease_ttl(self, instance: Instance, fault: Fault) -> None:
+        """A rolling restart of one instance with APP_LEASE_TTL four times the others', kept
+        for the rest of the run: holders that disagree on the TTL must still never overlap."""
+        await self._stop_instance(instance)
+        instance.process.env["APP_LEASE_TTL"] = str(self.lease_ttl * 4)
+        await asyncio.sleep(fault.duration)
+        await self._serve(instance)
 
     async def _slow(self, instance: Instance, fault: Fault) -> None:
         for proxy in instance.proxies:
@@ -347,11 +409,41 @@ class System:
             for row in rows
         }
 
-    async def dead_letters(self) -> list[str]:
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        """(message id, what it is and why) of every dead letter."""
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with httpx.AsyncClient(timeout=10, headers=headers) as client:
             page = (await client.get(f"{self.instances[0].url}/admin/dlq?limit=500")).json()
-        return [f"{item['type']} {item['reason']}: {item['error']}" for item in page["items"]]
+        return [
+            (item["message_id"], f"{item['type']} {item['reason']}: {item['error']}")
+            for item in page["items"]
+        ]
+
+    async def outbox(self) -> tuple[list[str], list[str]]:
+        """The message ids of the outbox rows set aside as dead, and of those not sent yet."""
+        connection = await asyncpg.connect(self.postgres.url, timeout=5)
+        try:
+            dead = await connection.fetch(
+                "SELECT message_id FROM qosmesh_outbox WHERE dead_at IS NOT NULL"
+            )
+            unsent = await connection.fetch(
+                "SELECT message_id FROM qosmesh_outbox WHERE sent_at IS NULL AND dead_at IS NULL"
+            )
+        finally:
+            await connection.close()
+        return [row["message_id"] for row in dead], [row["message_id"] for row in unsent]
+
+    def effects(self) -> list[dict[str, Any]]:
+        """Every line the chaos domain's handlers and singleton wrote, across incarnations."""
+        lines: list[dict[str, Any]] = []
+        for instance in self.instances:
+            path = Path(instance.process.env["QM_CHAOS_LOG"])
+            if not path.exists():
+                continue
+            for text in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(text))
+        return lines
 
     async def views(self) -> tuple[set[str], list[set[str]]]:
         """The live instances' node ids, and the nodes each instance sees."""
@@ -416,6 +508,92 @@ async def _until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+# -- hostile traffic: anyone on the bus, or with the database's credentials ---------------
+
+
+async def _stats_flood(system: System, fault: Fault) -> None:
+    """2,000 `$SRV.STATS` requests at once, then 200 a second until the fault ends."""
+    nc = await nats.connect(system.nats_urls[0])
+    try:
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=_ignore)
+        for _ in range(2000):
+            await nc.publish("$SRV.STATS", b"", reply=inbox)
+        until = time.monotonic() + fault.duration
+        while time.monotonic() < until:
+            for _ in range(20):
+                await nc.publish("$SRV.STATS", b"", reply=inbox)
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
+async def _ignore(msg: Msg) -> None:
+    return None
+
+
+async def _poison(system: System, fault: Fault) -> None:
+    """Messages no handler can take, on the streams the service consumes: a body that is not
+    JSON, a schema version from the future, and a header block near JetStream's limit. Each
+    carries an id starting `poison-`: dead-lettering them is expected, nothing else is."""
+    nc = await nats.connect(system.nats_urls[0])
+    try:
+        js = nc.jetstream()
+        n = 0
+        until = time.monotonic() + fault.duration
+        while time.monotonic() < until:
+            for subject, body, extra in _POISONS:
+                n += 1
+                message_id = f"poison-{fault.at:g}-{n}"
+                headers = {"Nats-Msg-Id": message_id, "qm-id": message_id, **extra}
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await js.publish(subject, body, headers=headers, timeout=2)
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+_POISONS: list[tuple[str, bytes, dict[str, str]]] = [
+    ("chaos.charged", b"\x00not json", {"qm-type": "Charged", "qm-qos": "2"}),
+    ("chaos.charged", b"{}", {"qm-type": "Charged", "qm-qos": "2", "qm-schema": "99"}),
+    ("chaos.stepped", b"{}", {"qm-type": "Stepped", **{f"x-{i}": "h" * 240 for i in range(200)}}),
+]
+
+
+async def _outbox_poison(system: System, fault: Fault) -> None:
+    """Rows written straight into the outbox that can never be sent: a subject no stream
+    holds, and a body past the message limit. The relay must set them aside (or keep retrying
+    them on their own) while every other row goes on."""
+    transport = "redis" if system.valkey is not None else "jetstream"
+    stamp = f"{fault.at:g}"
+    rows = [
+        (f"poison-out-{stamp}-a", "chaos.nowhere", b"{}"),
+        (f"poison-out-{stamp}-b", "chaos.stepped", b"x" * (2 * 1024 * 1024)),
+    ]
+    connection = await asyncpg.connect(system.postgres.url, timeout=5)
+    try:
+        for message_id, subject, body in rows:
+            await connection.execute(
+                "INSERT INTO qosmesh_outbox (message_id, subject, qos, transport, ordering_key,"
+                " headers, body) VALUES ($1, $2, 1, $3, 'poison', '{}'::jsonb, $4)",
+                message_id,
+                subject,
+                transport,
+                body,
+            )
+        await connection.execute("SELECT pg_notify('qosmesh_outbox', '')")
+    finally:
+        await connection.close()
+    await asyncio.sleep(fault.duration)
+
+
+HostileFault = Callable[[System, Fault], Awaitable[None]]
+_HOSTILE_FAULTS: dict[str, HostileFault] = {
+    "stats-flood": _stats_flood,
+    "poison": _poison,
+    "outbox-poison": _outbox_poison,
+}
+
 InstanceFault = Callable[[System, Instance, Fault], Awaitable[None]]
 ServerFault = Callable[[System, ServerProcess, Fault], Awaitable[None]]
 _INSTANCE_FAULTS: dict[str, InstanceFault] = {
@@ -425,6 +603,9 @@ _INSTANCE_FAULTS: dict[str, InstanceFault] = {
     "net-cut": System._cut,
     "net-oneway": System._one_way,
     "net-latency": System._slow,
+    "net-broker": System._cut_brokers,
+    "net-db": System._cut_database,
+    "config-lease-ttl": System._change_lease_ttl,
 }
 _SERVER_FAULTS: dict[str, ServerFault] = {
     "kill": System._kill_server,
