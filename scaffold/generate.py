@@ -378,7 +378,11 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
             "at: datetime | None = None\n"
             "    ) -> None:",
         ),
-        ("cut", "\n\n        With `session`, the message goes", '"""\n        due = _due'),
+        (
+            "cut",
+            "\n\n        With `session`, the message goes",
+            '"""\n        due = await self._due',
+        ),
         (
             "        if session is not None:\n"
             "            await self._into_outbox(message, session, ordering_key, due)\n"

@@ -148,15 +148,7 @@ class Bus:
         transaction instead (app/database/outbox.py): it reaches the broker if and only if the
         transaction commits, published by the relay (delayed as asked). Messages with the same
         `ordering_key` are published in commit order."""
-        if delay is not None and at is not None:
-            raise ValueError("publish takes delay or at, not both")
-        if at is not None and at.tzinfo is None:
-            raise ValueError("at must be timezone-aware (datetime.now(UTC) + ...)")
-        due = at
-        if delay is not None:  # counted from the broker's time, not this host's
-            qos, transport, _ = self._route_of(type(message))
-            now = await self._schedules_of(transport, qos, message.type_name()).now()
-            due = now + delay
+        due = await self._due(message, delay, at)
         if session is not None:
             await self._into_outbox(message, session, ordering_key, due)
             return
@@ -168,6 +160,20 @@ class Bus:
         schedules = self._schedules_of(transport, qos, message.type_name())
         envelope.headers[H_DELIVER_AT] = due_text(due)
         await schedules.schedule(envelope, qos, due)
+
+    async def _due(
+        self, message: Message, delay: timedelta | None, at: datetime | None
+    ) -> datetime | None:
+        """When a message asked to be delayed is due (None: at once); a delay counts from the
+        broker's time, not this host's."""
+        if delay is not None and at is not None:
+            raise ValueError("publish takes delay or at, not both")
+        if at is not None and at.tzinfo is None:
+            raise ValueError("at must be timezone-aware (datetime.now(UTC) + ...)")
+        if delay is None:
+            return at
+        qos, transport, _ = self._route_of(type(message))
+        return await self._schedules_of(transport, qos, message.type_name()).now() + delay
 
     async def cancel(self, message_type: type[Message], message_id: str) -> bool:
         """Take back a delayed message of `message_type` that has not fired yet: True only when

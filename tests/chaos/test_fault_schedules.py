@@ -4,7 +4,7 @@ overlapping faults, on JetStream, on Redis Streams and on a 3-node JetStream clu
 import pytest
 
 from app.chaos import plan, run
-from app.chaos.schedule import Variant
+from app.chaos.schedule import NEW_KINDS, Variant
 
 CI_WINDOW = 20.0
 CI_SEEDS: list[tuple[int, Variant]] = [(101, "jetstream"), (202, "redis"), (303, "cluster")]
@@ -15,7 +15,7 @@ CI_SEEDS: list[tuple[int, Variant]] = [(101, "jetstream"), (202, "redis"), (303,
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(("seed", "variant"), CI_SEEDS, ids=[v for _, v in CI_SEEDS])
 async def test_a_fault_schedule_breaks_no_promise(seed, variant, tmp_path):
-    report = await run(plan(seed, variant, CI_WINDOW), tmp_path)
+    report = await run(plan(seed, variant, CI_WINDOW, classic=True), tmp_path)
     print(report.describe())
     assert report.ok, report.describe()
     assert report.counts["operations"] > 50
@@ -26,8 +26,27 @@ async def test_a_fault_schedule_breaks_no_promise(seed, variant, tmp_path):
 @pytest.mark.timeout(180)
 async def test_unpaid_orders_are_cancelled_under_faults_and_no_paid_order_ever_is(tmp_path):
     """APP_EXAMPLE_PAYMENT_TIMEOUT set: delayed cancellations race payments under faults."""
-    report = await run(plan(404, "jetstream", CI_WINDOW, payment_timeout=3.0), tmp_path)
+    report = await run(
+        plan(404, "jetstream", CI_WINDOW, classic=True, payment_timeout=3.0), tmp_path
+    )
     print(report.describe())
     assert report.ok, report.describe()
     assert report.counts["operations"] > 50
     assert report.counts.get("cancelled", 0) > 0, "no order was left unpaid long enough"
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("chaos")
+@pytest.mark.timeout(300)
+async def test_every_fault_kind_in_one_schedule_breaks_no_promise(tmp_path):
+    """Long faults past the publish deadline, the lease TTL and 3 x ack wait; cuts from the
+    brokers or the database alone; faults aimed at the lease holder; a rolling restart with a
+    longer APP_LEASE_TTL; STATS floods, poison messages and unsendable outbox rows."""
+    schedule = plan(505, "jetstream", CI_WINDOW)
+    assert set(NEW_KINDS) <= {fault.kind for fault in schedule.faults}
+    report = await run(schedule, tmp_path)
+    print(report.describe())
+    assert report.ok, report.describe()
+    assert report.counts["charges"] > 10
+    assert report.counts["effects"] > 50
+    assert report.counts["windows judged"] >= 1
