@@ -12,12 +12,12 @@ status never goes back (pending, then confirmed or cancelled), nor its `paid` do
 
 The chaos domain's effects, one line per execution (app/chaos/domain.py): a charge answered 202
 runs once, one refused never, an indeterminate one at most once; a step answered 202 runs at
-least once; a reminder fires once, never before its time, and never after a cancel that
-answered True; the lease's holders never overlap (each token's lines are one unbroken run, and
-tokens grow). A QoS 2 handler may run twice only within the bounds docs/qos.md states: its
-first run's process was killed, or it lost the claim store for longer than the claim's stale
-time (paused, cut off, or the store itself away) between the two runs. Such runs are counted,
-not hidden.
+least once; a reminder fires once (or not at all if someone tried to cancel it), never before
+its time, and never after a cancel that answered True; the lease's holders never overlap
+(each token's lines are one unbroken run, and tokens grow). A QoS 2 handler may run twice
+only within the bounds docs/qos.md states: its first run's process was killed, or it lost the
+claim store for longer than the claim's stale time (paused, cut off, or the store itself away)
+between the two runs. Such runs are counted, not hidden.
 
 Progress: judged over the fault-free windows (a grace after every healed fault), a window must
 see at least one operation answered 2xx and a share of determinate operations of at least
@@ -373,8 +373,11 @@ def _reminders(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
         if key in cancelled:
             detail = f"reminder {key} fired though its cancel answered True"
             yield Violation("cancel", detail, (cancelled[key],))
+    # A cancel that was not answered True may still have taken the message back (its answer
+    # lost, a retry then told it was unknown): only a reminder nobody tried to cancel must fire.
+    tried = {op.ref for op in ops if op.kind == "cancel" and op.attempts}
     for key, op in reminders.items():
-        if op.outcome == "ok" and key not in runs and key not in cancelled:
+        if op.outcome == "ok" and key not in runs and key not in tried:
             yield Violation("delayed-once", f"reminder {key} answered 202 never fired", (op,))
 
 

@@ -20,6 +20,7 @@ import httpx
 import nats
 import nats.errors
 import psutil
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from app.brokers.embedded import NatsServer, PostgresServer, ServerProcess, ValkeyServer
@@ -511,46 +512,78 @@ async def _until(condition: Callable[[], bool], timeout: float) -> bool:
 # -- hostile traffic: anyone on the bus, or with the database's credentials ---------------
 
 
-async def _stats_flood(system: System, fault: Fault) -> None:
-    """2,000 `$SRV.STATS` requests at once, then 200 a second until the fault ends."""
-    nc = await nats.connect(system.nats_urls[0])
-    try:
-        inbox = nc.new_inbox()
-        await nc.subscribe(inbox, cb=_ignore)
-        for _ in range(2000):
-            await nc.publish("$SRV.STATS", b"", reply=inbox)
-        until = time.monotonic() + fault.duration
-        while time.monotonic() < until:
-            for _ in range(20):
-                await nc.publish("$SRV.STATS", b"", reply=inbox)
-            await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
+async def _bus(system: System) -> NatsClient | None:
+    """A connection of an outsider to the brokers; None while none of them answers."""
+    with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+        return await nats.connect(
+            servers=system.nats_urls, connect_timeout=1, allow_reconnect=False, error_cb=_quiet
+        )
+    return None
+
+
+async def _quiet(error: Exception) -> None:
+    return None
 
 
 async def _ignore(msg: Msg) -> None:
     return None
 
 
+async def _as_outsider(
+    system: System, fault: Fault, act: Callable[[NatsClient, float], Awaitable[None]]
+) -> None:
+    """Run `act(nc, until)` until the fault's time is up, connecting again whenever the
+    brokers drop the outsider (another fault may have them down meanwhile)."""
+    until = time.monotonic() + fault.duration
+    while time.monotonic() < until:
+        nc = await _bus(system)
+        if nc is None:
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            await act(nc, until)
+        except (nats.errors.Error, OSError, TimeoutError):
+            await asyncio.sleep(0.2)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+
+async def _stats_flood(system: System, fault: Fault) -> None:
+    """2,000 `$SRV.STATS` requests at once, then 200 a second until the fault ends."""
+    burst = [2000]
+
+    async def flood(nc: NatsClient, until: float) -> None:
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=_ignore)
+        while burst[0]:
+            burst[0] -= 1
+            await nc.publish("$SRV.STATS", b"", reply=inbox)
+        while time.monotonic() < until:
+            for _ in range(20):
+                await nc.publish("$SRV.STATS", b"", reply=inbox)
+            await asyncio.sleep(0.1)
+
+    await _as_outsider(system, fault, flood)
+
+
 async def _poison(system: System, fault: Fault) -> None:
     """Messages no handler can take, on the streams the service consumes: a body that is not
     JSON, a schema version from the future, and a header block near JetStream's limit. Each
     carries an id starting `poison-`: dead-lettering them is expected, nothing else is."""
-    nc = await nats.connect(system.nats_urls[0])
-    try:
+    sent = [0]
+
+    async def publish(nc: NatsClient, until: float) -> None:
         js = nc.jetstream()
-        n = 0
-        until = time.monotonic() + fault.duration
         while time.monotonic() < until:
             for subject, body, extra in _POISONS:
-                n += 1
-                message_id = f"poison-{fault.at:g}-{n}"
+                sent[0] += 1
+                message_id = f"poison-{fault.at:g}-{sent[0]}"
                 headers = {"Nats-Msg-Id": message_id, "qm-id": message_id, **extra}
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    await js.publish(subject, body, headers=headers, timeout=2)
+                await js.publish(subject, body, headers=headers, timeout=2)
             await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
+
+    await _as_outsider(system, fault, publish)
 
 
 _POISONS: list[tuple[str, bytes, dict[str, str]]] = [
@@ -570,7 +603,9 @@ async def _outbox_poison(system: System, fault: Fault) -> None:
         (f"poison-out-{stamp}-a", "chaos.nowhere", b"{}"),
         (f"poison-out-{stamp}-b", "chaos.stepped", b"x" * (2 * 1024 * 1024)),
     ]
-    connection = await asyncpg.connect(system.postgres.url, timeout=5)
+    connection = await _patiently(system.postgres.url)
+    if connection is None:
+        return  # the database stayed away the whole time: nothing was written
     try:
         for message_id, subject, body in rows:
             await connection.execute(
@@ -585,6 +620,16 @@ async def _outbox_poison(system: System, fault: Fault) -> None:
     finally:
         await connection.close()
     await asyncio.sleep(fault.duration)
+
+
+async def _patiently(url: str, patience: float = 30.0) -> asyncpg.Connection | None:
+    """A connection to PostgreSQL, waited for while another fault has it down."""
+    give_up = time.monotonic() + patience
+    while time.monotonic() < give_up:
+        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            return await asyncpg.connect(url, timeout=2)
+        await asyncio.sleep(0.5)
+    return None
 
 
 HostileFault = Callable[[System, Fault], Awaitable[None]]
