@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.chaos.run import Report, run
-from app.chaos.schedule import VARIANTS, Variant, kinds_of, plan
+from app.chaos.schedule import VALKEY_KINDS, VARIANTS, Variant, kinds_of, plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", action="store_true", help="only the 3-node JetStream cluster")
     parser.add_argument("--window", type=float, default=30.0, help="seconds of faults per schedule")
     parser.add_argument("--cover", action="store_true", help="every fault kind once per schedule")
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: tuple(kind for kind in text.split(",") if kind),
+        default=(),
+        help="only these fault kinds, comma-separated (e.g. valkey-pause,config-lease-ttl)",
+    )
     parser.add_argument(
         "--payment-timeout",
         type=float,
@@ -71,7 +77,12 @@ async def _run_all(args: argparse.Namespace, variants: list[Variant], out: Path)
             break
         cover = args.cover or args.window <= 20
         schedule = plan(
-            seed, variant, args.window, cover=cover, payment_timeout=args.payment_timeout
+            seed,
+            variant,
+            args.window,
+            cover=cover,
+            only=args.kinds,
+            payment_timeout=args.payment_timeout,
         )
         report = await run(schedule, out / f"{n:04d}-{variant}-{seed}")
         reports.append(report)
@@ -106,7 +117,7 @@ def _table(reports: list[Report]) -> str:
         "| fault kind | " + " | ".join(variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
-    for kind in kinds_of("redis"):
+    for kind in (*kinds_of("jetstream"), *VALKEY_KINDS):
         cells = []
         for variant in variants:
             total, bad = runs.get((kind, variant), (0, 0))

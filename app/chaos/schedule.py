@@ -120,13 +120,15 @@ def plan(
     publish_deadline: float = 1.5,
     cover: bool = True,
     classic: bool = False,
+    only: tuple[str, ...] = (),
     payment_timeout: float | None = None,
 ) -> Schedule:
     """The faults of one run. `cover`: every kind of the variant once, in a random order and
     at random moments; otherwise kinds drawn at random until the window is full. `classic`:
-    only the first set of kinds (the CI seeds kept from before the others)."""
+    only the first set of kinds (the CI seeds kept from before the others). `only`: these
+    kinds and no others (to force the fault a finding needs)."""
     rng = random.Random(f"{seed}/{variant}")  # noqa: S311 (seeded on purpose: replayable)
-    kinds = list(kinds_of(variant, classic))
+    kinds = list(only or kinds_of(variant, classic))
     longest = max(publish_deadline, lease_ttl, 3 * ack_wait)
     if cover:
         rng.shuffle(kinds)
