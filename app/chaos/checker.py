@@ -286,11 +286,10 @@ def excused(first: dict[str, Any], second: dict[str, Any], observed: Observed) -
         cut_off = (fault.lane == lane and fault.kind in CUTS_AN_INSTANCE) or (
             fault.lane == observed.store
         )
-        long_enough = (
-            fault.seconds >= observed.stale
-            or fault.kind.endswith(("kill", "restart"))  # and then recovers its streams
-            or fault.kind == "net-latency"  # each way past the ack timeouts
-        )
+        # A restarted store recovers its streams after it listens again; any cut costs the
+        # renewal in flight. Latency holds every renewal past the ack timeouts.
+        recovery = 1.0 if fault.kind.endswith(("kill", "restart")) else 0.5
+        long_enough = fault.seconds + recovery >= observed.stale or fault.kind == "net-latency"
         if cut_off and long_enough:
             return f"{fault.kind} {fault.target} for {fault.seconds:.1f}s at {fault.start:.1f}s"
     return None

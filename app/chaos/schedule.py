@@ -188,6 +188,8 @@ def _draw(
         duration = rng.uniform(1.0, 2.0)  # published for this long
     elif kind in ("outbox-poison", "config-lease-ttl"):
         duration = 0.5  # rows written at once; an instance stopped and started again
+    elif kind in ONE_SIDED_KINDS:
+        duration = rng.uniform(0.5, 4.0)  # a blip shorter than a claim's stale time, or longer
     elif kind.endswith("pause"):
         duration = ack_wait + rng.uniform(0.5, 1.5)  # past the ack wait: redelivery elsewhere
     elif kind.endswith("kill"):
