@@ -3,7 +3,7 @@ whose every execution leaves a line, so that what the example's inbox hides show
 
 - `POST /chaos/charges {"id"}` publishes `Charged` (QoS 2) with the message id `id`; its
   handler runs under a claim in the KV or Redis store (no inbox), so a second run of it is a
-  second line.
+  second line; it works on for 50-300 ms after its line, so faults find done marks to break.
 - `POST /chaos/steps {"key", "n", "id"}` writes `Stepped` (QoS 1) to the outbox with the
   ordering key `key`; its handler logs every delivery.
 - `POST /chaos/reminders {"id", "delay"}` publishes `Reminded` (QoS 2) due `delay` seconds
@@ -16,9 +16,11 @@ instance's index ($QM_CHAOS_INSTANCE), its pid and the wall time: the checker re
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -127,6 +129,8 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
     @bus.handler(Charged)
     async def charged(event: Charged) -> None:
         record("charge", id=event.message_id)
+        # Work after the effect: a fault often strikes with the done mark still to write.
+        await asyncio.sleep(random.uniform(0.05, 0.3))  # noqa: S311 (not a secret)
 
     @bus.handler(Stepped)
     async def stepped(event: Stepped) -> None:

@@ -117,7 +117,7 @@ def plan(
     instances: int = 3,
     ack_wait: float = 2.0,
     lease_ttl: float = 3.0,
-    publish_deadline: float = 1.5,
+    publish_deadline: float = 1.0,
     cover: bool = True,
     classic: bool = False,
     only: tuple[str, ...] = (),
@@ -189,7 +189,7 @@ def _draw(
     elif kind in ("outbox-poison", "config-lease-ttl"):
         duration = 0.5  # rows written at once; an instance stopped and started again
     elif kind in ONE_SIDED_KINDS:
-        duration = rng.uniform(0.5, 4.0)  # a blip shorter than a claim's stale time, or longer
+        duration = rng.uniform(0.5, 3.0)  # a blip shorter than a claim's stale time, or longer
     elif kind.endswith("pause"):
         duration = ack_wait + rng.uniform(0.5, 1.5)  # past the ack wait: redelivery elsewhere
     elif kind.endswith("kill"):

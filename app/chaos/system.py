@@ -75,7 +75,7 @@ class System:
         ack_wait: float = 2.0,
         node_ttl: float = 3.0,
         lease_ttl: float = 3.0,
-        publish_deadline: float = 1.5,
+        publish_deadline: float = 1.0,
         payment_timeout: float | None = None,
     ) -> None:
         self.variant = variant
