@@ -187,6 +187,7 @@ def test_outbox_rows_dead_or_never_sent_are_caught():
 # -- a real run against a system that answers only 503 ---------------------------------------
 
 
+@pytest.mark.slow  # a real server: run in CI, left out of a generated project's quick run
 async def test_a_vacuous_system_fails_the_run():
     """Real clients against an HTTP server answering every request 503: every operation is
     indeterminate, which the older checker passed; the progress floor fails it."""
@@ -199,7 +200,7 @@ async def test_a_vacuous_system_fails_the_run():
     settings = Settings(port=free_port())
     async with running_app(settings, unavailable) as (_, url):
         started = time.monotonic()
-        ops = await drive(7, [url], started, Deadline(started + 4.0), Load(clients=2))
+        ops = await drive(7, [url], started, Deadline(started + 2.5), Load(clients=2))
     assert len(ops) >= 2
     assert all(o.outcome == "indeterminate" for o in ops)
     seen = Observed({}, clients_until=time.monotonic() - started)

@@ -13,6 +13,9 @@ from app.instance.services import services_of
 from app.testing import eventually
 
 
+pytestmark = pytest.mark.slow  # long: run in CI, left out of a generated project's quick run
+
+
 @pytest.fixture
 def often(monkeypatch):
     monkeypatch.setattr(stats, "EVERY", 0.2)
