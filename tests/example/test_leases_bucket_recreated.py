@@ -12,7 +12,6 @@ from app.example import stats
 from app.instance.services import services_of
 from app.testing import eventually
 
-
 pytestmark = pytest.mark.slow  # long: run in CI, left out of a generated project's quick run
 
 
