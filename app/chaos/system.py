@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -594,26 +595,34 @@ _POISONS: list[tuple[str, bytes, dict[str, str]]] = [
 
 
 async def _outbox_poison(system: System, fault: Fault) -> None:
-    """Rows written straight into the outbox that can never be sent: a subject no stream
-    holds, and a body past the message limit. The relay must set them aside (or keep retrying
-    them on their own) while every other row goes on."""
+    """Rows written straight into the outbox that can never be sent: one for a transport the
+    service does not have, one with a 2 MiB body, one with a header block past JetStream's
+    64 KiB, one due in a year (more than the server's schedules keep). Each has its own
+    ordering key: a row of a transport no instance has waits for one that has it, holding up
+    its key meanwhile. The relay must set them aside while every other row goes on."""
     transport = "redis" if system.valkey is not None else "jetstream"
     stamp = f"{fault.at:g}"
+    huge_headers = json.dumps({f"x-poison-{n}": "h" * 250 for n in range(300)})
+    a_year = (datetime.now(UTC) + timedelta(days=365)).isoformat(timespec="milliseconds")
+    too_late = json.dumps({"qm-deliver-at": a_year.replace("+00:00", "Z")})
     rows = [
-        (f"poison-out-{stamp}-a", "chaos.nowhere", b"{}"),
-        (f"poison-out-{stamp}-b", "chaos.stepped", b"x" * (2 * 1024 * 1024)),
+        (f"poison-out-{stamp}-a", "chaos.stepped", "nowhere", "{}", b"{}"),
+        (f"poison-out-{stamp}-b", "chaos.stepped", transport, "{}", b"x" * (2 * 1024 * 1024)),
+        (f"poison-out-{stamp}-c", "chaos.stepped", transport, huge_headers, b"{}"),
+        (f"poison-out-{stamp}-d", "chaos.reminded", transport, too_late, b"{}"),
     ]
     connection = await _patiently(system.postgres.url)
     if connection is None:
         return  # the database stayed away the whole time: nothing was written
     try:
-        for message_id, subject, body in rows:
+        for message_id, subject, via, headers, body in rows:
             await connection.execute(
                 "INSERT INTO qosmesh_outbox (message_id, subject, qos, transport, ordering_key,"
-                " headers, body) VALUES ($1, $2, 1, $3, 'poison', '{}'::jsonb, $4)",
+                " headers, body) VALUES ($1::text, $2, 1, $3, $1::text, $4::jsonb, $5)",
                 message_id,
                 subject,
-                transport,
+                via,
+                headers,
                 body,
             )
         await connection.execute("SELECT pg_notify('qosmesh_outbox', '')")
