@@ -63,6 +63,9 @@ EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 UNFOLLOW_AFTER = 10.0  # seconds without a move: this instance no longer holds the lease
 MSG_ID = "Nats-Msg-Id"
+CANCEL_MARGIN = 0.1
+"""Seconds a purged schedule must still have had to go, by the server's clock as this instance
+reads it, for a cancel to promise it never fires (the reading's error is far below this)."""
 
 Send = Callable[[Envelope, str, dict[str, str], float], Awaitable[None]]
 """Publish `envelope` on a subject with extra headers within a timeout (one attempt)."""
@@ -154,8 +157,21 @@ class NativeSchedules:
         await self._publish(envelope, qos, send)
 
     async def cancel(self, subject: str, message_id: str) -> bool:
-        target = schedule_subject(subject, message_id)
-        return await purge(self._nc, stream_name(subject), target) > 0
+        """True only when the purge took the schedule before its time. The server fires a due
+        schedule and removes it in two steps, so a purge landing between them still removes
+        it after the copy went out (a broker frozen past the due time makes that likely): a
+        schedule whose time had come by the purge's answer, on the server's clock, is purged
+        but not promised."""
+        stream, target = stream_name(subject), schedule_subject(subject, message_id)
+        try:
+            kept = await self._js.get_msg(stream, subject=target)
+        except nats.js.errors.NotFoundError:
+            return False
+        due = due_of(kept.headers or {})
+        if await purge(self._nc, stream, target) == 0:
+            return False
+        answered = await self._clock.now()
+        return due is not None and (due - answered).total_seconds() > CANCEL_MARGIN
 
     async def backlog(self) -> int:
         total = 0
