@@ -19,6 +19,9 @@ only within the bounds docs/qos.md states: its first run's process was killed, o
 claim store for longer than the claim's stale time (paused, cut off, or the store itself away)
 between the two runs. Such runs are counted, not hidden.
 
+Liveness: an instance that no fault is on (or was on within the grace) answers /healthz; one
+silent for `SILENT` seconds or more was stalled by something else (hostile traffic, a stuck loop).
+
 Progress: judged over the fault-free windows (a grace after every healed fault), a window must
 see at least one operation answered 2xx and a share of determinate operations of at least
 `MIN_DETERMINATE`: a run where every answer is a 503 fails.
@@ -39,6 +42,8 @@ MIN_DETERMINATE = 0.6
 """The least share of operations, among those inside a fault-free window, answered 2xx or 4xx."""
 GRACE = 3.0
 """Seconds after a fault heals before the window after it is judged (reconnects, elections)."""
+SILENT = 3.0
+"""Seconds an instance no fault is on may go without answering /healthz (liveness)."""
 MIN_WINDOW = 2.0
 """A fault-free stretch shorter than this, after its grace, is not judged."""
 EARLY = 0.01
@@ -81,6 +86,8 @@ class Observed:
     store: str = "broker"  # the lane of the claim store: broker or valkey
     judged: list[Window] = field(default_factory=list)  # filled by `check`: the windows judged
     poisoned: int = 0  # dead letters of the poison fault (expected, not violations)
+    health: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
+    """Per instance, each second: (clients' time, whether /healthz answered 200 within 1 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +143,7 @@ def check(operations: Iterable[Operation], observed: Observed) -> list[Violation
         *_reminders(ops, observed),
         *_lease(observed),
         *_server_errors(ops),
+        *_liveness(observed),
         *_progress(ops, observed),
         *_system(observed),
     ]
@@ -442,3 +450,23 @@ def _progress(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
                 f"fault-free {span}, less than {MIN_DETERMINATE:.0%}"
             )
             yield Violation("progress", detail)
+
+
+def _liveness(observed: Observed) -> Iterable[Violation]:
+    for name, samples in observed.health.items():
+        mine = [f for f in observed.faults if f.lane == name]
+        silent_since: float | None = None
+        for at, answered in samples:
+            excused = any(f.start <= at <= f.end + GRACE for f in mine)
+            if answered or excused:
+                silent_since = None
+                continue
+            if silent_since is None:
+                silent_since = at
+            elif at - silent_since >= SILENT:
+                detail = (
+                    f"{name} did not answer /healthz from {silent_since:.1f}s to {at:.1f}s "
+                    "with no fault on it"
+                )
+                yield Violation("liveness", detail)
+                break

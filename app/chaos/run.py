@@ -115,6 +115,10 @@ async def run(
         deadline.at = max(started + schedule.window, time.monotonic() + GRACE + CALM)
         operations = await clients
         observed.clients_until = time.monotonic() - started
+        observed.health = {
+            i.name: [(round(at - started, 3), ok) for at, ok in i.health if at >= started]
+            for i in system.instances
+        }
         healed = time.monotonic()
         errors += await system.ensure_running()
         observed.discovery_seconds = await _converged(system, healed, system.node_ttl + 5)

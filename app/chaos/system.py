@@ -53,6 +53,7 @@ class Instance:
     warm_rss: int | None = None
     rss: int | None = None
     counters: dict[tuple[int, str], float] = field(default_factory=dict)
+    health: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic, answered)
 
     @property
     def name(self) -> str:
@@ -458,8 +459,8 @@ class System:
         return live, views
 
     async def sample(self) -> None:
-        """Each second: every instance's RSS and counters (the counters survive as the sum
-        over incarnations)."""
+        """Each second: whether every running instance answers /healthz within a second, and
+        its RSS and counters (the counters survive as the sum over incarnations)."""
         async with httpx.AsyncClient(timeout=1) as client:
             while True:
                 await asyncio.gather(*(self._sample(client, i) for i in self.instances))
@@ -474,6 +475,11 @@ class System:
             instance.rss = rss
             if instance.warm_rss is None and time.monotonic() - instance.served_at > 3:
                 instance.warm_rss = rss
+        asked = time.monotonic()
+        answered = False
+        with contextlib.suppress(httpx.HTTPError):
+            answered = (await client.get(f"{instance.url}/healthz")).status_code == 200
+        instance.health.append((asked, answered))
         with contextlib.suppress(httpx.HTTPError):
             text = (await client.get(f"{instance.url}/metrics")).text
             for name, value in _counters(text).items():

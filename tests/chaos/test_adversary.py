@@ -205,3 +205,17 @@ async def test_a_vacuous_system_fails_the_run():
     assert all(o.outcome == "indeterminate" for o in ops)
     seen = Observed({}, clients_until=time.monotonic() - started)
     assert "progress" in invariants(ops, seen)
+
+
+# -- liveness --------------------------------------------------------------------------------
+
+
+def test_an_instance_silent_with_no_fault_on_it_is_caught():
+    silent = [(float(t), t < 5 or t > 10) for t in range(15)]
+    assert invariants([], observed(health={"i0": silent})) == ["liveness"]
+    paused = FaultSpan("instance-pause", "i0", 5.0, 8.0, "i0")  # silent until its grace ends
+    assert invariants([], observed(health={"i0": silent}, faults=(paused,))) == []
+    flood = FaultSpan("stats-flood", "hostile", 5.0, 8.0, "hostile")
+    assert invariants([], observed(health={"i0": silent}, faults=(flood,))) == ["liveness"]
+    short = [(float(t), t not in (5, 6)) for t in range(15)]
+    assert invariants([], observed(health={"i0": short})) == []
