@@ -608,20 +608,23 @@ async def _outbox_poison(system: System, fault: Fault) -> None:
     its key meanwhile. The relay must set them aside while every other row goes on."""
     transport = "redis" if system.valkey is not None else "jetstream"
     stamp = f"{fault.at:g}"
-    huge_headers = json.dumps({f"x-poison-{n}": "h" * 250 for n in range(300)})
+    huge = {f"x-poison-{n}": "h" * 250 for n in range(300)}
     a_year = (datetime.now(UTC) + timedelta(days=365)).isoformat(timespec="milliseconds")
-    too_late = json.dumps({"qm-deliver-at": a_year.replace("+00:00", "Z")})
-    rows = [
-        (f"poison-out-{stamp}-a", "chaos.stepped", "nowhere", "{}", b"{}"),
-        (f"poison-out-{stamp}-b", "chaos.stepped", transport, "{}", b"x" * (2 * 1024 * 1024)),
-        (f"poison-out-{stamp}-c", "chaos.stepped", transport, huge_headers, b"{}"),
+    too_late = {"qm-deliver-at": a_year.replace("+00:00", "Z")}
+    rows: list[tuple[str, str, str, dict[str, str], bytes]] = [
+        (f"poison-out-{stamp}-a", "chaos.stepped", "nowhere", {}, b"{}"),
+        (f"poison-out-{stamp}-b", "chaos.stepped", transport, {}, b"x" * (2 * 1024 * 1024)),
+        (f"poison-out-{stamp}-c", "chaos.stepped", transport, huge, b"{}"),
         (f"poison-out-{stamp}-d", "chaos.reminded", transport, too_late, b"{}"),
     ]
     connection = await _patiently(system.postgres.url)
     if connection is None:
         return  # the database stayed away the whole time: nothing was written
     try:
-        for message_id, subject, via, headers, body in rows:
+        # Each carries its id (qm-id): where a broker takes it (Redis keeps any size) and the
+        # consumer dead-letters it, the dead letter is known for the poison it is.
+        for message_id, subject, via, extra, body in rows:
+            headers = json.dumps({"qm-id": message_id, **extra})
             await connection.execute(
                 "INSERT INTO qosmesh_outbox (message_id, subject, qos, transport, ordering_key,"
                 " headers, body) VALUES ($1::text, $2, 1, $3, $1::text, $4::jsonb, $5)",
