@@ -25,6 +25,8 @@ from nats.aio.client import Client as NatsClient
 
 MAX_AGE = 10.0
 """Seconds an offset is used before it is measured again."""
+RETRY_AFTER = 1.0
+"""Seconds between two tries while the broker does not answer (each would wait its timeout)."""
 REQUEST_TIMEOUT = 2.0
 
 Probe = Callable[[], Awaitable[float]]
@@ -38,11 +40,6 @@ class ServerClock:
         self._probe = probe
         self._offset = 0.0
         self._measured = -math.inf  # monotonic
-
-    @property
-    def offset(self) -> float:
-        """Seconds the broker's clock is ahead of this host's (negative: behind)."""
-        return self._offset
 
     async def sync(self) -> None:
         sent = time.time()
@@ -60,6 +57,7 @@ class ServerClock:
             except Exception:  # the broker away: the last offset is the best there is
                 if self._measured == -math.inf:
                     raise
+                self._measured = time.monotonic() - MAX_AGE + RETRY_AFTER
         return datetime.fromtimestamp(time.time() + self._offset, UTC)
 
 

@@ -50,17 +50,17 @@ if removed == 1 then redis.call('SET', KEYS[3], 'cancelled', 'PX', ARGV[2]) end
 return removed
 """
 
-# KEYS: the set. ARGV: (unused), at most, hash key prefix, stream MAXLEN, window (ms),
-# tombstone key prefix. What is due is judged by Redis's own TIME, never by the lease holder's
+# KEYS: the set. ARGV: at most, hash key prefix, stream MAXLEN, window (ms), tombstone key
+# prefix. What is due is judged by Redis's own TIME, never by the lease holder's
 # clock. An entry its stream refuses (a key of another type) is tried again in a minute rather
 # than holding up every later one. Returns {looked at, refused}.
 MOVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 local refused = 0
 for _, id in ipairs(ids) do
-  local key = ARGV[3] .. id
+  local key = ARGV[2] .. id
   local flat = redis.call('HGETALL', key)
   local fields, stream, dedupe = {}, nil, nil
   for i = 1, #flat, 2 do
@@ -71,17 +71,17 @@ for _, id in ipairs(ids) do
   end
   local added = true
   if stream and not (dedupe and redis.call('EXISTS', dedupe) == 1) then
-    local entry = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+    local entry = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
     if type(entry) == 'table' and entry.err then
       added = false
     elseif dedupe then
-      redis.call('SET', dedupe, entry, 'PX', ARGV[5])
+      redis.call('SET', dedupe, entry, 'PX', ARGV[4])
     end
   end
   if added then
     redis.call('ZREM', KEYS[1], id)
     redis.call('DEL', key)
-    redis.call('SET', ARGV[6] .. id, 'fired', 'PX', ARGV[5])
+    redis.call('SET', ARGV[5] .. id, 'fired', 'PX', ARGV[4])
   else
     refused = refused + 1
     redis.call('ZADD', KEYS[1], now + 60000, id)
@@ -147,11 +147,9 @@ class RedisSchedules:
         return await self._clock.now()
 
     async def move_due(self, token: int) -> None:
-        now_ms = 0  # judged by Redis's TIME inside the script
         window_ms = int(self._settings.duplicate_window * 1000)
         maxlen = self._settings.redis_maxlen
         args: list[str | int] = [
-            now_ms,
             MOVE_AT_MOST,
             f"{self.key}:m:",
             maxlen,
