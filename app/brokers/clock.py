@@ -25,6 +25,9 @@ from nats.aio.client import Client as NatsClient
 
 MAX_AGE = 10.0
 """Seconds an offset is used before it is measured again."""
+MAX_ROUND_TRIP = 0.5
+"""A probe slower than this is not used (the offset is known only to half the round trip, and
+a broker frozen after stamping its answer would make it too small): the last offset stays."""
 RETRY_AFTER = 1.0
 """Seconds between two tries while the broker does not answer (each would wait its timeout)."""
 REQUEST_TIMEOUT = 2.0
@@ -45,6 +48,9 @@ class ServerClock:
         sent = time.time()
         server = await self._probe()
         answered = time.time()
+        if answered - sent > MAX_ROUND_TRIP and self._measured != -math.inf:
+            self._measured = time.monotonic() - MAX_AGE + RETRY_AFTER  # soon again
+            return
         self._offset = server - (sent + answered) / 2
         self._measured = time.monotonic()
 

@@ -1,0 +1,54 @@
+"""The broker's clock as an instance reads it: an offset from a probe's round trip, kept when
+the broker does not answer, and not taken from a probe too slow to trust."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from app.brokers import clock
+from app.brokers.clock import ServerClock
+
+
+async def test_a_slow_probe_keeps_the_last_offset(monkeypatch):
+    """A broker frozen after stamping its answer: its time arrives late, and taken at the
+    round trip's midpoint it would put the broker behind by half the freeze, so delays counted
+    from it would fire early. The slow probe is dropped and the last offset stays."""
+    answers = [lambda: time.time() + 30.0]  # the broker 30 s ahead, answering at once
+
+    async def probe() -> float:
+        answer = answers[-1]
+        stamped = answer()
+        if len(answers) > 1:
+            await asyncio.sleep(0.8)  # frozen after stamping
+        return stamped
+
+    server = ServerClock(probe)
+    ahead = (await server.now()).timestamp() - time.time()
+    assert ahead == pytest.approx(30.0, abs=0.05)
+
+    answers.append(lambda: time.time() + 30.0)
+    monkeypatch.setattr(clock, "MAX_AGE", 0.0)  # every call probes again
+    again = (await server.now()).timestamp() - time.time()
+    assert again == pytest.approx(30.0, abs=0.05)  # not 29.6
+
+
+async def test_a_broker_that_does_not_answer_keeps_the_last_offset_and_is_not_asked_each_call():
+    calls = 0
+
+    async def probe() -> float:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise TimeoutError
+        return time.time() - 5.0
+
+    server = ServerClock(probe)
+    await server.now()
+    server._measured -= clock.MAX_AGE + 1  # the offset is old: the next call probes
+    for _ in range(10):
+        behind = (await server.now()).timestamp() - time.time()
+        assert behind == pytest.approx(-5.0, abs=0.05)
+    assert calls == 2  # one failed try, then none until RETRY_AFTER has passed
