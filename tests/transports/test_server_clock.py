@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -16,7 +17,11 @@ async def test_a_slow_probe_keeps_the_last_offset(monkeypatch):
     """A broker frozen after stamping its answer: its time arrives late, and taken at the
     round trip's midpoint it would put the broker behind by half the freeze, so delays counted
     from it would fire early. The slow probe is dropped and the last offset stays."""
-    answers = [lambda: time.time() + 30.0]  # the broker 30 s ahead, answering at once
+
+    def ahead_30() -> float:
+        return time.time() + 30.0
+
+    answers: list[Callable[[], float]] = [ahead_30]  # the broker 30 s ahead, at once
 
     async def probe() -> float:
         answer = answers[-1]
@@ -29,7 +34,7 @@ async def test_a_slow_probe_keeps_the_last_offset(monkeypatch):
     ahead = (await server.now()).timestamp() - time.time()
     assert ahead == pytest.approx(30.0, abs=0.05)
 
-    answers.append(lambda: time.time() + 30.0)
+    answers.append(ahead_30)
     monkeypatch.setattr(clock, "MAX_AGE", 0.0)  # every call probes again
     again = (await server.now()).timestamp() - time.time()
     assert again == pytest.approx(30.0, abs=0.05)  # not 29.6
