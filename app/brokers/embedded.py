@@ -416,6 +416,8 @@ class PostgresServer(ServerProcess):
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if self.run_as is not None:
             _open_path_to(self.store_dir)
+            # Its binaries too: a checkout in a private (0700) folder holds them in its venv.
+            _open_path_to(self.bin_dir)
             shutil.chown(self.store_dir, self.run_as)
         if not (self.data_dir / "PG_VERSION").exists():
             try:
@@ -426,6 +428,7 @@ class PostgresServer(ServerProcess):
                 # A folder above was made private again meanwhile (pytest does that to its
                 # temp root when a session starts): open the way once more and try again.
                 _open_path_to(self.store_dir)
+                _open_path_to(self.bin_dir)
                 self._initdb()
         super().spawn()
 
