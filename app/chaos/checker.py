@@ -13,7 +13,12 @@ status never goes back (pending, then confirmed or cancelled), nor its `paid` do
 The chaos domain's effects, one line per execution (app/chaos/domain.py): a charge answered 202
 runs once, one refused never, an indeterminate one at most once; a step answered 202 runs at
 least once; a reminder fires once (or not at all if someone tried to cancel it), never before
-its time, and never after a cancel that answered True; the lease's holders never overlap
+its time (the client's send plus the delay), and never after a cancel that answered True;
+a batch's charges (`publish_many`) each run once; a step's key keeps in the stream the order
+its steps were answered in (the outbox's per-key commit order); a QoS 0 ping runs at most once,
+the loss counter counts every ping sent while its instance was cut from the brokers and no
+more than the pings that never ran, and pings sent in calm windows arrive (at least
+`MIN_PINGS`); the lease's holders never overlap
 (each token's lines are one unbroken run, and tokens grow). A QoS 2 handler may run twice
 only within the bounds docs/qos.md states: its first run's process was killed, or it lost the
 claim store for longer than the claim's stale time (paused, cut off, or the store itself away)
@@ -54,6 +59,15 @@ CUTS_AN_INSTANCE = frozenset(
 """Faults on an instance's lane that keep it from renewing its claims (not a drain, which
 lets its handlers finish, nor a cut from the database alone)."""
 STATUS_RANK = {"pending": 0, "confirmed": 1, "cancelled": 1}
+MIN_PINGS = 0.9
+"""The least share of QoS 0 pings answered 202 in a fault-free window that must arrive."""
+DISCONNECTS = frozenset({"net-cut", "net-broker"})
+"""Faults that close an instance's broker connections: every QoS 0 publish then is counted."""
+NOTICED = 0.3
+"""Seconds after such a cut before a publish is sure to see the connection gone."""
+SAMPLED = 2.0
+"""Counters are read every second: an incarnation ending sooner after a loss may not show it."""
+ENDS_AN_INCARNATION = frozenset({"instance-kill", "instance-drain", "config-lease-ttl"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +94,14 @@ class Observed:
     cancelling: bool = False  # APP_EXAMPLE_PAYMENT_TIMEOUT set: unpaid orders are cancelled
     effects: list[dict[str, Any]] = field(default_factory=list)  # the chaos domain's lines
     faults: list[FaultSpan] = field(default_factory=list)  # as inflicted, on the clients' clock
-    wall_start: float = 0.0  # time.time() at the clients' time 0, for the effects' times
+    t0: float = 0.0  # time.monotonic() at the clients' time 0, for the effects' times (`t`)
     clients_until: float | None = None  # when the clients stopped; None: progress not judged
     stale: float = 2.0  # a QoS 2 claim's stale time (APP_ACK_WAIT)
     store: str = "broker"  # the lane of the claim store: broker or valkey
     judged: list[Window] = field(default_factory=list)  # filled by `check`: the windows judged
     poisoned: int = 0  # dead letters of the poison fault (expected, not violations)
+    stream_steps: list[str] | None = None  # the step ids in the stream's order; None: unread
+    qos0_lost: float | None = None  # the instances' qosmesh.qos0.lost, summed; None: unread
     health: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
     """Per instance, each second: (clients' time, whether /healthz answered 200 within 1 s)."""
 
@@ -140,6 +156,8 @@ def check(operations: Iterable[Operation], observed: Observed) -> list[Violation
         *_reads(ops),
         *_charges(ops, observed),
         *_steps(ops, observed),
+        *_order(ops, observed),
+        *_pings(ops, observed),
         *_reminders(ops, observed),
         *_lease(observed),
         *_server_errors(ops),
@@ -283,8 +301,8 @@ def _runs(observed: Observed, kind: str) -> dict[str, list[dict[str, Any]]]:
 def excused(first: dict[str, Any], second: dict[str, Any], observed: Observed) -> str | None:
     """Why a QoS 2 handler may have run twice (`first`, then `second`), by the bounds
     docs/qos.md states; None when nothing explains it."""
-    since = float(first["t"]) - observed.wall_start
-    until = float(second["t"]) - observed.wall_start
+    since = float(first["t"]) - observed.t0
+    until = float(second["t"]) - observed.t0
     lane = f"i{first['i']}"
     for fault in observed.faults:
         if fault.end < since or fault.start > until:
@@ -320,8 +338,8 @@ def _once(
             if reason is None:
                 detail = (
                     f"{key} ran {len(lines)} times (i{first['i']} at "
-                    f"{float(first['t']) - observed.wall_start:.2f}s, then i{again['i']} at "
-                    f"{float(again['t']) - observed.wall_start:.2f}s) with no fault to explain it"
+                    f"{float(first['t']) - observed.t0:.2f}s, then i{again['i']} at "
+                    f"{float(again['t']) - observed.t0:.2f}s) with no fault to explain it"
                 )
                 yield Violation(invariant, detail, (op,))
                 break
@@ -341,6 +359,7 @@ def duplicates(observed: Observed) -> dict[str, str]:
 
 def _charges(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
     charges = {op.key: op for op in ops if op.kind == "charge"}
+    charges |= {f"{op.key}-{n}": op for op in ops if op.kind == "batch" for n in range(op.n)}
     runs = _runs(observed, "charge")
     yield from _once("qos2-once", charges, runs, observed)
     for key, op in charges.items():
@@ -373,10 +392,14 @@ def _reminders(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
             cancelled[op.ref] = op
     yield from _once("delayed-once", reminders, runs, observed)
     for key, lines in runs.items():
-        early = float(lines[0]["due"]) - float(lines[0]["t"])
-        if early > EARLY:
-            detail = f"reminder {key} fired {early:.3f}s before its time"
-            yield Violation("delayed-early", detail, (reminders[key],) if key in reminders else ())
+        sent = reminders.get(key)
+        if sent is not None and sent.attempts:
+            # Due no sooner than `delay` after the first try was sent, on the host's clock.
+            due = sent.attempts[0].start + sent.delay
+            early = due - (float(lines[0]["t"]) - observed.t0)
+            if early > EARLY:
+                detail = f"reminder {key} fired {early:.3f}s before its time"
+                yield Violation("delayed-early", detail, (sent,))
         if key in cancelled:
             detail = f"reminder {key} fired though its cancel answered True"
             yield Violation("cancel", detail, (cancelled[key],))
@@ -386,6 +409,88 @@ def _reminders(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
     for key, op in reminders.items():
         if op.outcome == "ok" and key not in runs and key not in tried:
             yield Violation("delayed-once", f"reminder {key} answered 202 never fired", (op,))
+
+
+def _order(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
+    """A key's steps answered 202 one after the other are in the stream in that order (the
+    first copy of each: a relay that sent a row twice may add a later one)."""
+    if observed.stream_steps is None:
+        return
+    first: dict[str, int] = {}
+    for position, message_id in enumerate(observed.stream_steps):
+        first.setdefault(message_id, position)
+    by_key: dict[str, list[Operation]] = defaultdict(list)
+    for op in ops:
+        if op.kind == "step" and op.ref is not None and op.outcome == "ok" and op.key in first:
+            by_key[op.ref].append(op)
+    for key, steps in by_key.items():
+        steps.sort(key=lambda op: op.n)
+        for earlier, later in itertools.pairwise(steps):
+            if first[later.key] < first[earlier.key]:
+                detail = (
+                    f"key {key}: step {later.n} is in the stream before step {earlier.n}, "
+                    "which was answered 202 before it was sent"
+                )
+                yield Violation("order", detail, (earlier, later))
+                break
+
+
+def _pings(ops: list[Operation], observed: Observed) -> Iterable[Violation]:
+    pings = {op.key: op for op in ops if op.kind == "ping"}
+    runs = _runs(observed, "ping")
+    for key, lines in runs.items():
+        op = pings.get(key)
+        if op is None or op.outcome == "failed":
+            why = "no client sent it" if op is None else "it was refused"
+            yield Violation("qos0", f"ping {key} arrived though {why}", (op,) if op else ())
+        elif len(lines) > 1:
+            yield Violation("qos0", f"ping {key} arrived {len(lines)} times", (op,))
+    answered = [op for op in pings.values() if op.outcome == "ok"]
+    missing = sum(1 for op in answered if op.key not in runs)
+    cut = [op for op in answered if _sent_while_cut(op, observed.faults)]
+    if observed.qos0_lost is not None:
+        if observed.qos0_lost > missing:
+            detail = f"{observed.qos0_lost:g} QoS 0 losses counted, but only {missing} pings lost"
+            yield Violation("qos0", detail)
+        if observed.qos0_lost < len(cut):
+            detail = (
+                f"{len(cut)} pings were sent while their instance was cut from the brokers, "
+                f"but only {observed.qos0_lost:g} losses were counted"
+            )
+            yield Violation("qos0", detail, tuple(cut[:3]))
+    calm = [op for op in answered if _in_windows(op, windows(observed))]
+    arrived = sum(1 for op in calm if op.key in runs)
+    if calm and arrived < MIN_PINGS * len(calm):
+        detail = f"{arrived} of {len(calm)} pings sent in fault-free windows arrived"
+        yield Violation("qos0", detail)
+
+
+def _sent_while_cut(op: Operation, faults: list[FaultSpan]) -> bool:
+    """Whether the attempt answered 202 was sent while its instance's broker links were down
+    (and noticed), and its incarnation lived on long enough for the counter to be read."""
+    last = op.attempts[-1]
+    lane = f"i{last.instance}"
+    cut = any(
+        f.lane == lane
+        and f.kind in DISCONNECTS
+        and f.start + NOTICED <= last.start
+        and last.end <= f.end
+        for f in faults
+    )
+    ended = any(
+        f.lane == lane
+        and f.kind in ENDS_AN_INCARNATION
+        and last.start <= f.start
+        and f.start - last.end < SAMPLED
+        for f in faults
+    )
+    return cut and not ended
+
+
+def _in_windows(op: Operation, calm: list[Window]) -> bool:
+    if not op.attempts:
+        return False
+    return any(w.start <= op.attempts[0].start and op.attempts[-1].end <= w.end for w in calm)
 
 
 def _lease(observed: Observed) -> Iterable[Violation]:
@@ -402,7 +507,7 @@ def _lease(observed: Observed) -> Iterable[Violation]:
         if current is not None and token != int(current["token"]):
             finished.add(int(current["token"]))
             if token in finished or token < int(current["token"]):
-                at = float(line["t"]) - observed.wall_start
+                at = float(line["t"]) - observed.t0
                 detail = (
                     f"i{line['i']} acted with token {token} at {at:.2f}s, after "
                     f"i{current['i']} acted with token {current['token']}"

@@ -6,12 +6,19 @@ whose every execution leaves a line, so that what the example's inbox hides show
   second line; it works on for 50-300 ms after its line, so faults find done marks to break.
 - `POST /chaos/steps {"key", "n", "id"}` writes `Stepped` (QoS 1) to the outbox with the
   ordering key `key`; its handler logs every delivery.
+- `POST /chaos/batches {"id", "count"}` publishes `count` `Charged` with `publish_many`, the
+  message ids `<id>-0`, `<id>-1`, ...
 - `POST /chaos/reminders {"id", "delay"}` publishes `Reminded` (QoS 2) due `delay` seconds
-  later; `DELETE /chaos/reminders/{id}` cancels it and answers whether it can no longer fire.
+  later (by the broker's clock); `DELETE /chaos/reminders/{id}` cancels it and answers whether
+  it can no longer fire.
+- `POST /chaos/pings {"id"}` publishes `Pinged` (QoS 0); its handler logs every delivery.
 - The singleton `chaos-lease` logs its token and the time it read it, every 0.2 s.
 
 Each line is one JSON object appended to the file at $QM_CHAOS_LOG (one per instance), with the
-instance's index ($QM_CHAOS_INSTANCE), its pid and the wall time: the checker reads them all.
+instance's index ($QM_CHAOS_INSTANCE), its pid, the wall time `w` and the monotonic time `t`:
+the checker reads them all. The monotonic clock is the host's, shared by every process and
+never skewed by the clock faults (libfaketime leaves it alone), so lines of different instances
+compare by it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import json
 import os
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from fastapi import APIRouter
@@ -56,7 +63,11 @@ class Stepped(Message):
 class Reminded(Message):
     subject: ClassVar[str | None] = "chaos.reminded"
     qos: ClassVar[QoS] = QoS.EXACTLY_ONCE
-    due: datetime
+
+
+class Pinged(Message):
+    subject: ClassVar[str | None] = "chaos.pinged"
+    qos: ClassVar[QoS] = QoS.AT_MOST_ONCE
 
 
 MessageId = Field(min_length=1, max_length=128, pattern=r"^[-a-zA-Z0-9_]+$")
@@ -72,6 +83,15 @@ class Step(BaseModel):
     id: str = MessageId
 
 
+class Batch(BaseModel):
+    id: str = MessageId
+    count: int = Field(ge=1, le=20)
+
+
+class Ping(BaseModel):
+    id: str = MessageId
+
+
 class Remind(BaseModel):
     id: str = MessageId
     delay: float = Field(gt=0, le=3600)
@@ -80,7 +100,8 @@ class Remind(BaseModel):
 def record(kind: str, **fields: Any) -> None:
     """One line in this instance's effects log: appended with one write, so a line is whole
     or absent, and kept by the kernel even when the process is killed right after."""
-    line = {"k": kind, "i": INSTANCE, "pid": os.getpid(), "t": time.time(), **fields}
+    line = {"k": kind, "i": INSTANCE, "pid": os.getpid(), "w": time.time(), "t": time.monotonic()}
+    line |= fields
     os.write(_log(), (json.dumps(line, separators=(",", ":")) + "\n").encode())
 
 
@@ -111,11 +132,24 @@ async def step(body: Step, state: ExampleDep) -> dict[str, str]:
     return {"message_id": body.id}
 
 
+@router.post("/chaos/batches", status_code=202)
+async def batch(body: Batch, state: ExampleDep) -> dict[str, str]:
+    charges = [Charged(message_id=f"{body.id}-{n}") for n in range(body.count)]
+    await state.bus.publish_many(charges)
+    return {"message_id": body.id}
+
+
+@router.post("/chaos/pings", status_code=202)
+async def ping(body: Ping, state: ExampleDep) -> dict[str, str]:
+    await state.bus.publish(Pinged(message_id=body.id))
+    return {"message_id": body.id}
+
+
 @router.post("/chaos/reminders", status_code=202)
 async def remind(body: Remind, state: ExampleDep) -> dict[str, str]:
-    due = datetime.now(UTC) + timedelta(seconds=body.delay)
-    await state.bus.publish(Reminded(message_id=body.id, due=due), at=due)
-    return {"message_id": body.id, "due": due.isoformat()}
+    # A delay, not a time read off this host's clock: the broker's clock counts it down.
+    await state.bus.publish(Reminded(message_id=body.id), delay=timedelta(seconds=body.delay))
+    return {"message_id": body.id}
 
 
 @router.delete("/chaos/reminders/{message_id}")
@@ -138,9 +172,13 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> Example:
 
     @bus.handler(Reminded)
     async def reminded(event: Reminded) -> None:
-        record("fire", id=event.message_id, due=event.due.timestamp())
+        record("fire", id=event.message_id)
 
-    bus.publishes(Charged, Stepped, Reminded)
+    @bus.handler(Pinged)
+    async def pinged(event: Pinged) -> None:
+        record("ping", id=event.message_id)
+
+    bus.publishes(Charged, Stepped, Reminded, Pinged)
     return state
 
 

@@ -32,12 +32,13 @@ class Operation:
     """`place` creates an order (its sku is its key), `pay` adds `amount` to `order_id` once
     per key, `read` reads `order_id` back. The chaos domain's (app/chaos/domain.py), each with
     its key as the message id: `charge` (QoS 2, claims), `step` number `n` of the ordering key
-    `ref` (QoS 1, through the outbox), `remind` due `delay` seconds later (QoS 2, delayed), and
-    `cancel` of the reminder `ref`."""
+    `ref` (QoS 1, through the outbox), `batch` of `n` charges `<key>-0`... (`publish_many`),
+    `ping` (QoS 0), `remind` due `delay` seconds later (QoS 2, delayed), and `cancel` of the
+    reminder `ref`."""
 
     client: int
     number: int
-    kind: Literal["place", "pay", "read", "charge", "step", "remind", "cancel"]
+    kind: Literal["place", "pay", "read", "charge", "batch", "step", "ping", "remind", "cancel"]
     key: str
     order_id: str | None = None
     amount: int = 0

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import httpx
 import nats.errors
+import redis
 
 from app.chaos import history
 from app.chaos.checker import GRACE, FaultSpan, Observed, Violation, check, duplicates
@@ -31,6 +32,7 @@ IN_FLIGHT = ("confirmed", "paid", "qos2-once", "qos1-at-least-once", "delayed-on
 """Invariants that may still be settling after the faults stop: waited for, up to HEAL."""
 READ_ERRORS = (nats.errors.Error, httpx.HTTPError, OSError, TimeoutError)
 """What the harness's own reads of the system may meet while it heals."""
+STREAM_ERRORS = (redis.RedisError,)
 T = TypeVar("T")
 
 
@@ -91,7 +93,7 @@ async def run(
         await system.start()
         sampler = asyncio.create_task(system.sample())
         started = time.monotonic()
-        observed.wall_start = time.time()
+        observed.t0 = started
         lanes = {f"i{i.index}": asyncio.Lock() for i in system.instances}
         lanes |= {fault.lane: asyncio.Lock() for fault in schedule.faults}
         nemesis = [
@@ -206,6 +208,9 @@ async def _settled(
             await asyncio.sleep(0.5)
             continue
         observed.effects = system.effects()
+        with contextlib.suppress(*READ_ERRORS, *STREAM_ERRORS):
+            observed.stream_steps = await system.stream_ids("chaos.stepped")
+        observed.qos0_lost = system.counter("qosmesh_qos0_lost")
         observed.dead_rows = [row for row in dead if not row.startswith(POISON)]
         observed.unsent_rows = [row for row in unsent if not row.startswith(POISON)]
         settling = replace(observed, clients_until=None)
@@ -248,7 +253,11 @@ def _counts(
         "cancelled": sum(1 for o in observed.orders.values() if o.status == "cancelled"),
         "409s": sum(1 for a in attempts if a.status == 409),
         "charges": kinds["charge"],
+        "batches": kinds["batch"],
         "steps": kinds["step"],
+        "steps in the stream": -1 if observed.stream_steps is None else len(observed.stream_steps),
+        "pings": kinds["ping"],
+        "QoS 0 losses counted": observed.qos0_lost or 0,
         "reminders": kinds["remind"],
         "cancels said True": sum(
             1 for op in operations if op.kind == "cancel" and (op.answer or {}).get("cancelled")

@@ -20,7 +20,9 @@ import asyncpg
 import httpx
 import nats
 import nats.errors
+import nats.js.errors
 import psutil
+import redis.asyncio as aioredis
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -30,6 +32,7 @@ from app.chaos.domain import LEASE
 from app.chaos.schedule import Fault, Variant
 from app.testing import NatsCluster, ServiceProcess
 from app.testing.faults import TcpProxy, freeze, thaw
+from app.transports.jetstream.streams import stream_name
 
 SERVICE = "chaos"
 ORDERS_STREAM = f"{SERVICE.upper()}_ORDER_PLACED"
@@ -436,6 +439,29 @@ class System:
             await connection.close()
         return [row["message_id"] for row in dead], [row["message_id"] for row in unsent]
 
+    async def stream_ids(self, subject: str) -> list[str]:
+        """The message ids (`qm-id`) of the stream holding `subject`, in the stream's order."""
+        if self.valkey is not None:
+            client = aioredis.Redis(host="127.0.0.1", port=self.valkey.port, decode_responses=True)
+            try:
+                entries = await client.xrange(subject) or []
+            finally:
+                await client.aclose()
+            return [str((fields or {}).get("qm-id", "")) for _, fields in entries]
+        nc = await nats.connect(servers=self.nats_urls, connect_timeout=2, error_cb=_quiet)
+        try:
+            js = nc.jetstream(timeout=5)
+            name = stream_name(subject)
+            state = (await js.stream_info(name)).state
+            ids = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    msg = await js.get_msg(name, seq)
+                    ids.append((msg.headers or {}).get("qm-id", ""))
+            return ids
+        finally:
+            await nc.close()
+
     def effects(self) -> list[dict[str, Any]]:
         """Every line the chaos domain's handlers and singleton wrote, across incarnations."""
         lines: list[dict[str, Any]] = []
@@ -494,7 +520,12 @@ class System:
         )
 
 
-COUNTERS = ("qosmesh_redeliveries", "qosmesh_dedupe_hits", "qosmesh_publish_retries")
+COUNTERS = (
+    "qosmesh_redeliveries",
+    "qosmesh_dedupe_hits",
+    "qosmesh_publish_retries",
+    "qosmesh_qos0_lost",
+)
 
 
 def _counters(text: str) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """The clients: careful users of the example's REST API and of the chaos domain's.
 
 Each client places orders and pays them (every command with its Idempotency-Key), and reads
-them back; it charges (QoS 2), steps its own ordering key (QoS 1 through the outbox), and sets
-reminders (delayed QoS 2) and cancels some of them, each message with its own id. A 503 or a
+them back; it charges (QoS 2, one at a time or a batch with `publish_many`), steps its own
+ordering key (QoS 1 through the outbox), pings (QoS 0), and sets reminders (delayed QoS 2) and
+cancels some of them, each message with its own id. A 503 or a
 lost answer is tried again with the same key, on whichever instance comes next, a few times
 with backoff. What a client does is drawn from the seed: the same seed gives the same
 operations, keys, amounts and instances tried; only which earlier order a payment or reminder
@@ -93,8 +94,12 @@ class Client:
                 return Operation(self.number, number, "pay", key, target.order_id, amount)
             return Operation(self.number, number, "read", key, target.order_id)
         if draw < 0.74:
+            if amount % 4 == 0:  # a quarter of the charges go as a batch (publish_many)
+                return Operation(self.number, number, "batch", key, n=2 + amount % 3)
             return Operation(self.number, number, "charge", key)
         if draw < 0.84:
+            if amount % 3 == 0:  # a third of these are QoS 0 pings
+                return Operation(self.number, number, "ping", key)
             self.steps += 1
             return Operation(self.number, number, "step", key, ref=f"s{self.number}", n=self.steps)
         if draw < 0.93 or not self.reminders:
@@ -137,6 +142,11 @@ class Client:
                 response = await http.get(f"{url}/orders/{op.order_id}")
             elif op.kind == "charge":
                 response = await http.post(f"{url}/chaos/charges", json={"id": op.key})
+            elif op.kind == "batch":
+                batch = {"id": op.key, "count": op.n}
+                response = await http.post(f"{url}/chaos/batches", json=batch)
+            elif op.kind == "ping":
+                response = await http.post(f"{url}/chaos/pings", json={"id": op.key})
             elif op.kind == "step":
                 step = {"key": op.ref, "n": op.n, "id": op.key}
                 response = await http.post(f"{url}/chaos/steps", json=step)
