@@ -37,26 +37,27 @@ Probe = Callable[[], Awaitable[float]]
 
 
 class ServerClock:
-    """The broker's time: this host's clock plus the offset last measured."""
+    """The broker's time: the last measure of it, plus the monotonic time since."""
 
     def __init__(self, probe: Probe) -> None:
         self._probe = probe
-        self._offset = 0.0
+        self._server = 0.0  # the broker's time (Unix seconds) ...
+        self._at = 0.0  # ... at this moment of this host's monotonic clock
         self._measured = -math.inf  # monotonic
 
     async def sync(self) -> None:
-        sent = time.time()
+        sent = time.monotonic()
         server = await self._probe()
-        answered = time.time()
+        answered = time.monotonic()
         if answered - sent > MAX_ROUND_TRIP and self._measured != -math.inf:
-            self._measured = time.monotonic() - MAX_AGE + RETRY_AFTER  # soon again
+            self._measured = answered - MAX_AGE + RETRY_AFTER  # soon again
             return
-        self._offset = server - (sent + answered) / 2
-        self._measured = time.monotonic()
+        self._server, self._at = server, (sent + answered) / 2
+        self._measured = answered
 
     async def now(self) -> datetime:
-        """The broker's time now, from an offset at most `MAX_AGE` old (measured again when
-        older; the last one is kept when the broker does not answer)."""
+        """The broker's time now, from a measure at most `MAX_AGE` old (measured again when
+        older; the last one is counted on from when the broker does not answer)."""
         if time.monotonic() - self._measured > MAX_AGE:
             try:
                 await self.sync()
@@ -64,7 +65,7 @@ class ServerClock:
                 if self._measured == -math.inf:
                     raise
                 self._measured = time.monotonic() - MAX_AGE + RETRY_AFTER
-        return datetime.fromtimestamp(time.time() + self._offset, UTC)
+        return datetime.fromtimestamp(self._server + time.monotonic() - self._at, UTC)
 
 
 def nats_time(nc: NatsClient, stream: Callable[[], str]) -> Probe:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from app.chaos.run import Report, run
 from app.chaos.schedule import VALKEY_KINDS, VARIANTS, Variant, kinds_of, plan
+from app.testing.faults import FAKETIME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="qosmesh-chaos-"))
     variants = _variants(args.transport, args.cluster)
     print(f"histories and reports under {out}", flush=True)
+    if FAKETIME is None:
+        print("clock faults skipped: libfaketime is not installed (apt-get install faketime)")
     reports = asyncio.run(_run_all(args, variants, out))
     print(_table(reports))
     failed = [report for report in reports if not report.ok]
@@ -83,6 +86,7 @@ async def _run_all(args: argparse.Namespace, variants: list[Variant], out: Path)
             cover=cover,
             only=args.kinds,
             payment_timeout=args.payment_timeout,
+            faketime=FAKETIME is not None,
         )
         report = await run(schedule, out / f"{n:04d}-{variant}-{seed}")
         reports.append(report)

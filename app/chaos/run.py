@@ -21,7 +21,7 @@ import redis
 from app.chaos import history
 from app.chaos.checker import GRACE, FaultSpan, Observed, Violation, check, duplicates
 from app.chaos.history import Operation
-from app.chaos.schedule import Fault, Schedule
+from app.chaos.schedule import CLOCK_KINDS, Fault, Schedule
 from app.chaos.system import ChaosError, System
 from app.chaos.workload import Deadline, Load, drive
 
@@ -77,6 +77,7 @@ async def run(
         root,
         instances=schedule.instances,
         payment_timeout=schedule.payment_timeout,
+        clocks=any(fault.kind in CLOCK_KINDS for fault in schedule.faults),
     )
     operations: list[Operation] = []
     errors: list[str] = []

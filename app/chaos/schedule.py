@@ -26,19 +26,28 @@ LONG_KINDS = ("instance-pause-long", "net-cut-long", "broker-pause-long")
 ONE_SIDED_KINDS = ("net-broker", "net-db")
 # Aimed at the instance holding the chaos domain's lease, found through /nodes.
 HOLDER_KINDS = ("holder-kill", "holder-pause")
-# A rolling restart of one instance with APP_LEASE_TTL four times the others'.
-CONFIG_KINDS = ("config-lease-ttl",)
+# A rolling restart of one instance with a setting changed, kept for the rest of the run:
+# APP_LEASE_TTL four times the others', or APP_SCHEDULER=fallback (delayed messages moved by
+# the service's own scheduler while the others use the server's).
+CONFIG_KINDS = ("config-lease-ttl", "config-scheduler")
+# An instance's wall clock jumps ahead or back while it runs, and back again when healed.
+CLOCK_KINDS = ("clock-jump",)
 # From anyone on the bus or the database: $SRV.STATS requests, undecodable and unknown-version
 # messages on the service's subjects, outbox rows that can never be sent.
 HOSTILE_KINDS = ("stats-flood", "poison", "outbox-poison")
-NEW_KINDS = LONG_KINDS + ONE_SIDED_KINDS + HOLDER_KINDS + CONFIG_KINDS + HOSTILE_KINDS
+NEW_KINDS = LONG_KINDS + ONE_SIDED_KINDS + HOLDER_KINDS + CONFIG_KINDS + CLOCK_KINDS + HOSTILE_KINDS
+NATS_ONLY = ("poison", "config-scheduler")  # NATS subjects; JetStream's scheduler
+NEEDS_FAKETIME = CLOCK_KINDS
 
 
-def kinds_of(variant: Variant, classic: bool = False) -> tuple[str, ...]:
-    """Every fault kind that applies to `variant` (`classic`: the first set only)."""
+def kinds_of(variant: Variant, classic: bool = False, faketime: bool = True) -> tuple[str, ...]:
+    """Every fault kind that applies to `variant` (`classic`: the first set only;
+    `faketime`: whether libfaketime is there for the clock faults)."""
     kinds: tuple[str, ...] = CLASSIC_KINDS if classic else CLASSIC_KINDS + NEW_KINDS
+    if not faketime:
+        kinds = tuple(kind for kind in kinds if kind not in NEEDS_FAKETIME)
     if variant == "redis":
-        kinds = tuple(kind for kind in kinds if kind != "poison")  # NATS subjects only
+        kinds = tuple(kind for kind in kinds if kind not in NATS_ONLY)
         return kinds + VALKEY_KINDS
     return kinds
 
@@ -47,7 +56,8 @@ def kinds_of(variant: Variant, classic: bool = False) -> tuple[str, ...]:
 class Fault:
     """`kind` hits `target` at `at` seconds into the run, and is healed `duration` later.
 
-    Targets: `i<k>` (instance k; network kinds cut its links to the brokers), `nats` (the one
+    Targets: `i<k>` (instance k; network kinds cut its links to the brokers, clock kinds move
+    its wall clock), `nats` (the one
     nats-server), `n<k>` or `leader` (a cluster node; the leader of the orders stream is looked
     up when the fault starts), `valkey`, `postgres`, `holder` (the instance holding the chaos
     lease when the fault starts), `hostile` (traffic from outside the service). `detail` is the
@@ -122,13 +132,14 @@ def plan(
     classic: bool = False,
     only: tuple[str, ...] = (),
     payment_timeout: float | None = None,
+    faketime: bool = True,
 ) -> Schedule:
     """The faults of one run. `cover`: every kind of the variant once, in a random order and
     at random moments; otherwise kinds drawn at random until the window is full. `classic`:
     only the first set of kinds (the CI seeds kept from before the others). `only`: these
     kinds and no others (to force the fault a finding needs)."""
     rng = random.Random(f"{seed}/{variant}")  # noqa: S311 (seeded on purpose: replayable)
-    kinds = list(only or kinds_of(variant, classic))
+    kinds = list(only or kinds_of(variant, classic, faketime))
     longest = max(publish_deadline, lease_ttl, 3 * ack_wait)
     if cover:
         rng.shuffle(kinds)
@@ -166,7 +177,7 @@ def _draw(
 ) -> Fault:
     """One fault of `kind`: its target and how long it lasts, each with the bound it models."""
     detail = ""
-    if kind.startswith(("instance", "net", "config")):
+    if kind.startswith(("instance", "net", "config", "clock")):
         target = f"i{rng.randrange(instances)}"
     elif kind.startswith("holder"):
         target = "holder"
@@ -186,8 +197,13 @@ def _draw(
         duration = rng.uniform(4.0, 8.0)  # a burst of 2,000, then 200 a second
     elif kind == "poison":
         duration = rng.uniform(1.0, 2.0)  # published for this long
-    elif kind in ("outbox-poison", "config-lease-ttl"):
+    elif kind == "outbox-poison" or kind.startswith("config"):
         duration = 0.5  # rows written at once; an instance stopped and started again
+    elif kind == "clock-jump":
+        # An NTP step or a VM resumed: further than a claim's stale time, a lease's TTL and
+        # the server clock's re-measure (10 s), ahead or back; kept until healed.
+        jump = rng.randint(max(12, int(longest) * 2), 60) * rng.choice([1, -1])
+        detail, duration = f"{jump:+d}", rng.uniform(3.0, 8.0)
     elif kind in ONE_SIDED_KINDS:
         duration = rng.uniform(0.5, 3.0)  # a blip shorter than a claim's stale time, or longer
     elif kind.endswith("pause"):

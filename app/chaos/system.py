@@ -31,7 +31,7 @@ from app.chaos.checker import StoredOrder
 from app.chaos.domain import LEASE
 from app.chaos.schedule import Fault, Variant
 from app.testing import NatsCluster, ServiceProcess
-from app.testing.faults import TcpProxy, freeze, thaw
+from app.testing.faults import Clock, TcpProxy, freeze, thaw
 from app.transports.jetstream.streams import stream_name
 
 SERVICE = "chaos"
@@ -51,6 +51,7 @@ class Instance:
     proxies: list[TcpProxy]
     broker_proxies: list[TcpProxy] = field(default_factory=list)  # NATS nodes, and Valkey
     database_proxies: list[TcpProxy] = field(default_factory=list)
+    clock: Clock | None = None  # its wall clock, when the schedule moves clocks
     incarnation: int = 0
     served_at: float = 0.0  # when the current incarnation first answered /healthz
     warm_rss: int | None = None
@@ -82,8 +83,10 @@ class System:
         lease_ttl: float = 3.0,
         publish_deadline: float = 1.0,
         payment_timeout: float | None = None,
+        clocks: bool = False,
     ) -> None:
         self.variant = variant
+        self.clocks = clocks  # every instance's wall clock under libfaketime, movable
         self.lease_ttl = lease_ttl
         self.publish_deadline = publish_deadline
         self.payment_timeout = payment_timeout
@@ -153,9 +156,13 @@ class System:
                 "APP_QOS2_TRANSPORT": "redis",
                 "APP_REDIS_CLAIM_IDLE": str(self.ack_wait),
             }
+        clock = None
+        if self.clocks:
+            clock = Clock(workdir / "clock")
+            env |= clock.env
         process = ServiceProcess(workdir, env)
         proxies = [*broker_proxies, postgres_proxy]
-        return Instance(index, process, proxies, broker_proxies, [postgres_proxy])
+        return Instance(index, process, proxies, broker_proxies, [postgres_proxy], clock=clock)
 
     # -- whole system -------------------------------------------------------------------
 
@@ -208,7 +215,7 @@ class System:
         kind = fault.kind.removesuffix("-long")
         if fault.target == "hostile":
             await _HOSTILE_FAULTS[kind](self, fault)
-        elif kind.startswith(("instance", "net", "config")):
+        elif kind.startswith(("instance", "net", "config", "clock")):
             instance = self.instances[int(fault.target[1:])]
             await _INSTANCE_FAULTS[kind](self, instance, fault)
         else:
@@ -305,6 +312,23 @@ class System:
         instance.process.env["APP_LEASE_TTL"] = str(self.lease_ttl * 4)
         await asyncio.sleep(fault.duration)
         await self._serve(instance)
+
+    async def _fallback_scheduler(self, instance: Instance, fault: Fault) -> None:
+        """A rolling restart of one instance with APP_SCHEDULER=fallback, kept for the rest of
+        the run: its delayed messages wait in its own scheduler's stream while the others'
+        wait in the server's schedules; each must fire once, on time, and cancel as promised."""
+        await self._stop_instance(instance)
+        instance.process.env["APP_SCHEDULER"] = "fallback"
+        await asyncio.sleep(fault.duration)
+        await self._serve(instance)
+
+    async def _jump_clock(self, instance: Instance, fault: Fault) -> None:
+        """The instance's wall clock jumps by `detail` seconds, and back when healed."""
+        if instance.clock is None:
+            raise ChaosError("a clock fault in a system started without movable clocks")
+        instance.clock.set(int(fault.detail))
+        await asyncio.sleep(fault.duration)
+        instance.clock.set(0)
 
     async def _slow(self, instance: Instance, fault: Fault) -> None:
         for proxy in instance.proxies:
@@ -700,6 +724,8 @@ _INSTANCE_FAULTS: dict[str, InstanceFault] = {
     "net-broker": System._cut_brokers,
     "net-db": System._cut_database,
     "config-lease-ttl": System._change_lease_ttl,
+    "config-scheduler": System._fallback_scheduler,
+    "clock-jump": System._jump_clock,
 }
 _SERVER_FAULTS: dict[str, ServerFault] = {
     "kill": System._kill_server,

@@ -1,5 +1,5 @@
-"""Faults for tests: a frozen process, and a TCP proxy on loopback a test can cut, silence or
-black-hole.
+"""Faults for tests: a frozen process, a clock that jumps, and a TCP proxy on loopback a test
+can cut, silence or black-hole.
 
 A client pointed at the proxy meets what a real network does to it: a broker that went away
 (connections closed, new ones refused), a link that carries nothing for a while (bytes
@@ -18,6 +18,34 @@ import time
 from pathlib import Path
 
 from app.brokers.embedded import free_port
+
+FAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
+"""Debian's libfaketime (`apt-get install faketime`), or None where it is not installed."""
+
+
+class Clock:
+    """The wall clock of the processes started with `env`, moved while they run: libfaketime
+    reads the offset from a control file at most a second old. Their monotonic clock is left
+    alone (asyncio's timers, and every duration measured, stay true), as an NTP step leaves it."""
+
+    def __init__(self, control: Path) -> None:
+        self.control = control
+        self.set(0)
+
+    @property
+    def env(self) -> dict[str, str]:
+        if FAKETIME is None:
+            raise RuntimeError("clock faults need Debian's faketime (apt-get install faketime)")
+        return {
+            "LD_PRELOAD": str(FAKETIME),
+            "FAKETIME_TIMESTAMP_FILE": str(self.control),
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_CACHE_DURATION": "1",
+        }
+
+    def set(self, offset: int) -> None:
+        """Jump to `offset` whole seconds from the true time (0: the true time again)."""
+        self.control.write_text(f"{offset:+d}s\n")
 
 
 def freeze(pid: int, timeout: float = 5.0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import nats
@@ -13,6 +12,7 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType
 
 from app.testing import NatsServer, ServiceProcess, eventually
+from app.testing.faults import FAKETIME
 from tests.discovery.conftest import TTL, node_id, status, view
 
 pytestmark = pytest.mark.slow
@@ -108,9 +108,6 @@ async def test_nats_restart_leaves_every_view_whole_and_the_bucket_full(
             await nc.close()
         assert {key.split(".", 1)[1] for key in keys} == ids
         stop_all(services)
-
-
-FAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
 
 
 @pytest.mark.skipif(FAKETIME is None, reason="needs Debian's faketime (.ci/run installs it)")

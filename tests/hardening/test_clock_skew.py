@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from app.testing import eventually
+from app.testing.faults import FAKETIME
 
 pytestmark = pytest.mark.slow
 
-FAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
 DOMAIN = "tests.hardening.skew_domain"
 ROOT = Path(__file__).resolve().parents[2]
 CHARGES = 500

@@ -57,3 +57,20 @@ async def test_a_broker_that_does_not_answer_keeps_the_last_offset_and_is_not_as
         behind = (await server.now()).timestamp() - time.time()
         assert behind == pytest.approx(-5.0, abs=0.05)
     assert calls == 2  # one failed try, then none until RETRY_AFTER has passed
+
+
+@pytest.mark.parametrize("jump", [-30.0, 45.0])
+async def test_a_host_clock_that_jumps_after_a_measure_moves_no_broker_time(monkeypatch, jump):
+    """An NTP step or a resumed VM moves this host's wall clock between two measures: the
+    broker's time read meanwhile must not move with it (a jump back made delayed messages fire
+    that much early, found by the fault schedules' clock-jump)."""
+    true_time = time.time
+
+    async def probe() -> float:
+        return true_time()
+
+    server = ServerClock(probe)
+    await server.now()  # measured: the offset is fresh for MAX_AGE
+    monkeypatch.setattr(time, "time", lambda: true_time() + jump)
+    read = (await server.now()).timestamp()
+    assert read == pytest.approx(true_time(), abs=0.05)
