@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.chaos.run import Report, run
 from app.chaos.schedule import VALKEY_KINDS, VARIANTS, Variant, kinds_of, plan
-from app.testing.faults import FAKETIME
+from app.testing.faults import FAKETIME, Disk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"histories and reports under {out}", flush=True)
     if FAKETIME is None:
         print("clock faults skipped: libfaketime is not installed (apt-get install faketime)")
+    why = Disk.available(out)
+    args.tmpfs = why is None
+    if why is not None:
+        print(f"disk faults skipped: {why}")
     reports = asyncio.run(_run_all(args, variants, out))
     print(_table(reports))
     failed = [report for report in reports if not report.ok]
@@ -87,6 +91,7 @@ async def _run_all(args: argparse.Namespace, variants: list[Variant], out: Path)
             only=args.kinds,
             payment_timeout=args.payment_timeout,
             faketime=FAKETIME is not None,
+            tmpfs=args.tmpfs,
         )
         report = await run(schedule, out / f"{n:04d}-{variant}-{seed}")
         reports.append(report)

@@ -314,7 +314,7 @@ def excused(first: dict[str, Any], second: dict[str, Any], observed: Observed) -
         )
         # A restarted store recovers its streams after it listens again; any cut costs the
         # renewal in flight. Latency holds every renewal past the ack timeouts.
-        recovery = 1.0 if fault.kind.endswith(("kill", "restart")) else 0.5
+        recovery = 1.0 if fault.kind.endswith(("kill", "restart", "disk")) else 0.5
         long_enough = fault.seconds + recovery >= observed.stale or fault.kind == "net-latency"
         if cut_off and long_enough:
             return f"{fault.kind} {fault.target} for {fault.seconds:.1f}s at {fault.start:.1f}s"

@@ -21,7 +21,7 @@ import redis
 from app.chaos import history
 from app.chaos.checker import GRACE, FaultSpan, Observed, Violation, check, duplicates
 from app.chaos.history import Operation
-from app.chaos.schedule import CLOCK_KINDS, Fault, Schedule
+from app.chaos.schedule import CLOCK_KINDS, DISK_KINDS, Fault, Schedule
 from app.chaos.system import ChaosError, System
 from app.chaos.workload import Deadline, Load, drive
 
@@ -78,6 +78,7 @@ async def run(
         instances=schedule.instances,
         payment_timeout=schedule.payment_timeout,
         clocks=any(fault.kind in CLOCK_KINDS for fault in schedule.faults),
+        disks=any(fault.kind in DISK_KINDS for fault in schedule.faults),
     )
     operations: list[Operation] = []
     errors: list[str] = []

@@ -36,19 +36,33 @@ CLOCK_KINDS = ("clock-jump",)
 # messages on the service's subjects, outbox rows that can never be sent.
 HOSTILE_KINDS = ("stats-flood", "poison", "outbox-poison")
 NEW_KINDS = LONG_KINDS + ONE_SIDED_KINDS + HOLDER_KINDS + CONFIG_KINDS + CLOCK_KINDS + HOSTILE_KINDS
+# A full disk under nats-server (one node only) or PostgreSQL: a tmpfs filled to the last byte,
+# then freed; nats-server is restarted after (a stream that met ENOSPC stays failed until then).
+DISK_KINDS = ("broker-disk", "postgres-disk")
+# A cluster node cut from its peers by its routes' proxies; it and its clients run on.
+CLUSTER_KINDS = ("broker-partition",)
 NATS_ONLY = ("poison", "config-scheduler")  # NATS subjects; JetStream's scheduler
 NEEDS_FAKETIME = CLOCK_KINDS
 
 
-def kinds_of(variant: Variant, classic: bool = False, faketime: bool = True) -> tuple[str, ...]:
+def kinds_of(
+    variant: Variant, classic: bool = False, faketime: bool = True, tmpfs: bool = True
+) -> tuple[str, ...]:
     """Every fault kind that applies to `variant` (`classic`: the first set only;
-    `faketime`: whether libfaketime is there for the clock faults)."""
+    `faketime`: whether libfaketime is there for the clock faults; `tmpfs`: whether a tmpfs
+    can be mounted for the disk faults)."""
     kinds: tuple[str, ...] = CLASSIC_KINDS if classic else CLASSIC_KINDS + NEW_KINDS
     if not faketime:
         kinds = tuple(kind for kind in kinds if kind not in NEEDS_FAKETIME)
+    if not tmpfs:
+        kinds = tuple(kind for kind in kinds if kind not in DISK_KINDS)
+    if variant == "cluster":
+        kinds = tuple(kind for kind in kinds if kind != "broker-disk")
     if variant == "redis":
         kinds = tuple(kind for kind in kinds if kind not in NATS_ONLY)
         return kinds + VALKEY_KINDS
+    if variant == "cluster" and not classic:
+        return kinds + CLUSTER_KINDS
     return kinds
 
 
@@ -131,15 +145,17 @@ def plan(
     cover: bool = True,
     classic: bool = False,
     only: tuple[str, ...] = (),
+    also: tuple[str, ...] = (),
     payment_timeout: float | None = None,
     faketime: bool = True,
+    tmpfs: bool = True,
 ) -> Schedule:
     """The faults of one run. `cover`: every kind of the variant once, in a random order and
     at random moments; otherwise kinds drawn at random until the window is full. `classic`:
     only the first set of kinds (the CI seeds kept from before the others). `only`: these
     kinds and no others (to force the fault a finding needs)."""
     rng = random.Random(f"{seed}/{variant}")  # noqa: S311 (seeded on purpose: replayable)
-    kinds = list(only or kinds_of(variant, classic, faketime))
+    kinds = list(only or kinds_of(variant, classic, faketime, tmpfs)) + list(also)
     longest = max(publish_deadline, lease_ttl, 3 * ack_wait)
     if cover:
         rng.shuffle(kinds)
@@ -191,7 +207,7 @@ def _draw(
         target = rng.choice(["leader", "leader", "n0", "n1", "n2"])
     else:
         target = "nats"
-    if kind.endswith("-long"):
+    if kind.endswith("-long") or kind == "broker-partition":
         duration = longest + rng.uniform(1.0, 3.0)  # past every deadline, TTL and hold
     elif kind == "stats-flood":
         duration = rng.uniform(4.0, 8.0)  # a burst of 2,000, then 200 a second
@@ -210,6 +226,8 @@ def _draw(
         duration = ack_wait + rng.uniform(0.5, 1.5)  # past the ack wait: redelivery elsewhere
     elif kind.endswith("kill"):
         duration = rng.uniform(1.0, 3.0)  # down for this long, then started again
+    elif kind in DISK_KINDS:
+        duration = rng.uniform(2.0, 5.0)  # full for this long, then freed
     elif kind.endswith(("restart", "drain")):
         duration = 0.5  # stopped gracefully and started at once
     elif kind == "net-latency":

@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from app.chaos.checker import StoredOrder
 from app.chaos.domain import LEASE
 from app.chaos.schedule import Fault, Variant
 from app.testing import NatsCluster, ServiceProcess
-from app.testing.faults import Clock, TcpProxy, freeze, thaw
+from app.testing.faults import Clock, Disk, TcpProxy, freeze, thaw
 from app.transports.jetstream.streams import stream_name
 
 SERVICE = "chaos"
@@ -84,6 +85,7 @@ class System:
         publish_deadline: float = 1.0,
         payment_timeout: float | None = None,
         clocks: bool = False,
+        disks: bool = False,
     ) -> None:
         self.variant = variant
         self.clocks = clocks  # every instance's wall clock under libfaketime, movable
@@ -94,18 +96,29 @@ class System:
         root.mkdir(parents=True, exist_ok=True)
         self.ack_wait = ack_wait
         self.node_ttl = node_ttl
+        # With `disks`, nats-server (not a cluster's) and PostgreSQL keep their data on a
+        # tmpfs each, that the disk faults fill.
+        self.disks: dict[str, Disk] = {}
+        if disks:
+            if variant != "cluster":
+                self.disks["nats"] = Disk(root / "nats-disk", 128)
+            self.disks["postgres"] = Disk(root / "postgres-disk", 512)
+            for disk in self.disks.values():
+                disk.mount()
+        nats_root = self.disks["nats"].path if "nats" in self.disks else root
+        postgres_root = self.disks["postgres"].path if "postgres" in self.disks else root
         self.nats: NatsServer | None = None
         self.cluster: NatsCluster | None = None
         self.valkey: ValkeyServer | None = None
         if variant == "cluster":
-            self.cluster = NatsCluster(root / "cluster", advertise=False)
+            self.cluster = NatsCluster(root / "cluster", advertise=False, route_proxies=True)
             self.nats_nodes = self.cluster.nodes
         else:
-            self.nats = NatsServer(root / "nats", sync="always")  # the product's default
+            self.nats = NatsServer(nats_root / "nats", sync="always")  # the product's default
             self.nats_nodes = [self.nats]
         if variant == "redis":
             self.valkey = ValkeyServer(root / "valkey")
-        self.postgres = PostgresServer(root / "postgres")
+        self.postgres = PostgresServer(postgres_root / "postgres")
         self.instances = [self._instance(index) for index in range(instances)]
         self._spawned: dict[int, float] = {}  # pid -> create time, of every process started
 
@@ -156,6 +169,10 @@ class System:
                 "APP_QOS2_TRANSPORT": "redis",
                 "APP_REDIS_CLAIM_IDLE": str(self.ack_wait),
             }
+        if self.disks:
+            # A stream may reserve no more than the server can store: the dead-letter
+            # stream's default gigabyte is refused on a small disk.
+            env["APP_DLQ_MAX_BYTES"] = str(16 * 1024 * 1024)
         clock = None
         if self.clocks:
             clock = Clock(workdir / "clock")
@@ -167,6 +184,8 @@ class System:
     # -- whole system -------------------------------------------------------------------
 
     async def start(self) -> None:
+        for hop in self._routes():
+            await hop.start()
         await asyncio.gather(*(self._start_server(server) for server in self.brokers))
         if self.cluster is not None:
             await self.cluster.wait_ready(timeout=START_TIMEOUT)
@@ -183,6 +202,15 @@ class System:
             for proxy in instance.proxies:
                 await proxy.stop()
         await asyncio.gather(*(self._stop_server(server) for server in self.brokers))
+        for hop in self._routes():
+            await hop.stop()
+        for name, disk in self.disks.items():
+            for log in disk.path.rglob("*.log"):  # kept for the report, the disk goes
+                shutil.copy(log, self.root / f"{name}-{log.name}")
+            disk.unmount()
+
+    def _routes(self) -> list[TcpProxy]:
+        return list(self.cluster.route_proxies.values()) if self.cluster else []
 
     def leftovers(self) -> list[str]:
         """Every process this system started that still runs."""
@@ -346,6 +374,29 @@ class System:
         await self._stop_server(server)
         await asyncio.sleep(fault.duration)
         await self._start_server(server)
+
+    async def _fill_disk(self, server: ServerProcess, fault: Fault) -> None:
+        """The server's disk full for the fault's duration, then freed. nats-server is then
+        restarted, as its operator (or a liveness probe) must: a stream whose write met ENOSPC
+        keeps failing until the server restarts. PostgreSQL is started again only if the full
+        disk brought it down (a WAL write that fails is a PANIC)."""
+        disk = self.disks["postgres" if server is self.postgres else "nats"]
+        disk.fill()
+        await asyncio.sleep(fault.duration)
+        disk.free()
+        if server is not self.postgres:
+            await self._restart_server(server, replace(fault, duration=0.0))
+        elif not server.running:
+            server.stop()
+            await self._start_server(server)
+
+    async def _partition_server(self, server: ServerProcess, fault: Fault) -> None:
+        """A cluster node cut from its peers (its routes' proxies), while it and the instances
+        connected to it run on: it loses quorum, its streams' leadership moves to the others,
+        and its clients' requests fail until the routes are back."""
+        assert self.cluster is not None
+        self.cluster.partition(self.cluster.nodes.index(server), fault.duration)  # type: ignore[arg-type]
+        await asyncio.sleep(fault.duration)
 
     async def _pause_server(self, server: ServerProcess, fault: Fault) -> None:
         """Every process of the server: PostgreSQL serves each connection from a child."""
@@ -731,4 +782,6 @@ _SERVER_FAULTS: dict[str, ServerFault] = {
     "kill": System._kill_server,
     "restart": System._restart_server,
     "pause": System._pause_server,
+    "partition": System._partition_server,
+    "disk": System._fill_disk,
 }

@@ -103,12 +103,16 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     # Shutting down, crashed or starting: "terminating connection due to administrator
     # command" and its kind (admin_shutdown, crash_shutdown, cannot_connect_now).
     asyncpg.exceptions.OperatorInterventionError,
+    # Out of room: disk full, out of memory, too many connections. Not the caller's fault, and
+    # gone once the operator (or a checkpoint, or another client) makes room.
+    asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
     OSError,
     TimeoutError,
 )
 """The database did not answer (restarting, unreachable, a connection cut, a statement timed
-out): what a caller waits out or answers 503 to, rather than a failure of its own."""
+out) or had no room for the work (a full disk): what a caller waits out or answers 503 to,
+rather than a failure of its own."""
 
 
 def unavailable(exc: BaseException) -> bool:

@@ -213,21 +213,52 @@ class NatsCluster:
     Each node has its own store, server name (`n0`, `n1`, ...) and ports, all kept across
     restarts, and reads a generated config file (`node.conf` in its store), so `kill(i)` and
     `start(i)` bring back the same cluster member with its data.
+
+    `route_proxies`: every route runs through a proxy of its own, `route_proxies[(i, j)]` from
+    node i to node j (started by the caller, in its event loop), so that a node can be cut from
+    its peers while it and its clients run on. Each node advertises an address nobody listens
+    on, so that gossip cannot teach the others a way to it around the proxies.
     """
 
     def __init__(
-        self, root: Path, size: int = 3, name: str = "qosmesh-test", advertise: bool = True
+        self,
+        root: Path,
+        size: int = 3,
+        name: str = "qosmesh-test",
+        advertise: bool = True,
+        route_proxies: bool = False,
     ) -> None:
         self.name = name
         cluster_ports = [free_port() for _ in range(size)]
+        self.route_proxies: dict[tuple[int, int], TcpProxy] = {}
+        if route_proxies:
+            self.route_proxies = {
+                (i, j): TcpProxy("127.0.0.1", cluster_ports[j])
+                for i in range(size)
+                for j in range(size)
+                if i != j
+            }
         self.nodes: list[NatsServer] = []
         for index, port in enumerate(cluster_ports):
             store = (root / f"n{index}").resolve()
             store.mkdir(parents=True, exist_ok=True)
-            routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports if p != port]
+            if route_proxies:
+                hops = [self.route_proxies[(index, j)] for j in range(size) if j != index]
+                routes = [f"nats://127.0.0.1:{hop.port}" for hop in hops]
+                nowhere: str | None = f"127.0.0.1:{free_port()}"
+            else:
+                routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports if p != port]
+                nowhere = None
             config = store / "node.conf"
-            config.write_text(_node_config(f"n{index}", name, port, routes, advertise))
+            config.write_text(_node_config(f"n{index}", name, port, routes, advertise, nowhere))
             self.nodes.append(NatsServer(store, extra_args=["-c", str(config)]))
+
+    def partition(self, index: int, seconds: float) -> None:
+        """Cut node `index` from every peer for `seconds` (its routes' proxies close their
+        connections and refuse new ones); its clients stay connected to it."""
+        for (i, j), proxy in self.route_proxies.items():
+            if index in (i, j):
+                proxy.cut(refuse_for=seconds)
 
     @property
     def urls(self) -> str:
@@ -310,11 +341,18 @@ class NatsCluster:
 
 
 def _node_config(
-    server_name: str, cluster: str, port: int, routes: list[str], advertise: bool
+    server_name: str,
+    cluster: str,
+    port: int,
+    routes: list[str],
+    advertise: bool,
+    route_advertise: str | None = None,
 ) -> str:
     """`advertise=False` keeps clients on the URLs they were given (a proxy in front of each
-    node, say) rather than the node addresses the cluster would tell them."""
+    node, say) rather than the node addresses the cluster would tell them. `route_advertise`:
+    the address this node gives its peers for routes (gossip), instead of its own."""
     route_list = ", ".join(f'"{route}"' for route in routes)
+    gossip = f'  advertise: "{route_advertise}"\n' if route_advertise else ""
     return (
         f'server_name: "{server_name}"\n'
         f"cluster {{\n"
@@ -322,6 +360,7 @@ def _node_config(
         f'  listen: "127.0.0.1:{port}"\n'
         f"  routes: [{route_list}]\n"
         f"  no_advertise: {'false' if advertise else 'true'}\n"
+        f"{gossip}"
         f"}}\n"
     )
 

@@ -1,5 +1,5 @@
-"""Faults for tests: a frozen process, a clock that jumps, and a TCP proxy on loopback a test
-can cut, silence or black-hole.
+"""Faults for tests: a frozen process, a clock that jumps, a disk that fills up, and a TCP proxy
+on loopback a test can cut, silence or black-hole.
 
 A client pointed at the proxy meets what a real network does to it: a broker that went away
 (connections closed, new ones refused), a link that carries nothing for a while (bytes
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,64 @@ from app.brokers.embedded import free_port
 
 FAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
 """Debian's libfaketime (`apt-get install faketime`), or None where it is not installed."""
+
+
+class Disk:
+    """A small tmpfs mounted at `path` (as root), that `fill` fills to the last byte: every write
+    of a server keeping its data there fails with ENOSPC, as on a full disk, until `free`.
+
+    A store limit a server enforces itself (JetStream's `max_file_store`) is refused politely
+    and never reaches the code paths a real full disk does (a failed write halfway through a
+    block, a WAL segment that cannot be created): the filesystem is the faithful place."""
+
+    def __init__(self, path: Path, size_mib: int) -> None:
+        self.path = path
+        self.size_mib = size_mib
+        self._filler = path / ".disk-full"
+
+    @staticmethod
+    def available(scratch: Path) -> str | None:
+        """None when a tmpfs can be mounted here, else why not (in one line)."""
+        probe = scratch / "tmpfs-probe"
+        probe.mkdir(parents=True, exist_ok=True)
+        try:
+            _mount(probe, 1)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            return f"a tmpfs cannot be mounted here (it needs root): {exc}"
+        finally:
+            with contextlib.suppress(OSError, subprocess.CalledProcessError):
+                _unmount(probe)
+        return None
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _mount(self.path, self.size_mib)
+
+    def unmount(self) -> None:
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            _unmount(self.path)
+
+    def fill(self) -> None:
+        """Take every free byte (blocks actually allocated, not a sparse file)."""
+        stat = os.statvfs(self.path)
+        fd = os.open(self._filler, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            with contextlib.suppress(OSError):  # ENOSPC at the very end: full is full
+                os.posix_fallocate(fd, 0, stat.f_bavail * stat.f_frsize)
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)
+
+
+def _mount(path: Path, size_mib: int) -> None:
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=10)
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=True, capture_output=True, timeout=10)  # noqa: S607
 
 
 class Clock:

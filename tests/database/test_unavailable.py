@@ -28,3 +28,16 @@ def test_an_error_of_the_callers_own_is_not_unavailable():
     adapted = RuntimeError(str(cause))
     adapted.__cause__ = cause
     assert not unavailable(sa_exc.DBAPIError("INSERT", None, adapted))
+
+
+def test_a_full_disk_counts_as_unavailable():
+    """Class 53 (disk full, out of memory, too many connections): the database cannot take
+    the work now and may later, so a command answers 503 with Retry-After. The fault schedules
+    found 500s with PostgreSQL's disk full ("could not extend file": the postgres-disk fault)."""
+    for cause in (
+        asyncpg.exceptions.DiskFullError("could not extend file"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    ):
+        adapted = RuntimeError(str(cause))
+        adapted.__cause__ = cause
+        assert unavailable(sa_exc.DBAPIError("INSERT", None, adapted)), type(cause).__name__
