@@ -41,8 +41,9 @@ class ServerClock:
 
     def __init__(self, probe: Probe) -> None:
         self._probe = probe
-        self._server = 0.0  # the broker's time (Unix seconds) ...
-        self._at = 0.0  # ... at this moment of this host's monotonic clock
+        self._server = 0.0  # the broker's time (Unix seconds), stamped between ...
+        self._sent = 0.0  # ... the request's sending and ...
+        self._answered = 0.0  # ... its answer, on this host's monotonic clock
         self._measured = -math.inf  # monotonic
 
     async def sync(self) -> None:
@@ -52,12 +53,22 @@ class ServerClock:
         if answered - sent > MAX_ROUND_TRIP and self._measured != -math.inf:
             self._measured = answered - MAX_AGE + RETRY_AFTER  # soon again
             return
-        self._server, self._at = server, (sent + answered) / 2
+        self._server, self._sent, self._answered = server, sent, answered
         self._measured = answered
 
     async def now(self) -> datetime:
-        """The broker's time now, from a measure at most `MAX_AGE` old (measured again when
-        older; the last one is counted on from when the broker does not answer)."""
+        """The latest the broker's time can be now, from a measure at most `MAX_AGE` old
+        (measured again when older; the last one is counted on from when the broker does not
+        answer): what due times are counted from."""
+        await self._fresh()
+        return datetime.fromtimestamp(self._server + time.monotonic() - self._sent, UTC)
+
+    async def earliest(self) -> datetime:
+        """The earliest the broker's time can be now: what is due is judged by it."""
+        await self._fresh()
+        return datetime.fromtimestamp(self._server + time.monotonic() - self._answered, UTC)
+
+    async def _fresh(self) -> None:
         if time.monotonic() - self._measured > MAX_AGE:
             try:
                 await self.sync()
@@ -65,7 +76,6 @@ class ServerClock:
                 if self._measured == -math.inf:
                     raise
                 self._measured = time.monotonic() - MAX_AGE + RETRY_AFTER
-        return datetime.fromtimestamp(self._server + time.monotonic() - self._at, UTC)
 
 
 def nats_time(nc: NatsClient, stream: Callable[[], str]) -> Probe:

@@ -74,3 +74,24 @@ async def test_a_host_clock_that_jumps_after_a_measure_moves_no_broker_time(monk
     monkeypatch.setattr(time, "time", lambda: true_time() + jump)
     read = (await server.now()).timestamp()
     assert read == pytest.approx(true_time(), abs=0.05)
+
+
+async def test_due_times_are_stamped_from_the_latest_the_broker_time_can_be():
+    """The broker stamps its answer somewhere within the round trip, so its time now is known
+    only within the round trip: a due time counted from the midpoint can be up to half of it
+    early (the fault schedules saw a reminder fire 10 ms early under load). `now` is the
+    latest the broker's time can be (a due time counted from it never comes early), and
+    `earliest` the earliest (a scheduler that moves what is due by it never moves early)."""
+
+    async def probe() -> float:
+        stamped = time.time()  # the broker stamps at once, then its answer takes 0.3 s
+        await asyncio.sleep(0.3)
+        return stamped
+
+    server = ServerClock(probe)
+    await server.now()  # measured
+    latest, true = (await server.now()).timestamp(), time.time()
+    earliest = (await server.earliest()).timestamp()
+    assert latest >= true - 0.005
+    assert earliest <= true + 0.005
+    assert latest - earliest == pytest.approx(0.3, abs=0.05)

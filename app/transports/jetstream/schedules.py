@@ -300,7 +300,8 @@ class FallbackSchedules:
             # read the whole stream again; whatever fired meanwhile is gone from it.
             await self._follow()
             self._followed_as = followed_as
-        now = (await self._clock.now()).timestamp()  # the server's time, not this host's
+        # The server's time, not this host's: the earliest it can be, so nothing moves early.
+        now = (await self._clock.earliest()).timestamp()
         while self._due and self._due[0][0] <= now:
             due, seq = heapq.heappop(self._due)
             try:
