@@ -60,6 +60,21 @@ CHAOS_PARAGRAPH = (
     "runs three fixed seeds of it (docs/reliability.md).\n"
 )
 """The README's paragraph on the harness, left out with the example."""
+NO_DOMAIN = """## Your own domain
+
+This service has no domain yet (`APP_DOMAIN` is empty): it runs discovery, the bus, the
+console and the health endpoints alone. To add yours:
+
+1. Make a package, `app/billing` (say), whose `__init__.py` gives the service its `router`
+   (the HTTP commands and queries), a `setup(bus, brokers, settings)` that registers its
+   handlers before the bus starts, `singletons(state, instance)` for jobs one instance at a
+   time runs, and `USES_DATABASE` and `MIGRATIONS` (docs/architecture.md, "A new message
+   type" and "A new endpoint"; the template's own example domain shows each part).
+2. Set `APP_DOMAIN=app.billing` (or `DEFAULT_DOMAIN` in `app/settings.py`).
+3. Put its tests under `tests/billing`: `python3 dev.py test` runs them with the rest.
+
+"""
+"""The README's section on the domain when the example is left out."""
 
 HELM_ONLY = (
     "helm",
@@ -302,6 +317,9 @@ def _readme(text: str, options: Options) -> str:
             text, "\n\nThe mesh: list it", " In a second terminal, the mesh: list it", "README.md"
         )
         text = _cut(text, "A message no handler can read goes", "The console shows", "README.md")
+        text = _cut(text, "A domain is a package", "## Configuration", "README.md")
+        text = _cut(text, " The example domain reads one", "\n\n## Documentation", "README.md")
+        text = _replace(text, "## Your own domain\n\n", NO_DOMAIN, "README.md")
         text = "".join(
             line
             for line in text.splitlines(True)

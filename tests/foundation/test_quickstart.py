@@ -1,6 +1,7 @@
 """The README's quickstart, run from the README's own text so that it cannot drift: the first
-block (`dev.py run --instances 3`) on a terminal of its own, the second as a script beside it.
-Only the ports (8000-8002) and the data dir (`.data`) are changed, to free ones."""
+block (`dev.py run --instances 3`) on a terminal of its own, the others as a script beside it,
+the order and payment block twice (a reader runs it again, against the kept `.data`). Only the
+ports (8000-8002) and the data dir (`.data`) are changed, to free ones."""
 
 import json
 import os
@@ -95,8 +96,8 @@ def alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_readme_quickstart_runs_as_written(tmp_path):
-    start, *rest = quickstart()
-    steps = "\n".join(rest)
+    start, pay, *rest = quickstart()
+    steps = "\n".join([pay, pay, *rest])
     base = consecutive_ports(3)
     data = tmp_path / "data"
     env = {**os.environ, "APP_PORT": str(base), "APP_DATA_DIR": str(data)}
@@ -125,10 +126,13 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     assert re.search(r"^3 instances$", second, re.M)
     assert re.search(rf"left +\S+ \S+ \S+:{base + 2} \(expired", second)
     if (ROOT / "app" / "example").is_dir():
-        replies = [line for line in second.splitlines() if '"payment_id":"pay-1"' in line]
-        assert len(replies) == 2
-        assert json.loads(replies[0]) == json.loads(replies[1]), "the same key answered alike"
-        assert re.search(r'"status":"confirmed","paid":500', second), "paid once"
+        replies = [line for line in second.splitlines() if '"payment_id":"pay-' in line]
+        assert len(replies) == 4, second
+        for first_reply, again in (replies[:2], replies[2:]):
+            assert json.loads(first_reply) == json.loads(again), "the same key answered alike"
+        assert json.loads(replies[0]) != json.loads(replies[2]), "a new order, a new key"
+        paid = re.findall(r'"status":"confirmed","paid":500', second)
+        assert len(paid) == 2, "paid once, each time the block ran"
         assert re.search(r"stored in \w+_ORDER_PLACED", second)
         assert "not json" in second  # the dead letter, shown
     for index in range(3):

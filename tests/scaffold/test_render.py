@@ -107,6 +107,8 @@ def test_example_off_leaves_out_the_example_and_its_tests(render: Render):
     readme = (project / "README.md").read_text()
     assert "| APP_DOMAIN |  |" in readme
     assert "chaos" not in readme  # the harness drives the example: it goes with it
+    assert not re.findall(r"(?i)\borders\b|\bpayments?\b|\ban order\b", readme), "the example"
+    assert "This service has no domain yet" in readme  # and the steps to add one
     left = [p for p in (project / "tests").rglob("*.py") if "app.example" in p.read_text()]
     assert left == []
 
