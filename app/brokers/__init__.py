@@ -8,6 +8,7 @@ from app.brokers.connections import (
     RUNNING_URL,
     Brokers,
     open_brokers,
+    redact_text,
     redact_url,
     run_embedded,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "RUNNING_URL",
     "Brokers",
     "open_brokers",
+    "redact_text",
     "redact_url",
     "run_embedded",
 ]

@@ -102,6 +102,24 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{shown}{address}"
 
 
+def redact_text(text: str, url: str) -> str:
+    """`text` (a driver's message, which may echo `url`) with `url` shown as `redact_url`
+    shows it and its password or token hidden wherever else it appears; the user name stays."""
+    text = text.replace(url, redact_url(url))
+    _scheme, _sep, rest = url.partition("://")
+    userinfo, at, _host = rest.rpartition("@")
+    if at:
+        _user, colon, password = userinfo.partition(":")
+        secret = password if colon else userinfo if _scheme.lower() in TOKEN_SCHEMES else ""
+        if secret:
+            text = text.replace(secret, "***")
+    for part in url.partition("?")[2].split("&"):
+        name, equals, value = part.partition("=")
+        if equals and value and any(word in name.lower() for word in SECRET_PARAMETERS):
+            text = text.replace(value, "***")
+    return text
+
+
 def _redact_parameter(part: str) -> str:
     name, equals, _value = part.partition("=")
     if equals and any(word in name.lower() for word in SECRET_PARAMETERS):

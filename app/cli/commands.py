@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app.cli import database, dlq, nats_permissions, nodes, outbox, publish
+from app.cli.binding import bind
 from app.errors import ConfigurationError
 from app.instance.services import services_of
 from app.settings import Settings, describe_validation_error
@@ -53,6 +54,9 @@ def serve(settings: Settings) -> int:
     from app.logs import configure_logging
     from app.main import create_app
 
+    sock = bind(settings.host, settings.port)
+    if sock is None:
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -63,7 +67,7 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout) or None,
     )
     server = DrainingServer(config, app)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 3
 
 

@@ -26,6 +26,7 @@ from types import FrameType
 
 from app.brokers import run_embedded
 from app.brokers.embedded import NatsServer, ValkeyServer, die_with_parent
+from app.cli.binding import bind
 from app.main import load_domain
 from app.settings import Settings
 from app.transports.registry import needs_redis
@@ -85,6 +86,11 @@ class Instance:
 
 
 def run(settings: Settings, count: int) -> int:
+    for port in range(settings.port, settings.port + count):  # each, before any server starts
+        sock = bind(settings.host, port)
+        if sock is None:
+            return 2
+        sock.close()
     terminal = sys.stdout.isatty()
     stopping: list[bool] = []
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from app.brokers import RUNNING_URL, redact_url
+from app.brokers import RUNNING_URL, redact_text, redact_url
 from app.brokers.embedded import PostgresServer, StoreLock
 from app.database.metrics import outbox_levels
 from app.database.migrate import upgrade
@@ -113,6 +113,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 """The database did not answer (restarting, unreachable, a connection cut, a statement timed
 out) or had no room for the work (a full disk): what a caller waits out or answers 503 to,
 rather than a failure of its own."""
+
+
+SAY_EVERY = 5.0
+"""Seconds between two lines of a start still waiting for its database."""
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -219,6 +223,7 @@ async def _check(
     whole); one that answers no (credentials, no such database) stops the start at once."""
     give_up = time.monotonic() + wait_for
     delay = 0.25
+    said_at: float | None = None  # when the last "waiting" line was logged
     while True:
         connected = False
         try:
@@ -233,21 +238,40 @@ async def _check(
                 raise  # the migration itself failed: its own error says why
             if not unavailable(exc) or time.monotonic() + delay > give_up:
                 raise _unavailable(url, exc) from None
-            log.warning("start: PostgreSQL did not answer (%s); trying again", type(exc).__name__)
+            now = time.monotonic()
+            if said_at is None:
+                log.warning(
+                    "start: PostgreSQL at %s is not reachable yet (%s); waiting up to %g s "
+                    "(APP_DATABASE_CONNECT_TIMEOUT)",
+                    redact_url(url),
+                    type(exc).__name__,
+                    wait_for,
+                )
+                said_at = now
+            elif now - said_at >= SAY_EVERY:
+                log.warning(
+                    "start: still waiting for PostgreSQL (%s); %.0f s left",
+                    type(exc).__name__,
+                    give_up - now,
+                )
+                said_at = now
         await asyncio.sleep(delay)
         delay = min(RETRY_CAP, delay * 2)
 
 
 def _unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
-    """One line naming the server and the reason. The reason is the driver's first line, with
-    the URL and its user info cut out should it echo them (SQLAlchemy quotes a URL it cannot
-    parse)."""
+    """One line naming the server and the reason: the driver's first line, with the URL's
+    secrets hidden should it echo them (SQLAlchemy quotes a URL it cannot parse). The user
+    name stays: it is what a `role "..." does not exist` asks to fix."""
     reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-    _scheme, _sep, rest = url.partition("://")
-    userinfo, at, _host = rest.rpartition("@")
-    for secret in (url, userinfo if at else ""):
-        if secret:
-            reason = reason.replace(secret, "***")
+    if unavailable(exc):
+        hint = (
+            "is it running and reachable from here? (APP_DATABASE_URL names it; "
+            "APP_DATABASE_CONNECT_TIMEOUT is how long a start waits)"
+        )
+    else:
+        hint = "check the user, password and database name in APP_DATABASE_URL"
     return DatabaseUnavailableError(
-        f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}: {reason}"
+        f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}: "
+        f"{redact_text(reason, url)}; {hint}"
     )

@@ -3,7 +3,7 @@
 
 import pytest
 
-from app.brokers import redact_url
+from app.brokers import redact_text, redact_url
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,21 @@ from app.brokers import redact_url
 )
 def test_urls_in_logs_keep_the_user_and_hide_every_secret(url, shown):
     assert redact_url(url) == shown
+
+
+def test_a_drivers_message_keeps_the_user_name_and_hides_the_password():
+    """PostgreSQL says `role "alice" does not exist`: the name is what must be fixed, and it
+    is no secret (the password is)."""
+    url = "postgresql://alice:s3cret-pw@db:5432/shop?sslpassword=k3y"
+    said = f'password authentication failed for user "alice" (s3cret-pw) at {url}; k3y'
+    shown = redact_text(said, url)
+    assert 'user "alice"' in shown
+    assert "s3cret-pw" not in shown
+    assert "k3y" not in shown
+    assert "postgresql://alice:***@db:5432/shop?sslpassword=***" in shown
+    no_password = "postgresql://postgres@db/shop"
+    assert redact_text('role "postgres" does not exist', no_password) == (
+        'role "postgres" does not exist'
+    )
+    token = "nats://t0ken-value@host:4222"
+    assert "t0ken-value" not in redact_text(f"bad token t0ken-value at {token}", token)
