@@ -105,6 +105,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* True (non-empty) when the pods get a database URL: given, or from CloudNativePG. */}}
+{{- define "qosmesh.hasDatabase" -}}
+{{- if or .Values.secrets.APP_DATABASE_URL .Values.existingSecret .Values.cloudnativepg.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The CloudNativePG Cluster (cloudnativepg); the operator refuses names over 50 characters. */}}
+{{- define "qosmesh.cnpgCluster" -}}
+{{- printf "%s-db" (include "qosmesh.fullname" . | trunc 47 | trimSuffix "-") -}}
+{{- end }}
+
+{{/* APP_DATABASE_URL from the Secret CloudNativePG writes for that Cluster (<cluster>-app,
+     key `uri`); env, so it wins over a key of the same name in existingSecret. */}}
+{{- define "qosmesh.databaseEnv" -}}
+{{- if .Values.cloudnativepg.enabled -}}
+- name: APP_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "qosmesh.cnpgCluster" . }}-app
+      key: uri
+{{- end }}
+{{- end }}
+
 {{/* Refuse values that would start pods bound to fail. */}}
 {{- define "qosmesh.validate" -}}
 {{- $drain := .Values.config.APP_DRAIN_TIMEOUT | default 20 | float64 }}
@@ -119,8 +141,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $usesRedis (not .Values.secrets.APP_REDIS_URL) (not .Values.existingSecret) }}
 {{- fail "a QoS level uses the redis transport: set secrets.APP_REDIS_URL (or existingSecret); the image has no embedded Valkey" }}
 {{- end }}
-{{- if and .Values.database.required (not .Values.secrets.APP_DATABASE_URL) (not .Values.existingSecret) }}
-{{- fail "the service keeps data in PostgreSQL (the example does): set secrets.APP_DATABASE_URL (or existingSecret), or database.required=false for a domain without one; the image has no embedded PostgreSQL" }}
+{{- if and .Values.database.required (not (include "qosmesh.hasDatabase" .)) }}
+{{- fail "no database configured: the service keeps data in PostgreSQL (the example does) and the image has none embedded. Either set secrets.APP_DATABASE_URL (or existingSecret) to a PostgreSQL of your own, or set cloudnativepg.enabled=true for a cluster run by the CloudNativePG operator (installed in the cluster first); database.required=false for a domain without a database (docs/deploy.md)" }}
+{{- end }}
+{{- if and .Values.cloudnativepg.enabled .Values.secrets.APP_DATABASE_URL }}
+{{- fail "set secrets.APP_DATABASE_URL or cloudnativepg.enabled, not both: with cloudnativepg the URL comes from the Secret the operator writes" }}
 {{- end }}
 {{- if .Values.natsUsers.enabled }}
 {{- if not .Values.nats.enabled }}
