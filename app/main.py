@@ -87,10 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start_failed(log, exc)
                 raise
             log.info("service started", extra={"service": settings.service_name})
-            if banner.wanted(settings) and services.rebuilder is not None:
-                runtime = services.rebuilder.current
-                if runtime is not None:
-                    print(banner.render(settings, services, runtime), file=sys.stderr, flush=True)
+            runtime = services.rebuilder.current if services.rebuilder is not None else None
+            if runtime is not None and banner.wanted(settings):
+                print(banner.render(settings, services, runtime), file=sys.stderr, flush=True)
+            elif runtime is not None:
+                log.info(banner.one_line(settings, services, runtime))
             yield
             log.info("service stopping", extra={"service": settings.service_name})
             await drain.begin()

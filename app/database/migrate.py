@@ -9,6 +9,7 @@ deleting the domain deletes its migrations with it: its package names the folder
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x716D6967  # "qmig": the advisory lock instances migrate under
+
+
+class _OneLine(logging.Filter):
+    """Alembic logs each revision with the first paragraph of its docstring, wrapped over
+    several lines: one event, one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = " ".join(message.split()), None
+        return True
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_OneLine())
 
 
 def _config(connection: Connection, domains: Sequence[Path]) -> Config:

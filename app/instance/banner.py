@@ -1,5 +1,6 @@
 """The few lines an instance prints for a person once it is ready: who it is, what it runs on,
-where to look, and how many peers it sees. Only on a terminal, never in JSON logs."""
+where to look, and how many peers it sees. On a terminal beside text logs; elsewhere (a file,
+a pipe, JSON logs) the same facts as one `ready` log line."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ def wanted(settings: Settings, stream: TextIO = sys.stderr) -> bool:
 
 
 def render(settings: Settings, services: Services, runtime: Runtime) -> str:
+    rows = _rows(settings, services, runtime)
+    me = runtime.discovery.self_info
+    lines = [f"{BOLD}{me.service}{RESET} {me.version} {CYAN}ready{RESET}"]
+    lines += [f"  {DIM}{name:<10}{RESET}{value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def one_line(settings: Settings, services: Services, runtime: Runtime) -> str:
+    """The banner's facts as one log line."""
+    rows = _rows(settings, services, runtime)
+    return "ready: " + "; ".join(f"{name} {value}" for name, value in rows)
+
+
+def _rows(settings: Settings, services: Services, runtime: Runtime) -> list[tuple[str, str]]:
     me = runtime.discovery.self_info
     nc = runtime.brokers.nc
     url = me.address.rstrip("/")
@@ -38,7 +53,7 @@ def render(settings: Settings, services: Services, runtime: Runtime) -> str:
     seen = f"{peers} other instance{'s' if peers != 1 else ''} of {me.service}"
     if others:
         seen += f", {others} of other services"
-    rows = [
+    return [
         ("node", f"{me.node_id}  {url}"),
         ("broker", broker),
         ("messaging", transports),
@@ -49,9 +64,6 @@ def render(settings: Settings, services: Services, runtime: Runtime) -> str:
         ("events", f"{url}/nodes/events"),
         ("peers", seen),
     ]
-    lines = [f"{BOLD}{me.service}{RESET} {me.version} {CYAN}ready{RESET}"]
-    lines += [f"  {DIM}{name:<10}{RESET}{value}" for name, value in rows]
-    return "\n".join(lines)
 
 
 def _database(settings: Settings, services: Services) -> str:

@@ -1,6 +1,6 @@
 """`python -m app --instances N` off a terminal: every line of every instance comes through as
-JSON with its prefix (no colour codes, no banner); SIGTERM stops them all and the servers; a
-second run finds the broker's data of the first."""
+JSON with its prefix (no colour codes; the banner as one `ready` log line); SIGTERM stops them
+all and the servers; a second run finds the broker's data of the first."""
 
 import json
 import os
@@ -68,7 +68,9 @@ def test_off_a_terminal_the_lines_are_prefixed_json_and_a_second_run_keeps_the_d
         assert tag in ("[i0]", "[i1]"), line
         entry = json.loads(text)
         assert "color_message" not in entry
-    assert not [line for line in first if " ready" in line and "node" in line], "a banner"
+    ready = [json.loads(line.partition(" ")[2]) for line in first if '"msg": "ready: ' in line]
+    assert len(ready) == 2, "each instance says it is ready, in one log line"
+    assert all("/console" in entry["msg"] and "/metrics" in entry["msg"] for entry in ready)
     created = [line for line in first if "created discovery bucket" in line]
     assert created  # both may race to create it: creating is idempotent
 
