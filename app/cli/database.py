@@ -14,10 +14,27 @@ from app.settings import Settings
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    database = commands.add_parser("db", help="the database's schema")
-    actions = database.add_subparsers(dest="db_command", required=True)
-    actions.add_parser("upgrade", help="migrate the schema to the newest revision")
-    actions.add_parser("current", help="print the schema's revision")
+    database = commands.add_parser(
+        "db",
+        help="the database's schema",
+        description="The schema of the database at APP_DATABASE_URL (or the embedded one):\n"
+        "migrate it, or say which revision it is at.",
+        epilog="examples:\n  python -m app db upgrade\n  python -m app db current",
+    )
+    actions = database.add_subparsers(dest="db_command", required=True, help="what to do")
+    actions.add_parser(
+        "upgrade",
+        help="migrate the schema to the newest revision",
+        description="Migrate the schema to the newest revision: the deploy step, when\n"
+        "migrations do not run as the service starts.",
+        epilog="example:\n  APP_DATABASE_URL=postgresql://... python -m app db upgrade",
+    )
+    actions.add_parser(
+        "current",
+        help="print the schema's revision",
+        description="Print the revision the schema is at.",
+        epilog="example:\n  python -m app db current",
+    )
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:

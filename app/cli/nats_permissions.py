@@ -20,9 +20,21 @@ from app.settings import Settings
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
-        "nats-permissions", help="print the NATS permissions this service needs"
+        "nats-permissions",
+        help="print the NATS permissions this service needs",
+        description="The NATS permissions this service needs with its settings and domain,\n"
+        "without a broker (docs/security.md).",
+        epilog="examples:\n"
+        "  python -m app nats-permissions\n"
+        "  python -m app nats-permissions --format helm > permissions.json",
     )
-    command.add_argument("--format", choices=("conf", "json", "helm"), default="conf")
+    command.add_argument(
+        "--format",
+        choices=("conf", "json", "helm"),
+        default="conf",
+        help="conf: a permissions block for nats-server's configuration (the default); "
+        "json; helm: values for the Helm chart's bundled cluster",
+    )
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:

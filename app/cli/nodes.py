@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
@@ -30,9 +31,18 @@ COLUMNS = ("SERVICE", "NODE", "ADDRESS", "VERSION", "UPTIME", "READY")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    nodes = commands.add_parser("nodes", help="list the instances discovery sees")
-    nodes.add_argument("--watch", action="store_true", help="then follow joins and leaves")
-    nodes.add_argument("--service", help="only this service's instances")
+    nodes = commands.add_parser(
+        "nodes",
+        help="list the instances discovery sees",
+        description="The instances in the discovery bucket, as a table: service, node,\n"
+        "address, version, uptime, and whether each answers /readyz. It registers\n"
+        "nothing itself.",
+        epilog="examples:\n  python -m app nodes\n  python -m app nodes --watch --service orders",
+    )
+    nodes.add_argument(
+        "--watch", action="store_true", help="then follow joins, changes and leaves (Ctrl-C stops)"
+    )
+    nodes.add_argument("--service", metavar="NAME", help="only this service's instances")
 
 
 async def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -41,7 +51,9 @@ async def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.st
             kv = await brokers.js.key_value(settings.discovery_bucket)
         except (BucketNotFoundError, NotFoundError):
             print(
-                f"no discovery bucket {settings.discovery_bucket!r}: no instance ran here", file=out
+                f"no discovery bucket {settings.discovery_bucket!r}: no instance ran against this "
+                "broker; start one with python -m app",
+                file=out,
             )
             return 1
         watcher = await kv.watchall()
@@ -117,14 +129,7 @@ async def _table(nodes: list[NodeInfo], out: TextIO) -> None:
         (n.service, n.node_id, n.address, n.version, _uptime(now - n.started_at), r)
         for n, r in zip(nodes, ready, strict=True)
     ]
-    widths = [max(len(str(row[i])) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
-    for row in [COLUMNS, *rows]:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip(),
-            file=out,
-        )
+    print_table(COLUMNS, rows, out)
     print(f"{len(nodes)} instance{'s' if len(nodes) != 1 else ''}", file=out, flush=True)
 
 
@@ -141,6 +146,14 @@ def _uptime(age: timedelta) -> str:
     hours, rest = divmod(max(seconds, 0), 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO) -> None:
+    """`rows` under `columns`, each column as wide as its widest cell (`dlq list` prints so too)."""
+    widths = [max(len(str(row[i])) for row in [columns, *rows]) for i in range(len(columns))]
+    for row in [columns, *rows]:
+        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip(), file=out)
 
 
 def _say(out: TextIO, text: str) -> None:

@@ -14,24 +14,47 @@ from app.settings import Settings
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    outbox = commands.add_parser("outbox", help="the outbox's dead rows")
-    actions = outbox.add_subparsers(dest="outbox_command", required=True)
-    listing = actions.add_parser("dead", help="list the dead rows, oldest first")
-    listing.add_argument("--limit", type=int, default=50)
+    outbox = commands.add_parser(
+        "outbox",
+        help="the outbox's dead rows",
+        description="The outbox's dead rows: messages the relay gave up sending. The\n"
+        "console's outbox rows, from a shell.",
+        epilog="examples:\n  python -m app outbox dead\n  python -m app outbox retry 42",
+    )
+    actions = outbox.add_subparsers(dest="outbox_command", required=True, help="what to do")
+    listing = actions.add_parser(
+        "dead",
+        help="list the dead rows, oldest first",
+        description="The dead rows, oldest first: id, when, type, message id, ordering key\n"
+        "and error.",
+        epilog="example:\n  python -m app outbox dead --limit 20",
+    )
+    listing.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N rows (default 50)"
+    )
     for name, what in (
         ("show", "one dead row with its headers and body"),
         ("retry", "hand a dead row back to the relay, once its cause is fixed"),
         ("discard", "delete a dead row: its message is never sent"),
     ):
-        actions.add_parser(name, help=what).add_argument("id", type=int)
+        action = actions.add_parser(
+            name,
+            help=what,
+            description=f"{what.capitalize()}.",
+            epilog=f"example:\n  python -m app outbox {name} 42",
+        )
+        action.add_argument("id", type=int, help="its id, as `outbox dead` shows it")
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         async with open_database(settings, migrate=False) as database:
             return await _act(database, args)
-    except (DatabaseUnavailableError, ConfigurationError, DeadRowNotFoundError) as exc:
+    except (DatabaseUnavailableError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DeadRowNotFoundError as exc:
+        print(f"{exc}: python -m app outbox dead shows the ids", file=sys.stderr)
         return 1
 
 

@@ -18,11 +18,24 @@ ACK_TIMEOUT = 5.0
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    publish = commands.add_parser("publish", help="publish one raw message into a stream")
-    publish.add_argument("subject")
-    publish.add_argument("body")
+    publish = commands.add_parser(
+        "publish",
+        help="publish one raw message into a stream",
+        description="Publish one raw message, as it is (no envelope), into the JetStream\n"
+        "stream that holds its subject, and say where it was stored: for trying a\n"
+        "consumer, or its dead letters, from a shell.",
+        epilog="examples:\n"
+        "  python -m app publish qosmesh.order_placed 'not json'\n"
+        "  python -m app publish qosmesh.order_placed '{}' --header trace=1",
+    )
+    publish.add_argument("subject", help="the subject to publish on")
+    publish.add_argument("body", help="the message's body, as text")
     publish.add_argument(
-        "--header", action="append", default=[], metavar="NAME=VALUE", help="(repeatable)"
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a header of the message (repeatable)",
     )
 
 
@@ -40,7 +53,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 args.subject, args.body.encode(), timeout=ACK_TIMEOUT, headers=headers or None
             )
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
-            print(f"no stream holds {args.subject!r}", file=sys.stderr)
+            print(
+                f"no stream holds {args.subject!r}: a service that consumes it makes its "
+                "stream when it starts (python -m app)",
+                file=sys.stderr,
+            )
             return 1
     print(f"stored in {ack.stream} as message {ack.seq}")
     return 0
