@@ -83,6 +83,8 @@ HELM_ONLY = (
     "tests/deploy/test_alerts.py",
     "tests/deploy/test_keda.py",
     "tests/deploy/test_nats_users.py",
+    "tests/deploy/test_cloudnativepg.py",
+    "tests/deploy/schemas",
 )
 """Left out with the Helm chart: the chart and its render tests (docs/operations.md stays: its
 runbooks hold without the chart's rules)."""
@@ -101,10 +103,15 @@ DATABASE_ONLY = (
     "bench/peers/http_raw.py",
     "bench/peers/http_faststream.py",
     "bench/peers/orders_work.py",
+    "helm/qosmesh/templates/cloudnativepg-cluster.yaml",
+    "helm/qosmesh/ci/cloudnativepg-values.yaml",
+    "tests/deploy/test_cloudnativepg.py",
+    "tests/deploy/schemas/cloudnative-pg",
 )
 """Left out with `database=none`: the database package (outbox, inbox, migrations), its fail
-points, tests and docs, and the benchmark's HTTP rows (they measure the example's orders, which
-live in PostgreSQL). The example goes too; the edits in WITHOUT_DATABASE remove the rest."""
+points, tests and docs, the benchmark's HTTP rows (they measure the example's orders, which
+live in PostgreSQL), and the chart's CloudNativePG cluster with its tests. The example goes
+too; the edits in WITHOUT_DATABASE remove the rest."""
 
 SHARED_NAMES = ("qosmesh_nodes", "QOSMESH_ADVISORIES")
 """Names every service of an environment shares, so they keep the template's name: the
@@ -563,6 +570,23 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     ),
     "helm/qosmesh/values.yaml": (
         ("cut", "  # postgresql:// URL with the password inside;", "existingSecret:"),
+        ("cut", ", or a cluster\n# run by CloudNativePG", ".\ndatabase:"),
+        ("cut", "# A PostgreSQL cluster run by the CloudNativePG operator", "# OpenTelemetry's"),
+    ),
+    "helm/qosmesh/templates/_helpers.tpl": (
+        (
+            " .Values.existingSecret .Values.cloudnativepg.enabled }}true",
+            " .Values.existingSecret }}true",
+        ),
+        ("cut", "{{/* The CloudNativePG Cluster (cloudnativepg)", "{{/* Refuse values"),
+        ("cut", "{{- if and .Values.cloudnativepg.enabled", "{{- if .Values.natsUsers.enabled }}"),
+    ),
+    "helm/qosmesh/templates/deployment.yaml": (
+        ("cut", '          {{- with include "qosmesh.databaseEnv"', "          resources:"),
+        ("cut", '            {{- with include "qosmesh.databaseEnv"', "          startupProbe:"),
+    ),
+    "helm/qosmesh/templates/NOTES.txt": (
+        ("cut", "\n{{- if .Values.cloudnativepg.enabled }}", "\n\nWatch the rollout"),
     ),
     "helm/qosmesh/ci/default-values.yaml": (
         (", and the\n# one value the chart cannot default: the PostgreSQL", ".\n"),
@@ -571,6 +595,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
     "helm/qosmesh/ci/observability-values.yaml": (("cut", "\nsecrets:\n  APP_DATABASE_URL:", END),),
     "helm/qosmesh/ci/external-nats-values.yaml": (("cut", "  APP_DATABASE_URL: ", "otel:"),),
     "tests/deploy/test_chart.py": (
+        (', "nats-users", "cloudnativepg"]', ', "nats-users"]'),
         ('    "APP_REDIS_URL",\n    "APP_DATABASE_URL",\n', '    "APP_REDIS_URL",\n'),
         ('        "APP_DATABASE_URL": values["secrets"]["APP_DATABASE_URL"],\n', ""),
         (
@@ -650,6 +675,7 @@ def _schema_without_database(text: str) -> str:
         if name.startswith(("APP_DATABASE_", "APP_OUTBOX_", "APP_INBOX_")):
             del properties["config"]["properties"][name]
     del properties["secrets"]["properties"]["APP_DATABASE_URL"]
+    del properties["cloudnativepg"]
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -105,7 +105,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* True (non-empty) when the pods get a database URL: given, or from CloudNativePG. */}}
+{{/* True (non-empty) when the pods get a database URL, from whichever source. */}}
 {{- define "qosmesh.hasDatabase" -}}
 {{- if or .Values.secrets.APP_DATABASE_URL .Values.existingSecret .Values.cloudnativepg.enabled }}true{{ end }}
 {{- end }}
