@@ -319,9 +319,9 @@ def _readme(text: str, options: Options) -> str:
         # The fault-schedule harness goes with the example it drives (docs/reliability.md stays).
         text = _replace(text, CHAOS_PARAGRAPH, "", "README.md")
         # The quickstart's orders, payments and dead letters are the example's; the mesh stays.
-        text = _cut(text, " In a second terminal, an order", "\n\nThe mesh: ", "README.md")
+        text = _cut(text, "\nIn a second terminal, an order", "\n\nThe mesh: ", "README.md")
         text = _replace(
-            text, "\n\nThe mesh: list it", " In a second terminal, the mesh: list it", "README.md"
+            text, "\n\nThe mesh: list it", "\nIn a second terminal, the mesh: list it", "README.md"
         )
         text = _cut(text, "A message no handler can read goes", "The console shows", "README.md")
         text = _cut(text, "A domain is a package", "## Configuration", "README.md")
