@@ -242,7 +242,8 @@ async def _replay(dead: DeadLetters, args: argparse.Namespace, out: TextIO) -> i
 
     failed = await _each(ids, replay, out)
     if len(ids) > failed:
-        print("one that fails again is dead-lettered again: python -m app dlq list", file=out)
+        which = "it" if len(ids) - failed == 1 else "one"
+        print(f"if {which} fails again, python -m app dlq list shows it (under a new id)", file=out)
     return 1 if failed else 0
 
 

@@ -1,12 +1,17 @@
-"""`/admin/dlq` over HTTP: the token rules, paging, show, delete and replay; and the CLI."""
+"""`/admin/dlq` over HTTP: the token rules, paging, show, delete and replay; and the CLI,
+`python -m app dlq`, against the same brokers."""
 
+import io
 import json
+import re
 import subprocess
 import sys
 
 import httpx
 import pytest
 
+from app.cli import dlq
+from app.cli.commands import build_parser
 from app.instance.services import services_of
 from app.messages import QoS, encode
 from app.qos.dead_letters import Failure
@@ -160,14 +165,130 @@ async def test_cli_mirrors_the_admin_api(admin, nats_server, tmp_path):
             timeout=30,
         )
 
-    listed = json.loads(cli("list").stdout)
+    listed = json.loads(cli("list", "--json").stdout)
     assert listed["total"] == 1
     dlq_id = listed["items"][0]["dlq_id"]
-    assert json.loads(cli("show", dlq_id).stdout)["message_id"] == pings[0].message_id
-    assert json.loads(cli("replay", dlq_id).stdout)["message_id"] == pings[0].message_id
-    missing = cli("delete", dlq_id)
-    assert missing.returncode == 1
-    assert "DeadLetterNotFoundError" in missing.stderr
+    assert json.loads(cli("show", dlq_id, "--json").stdout)["message_id"] == pings[0].message_id
+    replayed = cli("replay", dlq_id).stdout.splitlines()
+    assert replayed[0] == f"{dlq_id}: replayed as message {pings[0].message_id}"
+    for action in ("discard", "delete"):  # delete: discard's former name, still taken
+        missing = cli(action, dlq_id)
+        assert missing.returncode == 1
+        assert (
+            missing.stderr == f'no dead letter "{dlq_id}": python -m app dlq list shows the ids\n'
+        )
+
+
+async def dlq_cli(settings, *argv: str) -> tuple[int, str]:
+    """`python -m app dlq ARGV` in this process, against `settings`' brokers: its exit code
+    and what it printed on stdout."""
+    out = io.StringIO()
+    code = await dlq.run(settings, build_parser().parse_args(["dlq", *argv]), out)
+    return code, out.getvalue()
+
+
+async def test_cli_lists_dead_letters_as_a_table_and_says_how_to_page(
+    admin, settings_for, nats_server
+):
+    app, _ = admin
+    pings = await add_dead_letters(app, 3)
+    settings = settings_for(nats_url=nats_server.url)
+    code, shown = await dlq_cli(settings, "list", "--limit", "2")
+    assert code == 0
+    header, newest, older, count, more = shown.splitlines()
+    assert re.split(r"\s{2,}", header) == list(dlq.COLUMNS)
+    assert newest.split()[:6] == [
+        "js-3",
+        "Ping",
+        "qosmesh.ping",
+        "max_deliveries",
+        "ValueError",
+        "5",
+    ]
+    assert older.split()[0] == "js-2"
+    assert count == "2 of 3 dead letters, newest first"
+    assert more == "next page: python -m app dlq list --limit 2 --cursor js-1"
+    code, rest = await dlq_cli(settings, *more.split()[6:])  # after "next page: python -m app dlq"
+    assert [line.split()[0] for line in rest.splitlines()[1:2]] == ["js-1"]
+    assert "next page" not in rest
+
+    code, page = await dlq_cli(settings, "list", "--limit", "2", "--json")
+    listed = json.loads(page)
+    assert listed["total"] == 3
+    assert [item["message_id"] for item in listed["items"]] == [
+        pings[2].message_id,
+        pings[1].message_id,
+    ]
+    assert listed["next_cursor"] == "js-1"
+
+
+async def test_cli_shows_a_dead_letter_as_a_record_and_as_json(admin, settings_for, nats_server):
+    app, _ = admin
+    pings = await add_dead_letters(app, 1)
+    settings = settings_for(nats_url=nats_server.url)
+    code, shown = await dlq_cli(settings, "show", "js-1")
+    assert code == 0
+    lines = shown.splitlines()
+    assert lines[0] == "dead letter js-1"
+    assert f"  message id  {pings[0].message_id}" in lines
+    assert "  error       ValueError: boom" in lines
+    assert "  reason      max_deliveries, after 5 deliveries" in lines
+    assert '    "n": 0' in lines  # the body, as indented JSON
+    assert not [line for line in lines if "qm-dlq-" in line]  # the record's headers are fields
+    assert lines[-1] == (
+        "python -m app dlq replay js-1 sends it again; python -m app dlq discard js-1 drops it"
+    )
+    code, as_json = await dlq_cli(settings, "show", "js-1", "--json")
+    assert json.loads(as_json)["headers"]["qm-id"] == pings[0].message_id
+
+
+async def test_cli_replays_several_ids_and_every_one_of_a_type(
+    admin, settings_for, nats_server, capsys
+):
+    """Each id is a line; an unknown one says so on stderr and the others are replayed."""
+    app, client = admin
+    pings = await add_dead_letters(app, 4)
+    settings = settings_for(nats_url=nats_server.url)
+    code, shown = await dlq_cli(settings, "replay", "js-1", "js-404", "js-3")
+    assert code == 1
+    assert shown.splitlines() == [
+        f"js-1: replayed as message {pings[0].message_id}",
+        f"js-3: replayed as message {pings[2].message_id}",
+        "if one fails again, python -m app dlq list shows it (under a new id)",
+    ]
+    assert (
+        capsys.readouterr().err == 'no dead letter "js-404": python -m app dlq list shows the ids\n'
+    )
+
+    assert (await dlq_cli(settings, "replay", "--all", "--type", "Other")) == (
+        0,
+        "no dead letters to replay\n",
+    )
+    code, shown = await dlq_cli(settings, "replay", "--all", "--type", "Ping")
+    assert code == 0
+    assert shown.splitlines()[:2] == [  # the oldest first
+        f"js-2: replayed as message {pings[1].message_id}",
+        f"js-4: replayed as message {pings[3].message_id}",
+    ]
+    assert (await client.get("/admin/dlq", headers=AUTH)).json()["total"] == 0
+
+
+@pytest.mark.parametrize("action", ["show", "replay", "discard"])
+async def test_cli_names_dlq_list_for_an_unknown_id(
+    admin, settings_for, nats_server, capsys, action
+):
+    settings = settings_for(nats_url=nats_server.url)
+    assert (await dlq_cli(settings, action, "x")) == (1, "")
+    assert capsys.readouterr().err == 'no dead letter "x": python -m app dlq list shows the ids\n'
+
+
+async def test_cli_replay_needs_ids_or_all(admin, settings_for, nats_server, capsys):
+    settings = settings_for(nats_url=nats_server.url)
+    for argv in (["replay"], ["replay", "js-1", "--all"], ["replay", "js-1", "--type", "Ping"]):
+        assert (await dlq_cli(settings, *argv)) == (2, "")
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1
+        assert "python -m app dlq replay --help" in error
 
 
 async def add_failures(app, failures: list[Failure]) -> None:
