@@ -3,6 +3,8 @@
 python3 dev.py run     set up .venv and run the service on an embedded nats-server
                        --instances N: N instances sharing the embedded servers, on ports from
                        APP_PORT, their output interleaved; Ctrl-C stops them all
+                       --port N: the (first) port, as APP_PORT=N; any other option goes to
+                       `python -m app` (python -m app --help lists them)
 python3 dev.py test    set up .venv and run every test and check (ruff, mypy, pytest)
                        --repeat N: the tests N times, each in a new random order, stopping at the
                        first failure with its seed and order (for hunting flaky tests)
@@ -19,6 +21,10 @@ python3 dev.py screenshots
                        set up .venv and save the console's screenshots (1280 and 390 px wide)
                        into docs/console/, from its browser tests; docs/console.md
 python3 dev.py lock    resolve the dependencies afresh and pin them in constraints.txt
+
+examples:
+  python3 dev.py run --instances 3 --port 9000
+  python3 dev.py test tests/api -x
 """
 
 from __future__ import annotations
@@ -184,11 +190,32 @@ def cancel_races(args: list[str]) -> int:
     return subprocess.run(argv, cwd=ROOT, env=env).returncode
 
 
+def run_service(args: list[str]) -> int:
+    """`python -m app` with `args`, `--port N` taken out of them as APP_PORT=N."""
+    env = dict(os.environ)
+    rest = []
+    words = iter(args)
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name != "--port":
+            rest.append(word)
+            continue
+        port = value if equals else next(words, "")
+        if not port.isdigit():
+            print("dev.py run --port: a port number, e.g. python3 dev.py run --port 9000")
+            return 2
+        env["APP_PORT"] = port
+    ensure_venv("embedded")
+    os.execve(PYTHON, [str(PYTHON), "-m", "app", *rest], env)  # noqa: S606
+
+
+HELP = ("help", "-h", "--help")
+
+
 def main(argv: list[str]) -> int:
     task = argv[0] if argv else "help"
     if task == "run":
-        ensure_venv("embedded")
-        os.execv(PYTHON, [str(PYTHON), "-m", "app", *argv[1:]])  # noqa: S606
+        return run_service(argv[1:])
     if task == "test":
         ensure_venv("dev")
         repeat, pytest_args = split_repeat(argv[1:])
@@ -214,8 +241,10 @@ def main(argv: list[str]) -> int:
     if task == "chaos":
         ensure_venv("dev")
         return subprocess.run([str(PYTHON), "-m", "app.chaos", *argv[1:]], cwd=ROOT).returncode
+    if task not in HELP:
+        print(f"dev.py: no task {task!r}; the tasks:\n")
     print(__doc__)
-    return 0 if task == "help" else 2
+    return 0 if task in HELP else 2
 
 
 if __name__ == "__main__":
