@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.brokers.embedded import free_port
@@ -118,6 +119,12 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
         pids = [int((data / "instances" / f"i{i}" / "pid").read_text()) for i in range(3)]
         first.wait_for(r"\[instances\] i2 exited with signal SIGKILL", timeout=5)
         first.wait_for(r"\[i[01]\] .*node left: ", timeout=15)
+        # The token the first block sets opens the console's Dead letters tab (its API).
+        token = re.search(r"APP_ADMIN_TOKEN=(\S+)", start)
+        assert token is not None, "the quickstart sets an admin token"
+        bearer = {"Authorization": f"Bearer {token.group(1)}"}
+        dlq = httpx.get(f"http://127.0.0.1:{base}/admin/dlq", headers=bearer, timeout=10)
+        assert dlq.status_code == 200, dlq.text
     finally:
         first.proc.send_signal(signal.SIGINT)
         code = first.proc.wait(timeout=60)
