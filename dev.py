@@ -94,14 +94,16 @@ def lock() -> int:
 
 
 def pytest_command(seed: int, pytest_args: list[str]) -> list[str]:
-    """pytest over every test on two workers, in the random order `seed` gives; the 25
-    slowest are named at the end (CI has a 20-minute budget to keep)."""
+    """pytest over every test on three workers, in the random order `seed` gives; the 25
+    slowest are named at the end (CI has a 20-minute budget to keep). Three on two cores: the
+    tests wait on servers and sockets far more than they compute (a run on two workers kept
+    the cores less than half busy)."""
     return [
         str(PYTHON),
         "-m",
         "pytest",
         "-n",
-        "2",
+        "3",
         "--dist",
         "loadgroup",
         f"--randomly-seed={seed}",
