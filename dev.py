@@ -8,6 +8,7 @@ python3 dev.py run     set up .venv and run the service on an embedded nats-serv
 python3 dev.py test    set up .venv and run every test and check (ruff, mypy, pytest)
                        --repeat N: the tests N times, each in a new random order, stopping at the
                        first failure with its seed and order (for hunting flaky tests)
+                       --long: the long scenarios too (marked `long`; CI leaves them out)
 python3 dev.py bench   set up .venv and run the benchmarks (--quick, --json), docs/benchmarks.md
 python3 dev.py chaos   set up .venv and run fault schedules against real processes
                        [--seeds N | --seed S] [--minutes M] [--transport jetstream|redis]
@@ -94,14 +95,17 @@ def lock() -> int:
 
 
 def pytest_command(seed: int, pytest_args: list[str]) -> list[str]:
-    """pytest over every test on three workers, in the random order `seed` gives; the 25
-    slowest are named at the end (CI has a 20-minute budget to keep). Three on two cores: the
-    tests wait on servers and sockets far more than they compute (a run on two workers kept
-    the cores less than half busy)."""
+    """pytest over every test but the long scenarios (`--long`: those too) on three workers, in
+    the random order `seed` gives; the 25 slowest are named at the end (CI has a 20-minute
+    budget to keep). Three on two cores: the tests wait on servers and sockets far more than
+    they compute (a run on two workers kept the cores less than half busy)."""
+    long = "--long" in pytest_args
+    pytest_args = [arg for arg in pytest_args if arg != "--long"]
     return [
         str(PYTHON),
         "-m",
         "pytest",
+        *([] if long else ["-m", "not long"]),
         "-n",
         "3",
         "--dist",

@@ -50,9 +50,9 @@ def test_a_run_whose_every_answer_is_a_503_fails_on_progress():
 
 
 def test_a_window_with_too_few_determinate_operations_fails():
-    ops = [op("place", "k0", 202, at=1.0, order_id=ORDER)]
-    ops += [op("charge", f"c{n}", 503, at=1 + n * 0.1) for n in range(5)]
-    seen = observed(effect("charge", "c0", 2.0), clients_until=6.0)
+    ops = [op("place", "k0", 202, at=4.0, order_id=ORDER)]
+    ops += [op("charge", f"c{n}", 503, at=4 + n * 0.1) for n in range(5)]
+    seen = observed(effect("charge", "c0", 5.0), clients_until=9.0)
     seen.orders = {ORDER: StoredOrder(ORDER, "k0", "confirmed")}
     found = check(ops, seen)
     assert [v.invariant for v in found] == ["progress"]
@@ -183,12 +183,12 @@ def test_a_key_whose_steps_the_stream_holds_out_of_order_is_caught():
 
 
 def test_qos0_pings_arrive_at_most_once_and_the_loss_counter_counts_what_it_says():
-    calm = [op("ping", f"p{n}", 202, at=1.0 + n * 0.1) for n in range(10)]
-    arrived = [effect("ping", o.key, 1.5) for o in calm]
-    assert invariants(calm, observed(*arrived, clients_until=6.0, qos0_lost=0)) == []
-    twice = observed(*arrived, effect("ping", "p0", 1.6, 1), clients_until=6.0)
+    calm = [op("ping", f"p{n}", 202, at=4.0 + n * 0.1) for n in range(10)]
+    arrived = [effect("ping", o.key, 4.5) for o in calm]
+    assert invariants(calm, observed(*arrived, clients_until=9.0, qos0_lost=0)) == []
+    twice = observed(*arrived, effect("ping", "p0", 4.6, 1), clients_until=9.0)
     assert invariants(calm, twice) == ["qos0"]
-    lost = observed(*arrived[:5], clients_until=6.0)
+    lost = observed(*arrived[:5], clients_until=9.0)
     assert invariants(calm, lost) == ["qos0"]  # half of the calm window's pings never came
     # Sent while i0 was cut from the brokers: dropped, and each must be counted.
     cut = FaultSpan("net-cut", "i0", 10.0, 14.0, "i0")

@@ -196,6 +196,7 @@ async def all_current(cluster: NatsCluster) -> bool:
         return False
 
 
+@pytest.mark.long  # CI: the cluster fault schedule (seed 303) kills the leader under load
 async def test_node_killed_under_load_loses_nothing_and_catches_up(
     nats_cluster, service_process, postgres_server
 ):

@@ -149,6 +149,7 @@ async def small_backlog_shop(
         yield running
 
 
+@pytest.mark.long  # CI: the fault schedules' broker-pause-long (seed 505) under the example
 async def test_a_20s_broker_outage_kills_no_row_turns_readiness_off_and_drains_every_key_in_order(
     small_backlog_shop, nats_server
 ):

@@ -297,6 +297,7 @@ async def poll_console(url: str, meter: Meter) -> tuple[Phase, list[int]]:
     return polled[0], statuses
 
 
+@pytest.mark.long  # CI: the fault schedules' stats-flood (seed 505), with liveness checked
 async def test_stats_floods_and_console_polls_leave_the_instance_alive_and_holding_its_lease(
     pair: Pair, nats_server: NatsServer
 ):
