@@ -16,7 +16,7 @@ from tests.foundation.test_quickstart import ROOT, alive, consecutive_ports
 
 
 def run_instances(data: Path, base: int, seconds_after_ready: float = 0.5) -> list[str]:
-    """Two instances until both are ready, then SIGTERM; every line they printed."""
+    """Two instances until both said they are ready, then SIGTERM; every line they printed."""
     env = {
         **os.environ,
         "APP_DATA_DIR": str(data),
@@ -42,7 +42,7 @@ def run_instances(data: Path, base: int, seconds_after_ready: float = 0.5) -> li
         assert line, f"it ended:\n{''.join(lines)}"
         assert time.monotonic() < give_up, "not ready in time"
         lines.append(line)
-        started += '"msg": "service started"' in line
+        started += '"msg": "ready: ' in line  # each says so in one line, after it started
     time.sleep(seconds_after_ready)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=60)
