@@ -116,6 +116,9 @@ class FaultSpan:
     start: float
     end: float
     lane: str  # instance `i<k>`, `broker`, `valkey` or `postgres`
+    after: float = 0.0
+    """Seconds its effect outlasts the heal: what a slowed link carried before the heal still
+    arrives up to a round trip (two delays) later, and a claim taken over it is that old."""
 
     @property
     def seconds(self) -> float:
@@ -305,7 +308,7 @@ def excused(first: dict[str, Any], second: dict[str, Any], observed: Observed) -
     until = float(second["t"]) - observed.t0
     lane = f"i{first['i']}"
     for fault in observed.faults:
-        if fault.end < since or fault.start > until:
+        if fault.end + fault.after < since or fault.start > until:
             continue
         if fault.lane == lane and fault.kind == "instance-kill":
             return f"{lane} was killed at {fault.start:.1f}s"

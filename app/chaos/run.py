@@ -179,7 +179,8 @@ async def _at(
         await system.inflict(aimed)
         end = time.monotonic() - started
     lane = aimed.lane if aimed.lane != "holder" else aimed.target
-    spans.append(FaultSpan(kind, aimed.target, round(start, 3), round(end, 3), lane))
+    after = 2 * float(aimed.detail) if kind == "net-latency" else 0.0
+    spans.append(FaultSpan(kind, aimed.target, round(start, 3), round(end, 3), lane, after))
 
 
 async def _converged(system: System, healed: float, timeout: float) -> float | None:

@@ -117,6 +117,9 @@ def test_a_charge_run_twice_with_no_fault_is_caught():
         (FaultSpan("net-db", "i0", 2.0, 6.0, "i0"), False),  # the claim store stayed reachable
         (FaultSpan("instance-drain", "i0", 2.0, 3.5, "i0"), False),
         (FaultSpan("instance-kill", "i0", 5.0, 6.0, "i0"), False),  # after the second run
+        # Healed just before the first run, but its claim was taken over the slow link.
+        (FaultSpan("net-latency", "i0", 0.0, 1.0, "i0", after=2.9), True),
+        (FaultSpan("net-latency", "i0", 0.0, 0.5, "i0", after=0.5), False),  # long over by then
     ],
 )
 def test_a_rerun_is_explained_only_by_the_bounds_docs_state(fault, explained):
