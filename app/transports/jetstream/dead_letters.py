@@ -39,6 +39,7 @@ from nats.js.errors import APIError, NotFoundError
 from app.brokers import nats_wire
 from app.brokers.direct_get import batches, read_run
 from app.errors import (
+    ConfigurationError,
     DeadLetterNotFoundError,
     DeadLetterStoreFullError,
     MessageTooLargeError,
@@ -70,6 +71,9 @@ from app.qos.dead_letters import (
 from app.settings import Settings
 from app.supervision import supervised
 from app.transports.jetstream.streams import ensure_stream
+
+INSUFFICIENT_RESOURCES = 10047
+"""JetStream's error code for a stream asking more storage than the server has."""
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,22 @@ class JetStreamDeadLetters:
         self._stopping = False
 
     async def start(self) -> None:
+        try:
+            await self._ensure()
+        except APIError as exc:
+            if exc.err_code != INSUFFICIENT_RESOURCES:
+                raise
+            raise ConfigurationError(
+                f"the JetStream server cannot reserve APP_DLQ_MAX_BYTES="
+                f"{self._settings.dlq_max_bytes} for the dead-letter stream {self.stream} "
+                f"({exc.description}): lower APP_DLQ_MAX_BYTES, or give the server more "
+                "storage (its max_file_store, or a larger disk)"
+            ) from None
+        dead_letters_dropped.add(
+            0, {"messaging.system": "nats", "policy": self._settings.dlq_discard}
+        )
+
+    async def _ensure(self) -> None:
         settings = self._settings
         common = {"storage": StorageType.FILE, "num_replicas": settings.replicas}
         await ensure_stream(
@@ -157,7 +177,6 @@ class JetStreamDeadLetters:
                 **common,  # type: ignore[arg-type]
             ),
         )
-        dead_letters_dropped.add(0, {"messaging.system": "nats", "policy": settings.dlq_discard})
         self._unwatch = watch_dead_letters(lambda: self._load)
         self._load_task = supervised(self._read_load(), "dlq size")
         await ensure_stream(
