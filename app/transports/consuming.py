@@ -67,6 +67,13 @@ ACKED = Outcome(Verdict.ACK)
 DUPLICATE = Outcome(Verdict.DUPLICATE)
 GIVEN_UP = Outcome(Verdict.DEAD)
 
+DELIVERY_MARGIN = 5
+"""Deliveries a message may get beyond APP_MAX_DELIVER. Some deliveries never reach a handler:
+taken by an instance frozen or cut before it ran them, or lost with a broker's leader. They do
+not spend the message's tries: past APP_MAX_DELIVER the handler still runs, and a failure there
+dead-letters the message. Only a message delivered `max_deliver + DELIVERY_MARGIN` times with no
+handler ending on the last is given up on unrun: it may be what kills the instances taking it."""
+
 LAG_REFRESH = 5.0
 """Seconds between reads of a consumer's backlog from its broker: on an interval, never per
 message."""

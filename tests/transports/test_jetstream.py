@@ -143,6 +143,80 @@ async def test_a_consumer_that_dies_on_the_last_delivery_still_dead_letters(bus_
     assert "delivery limit reached" in item.error
 
 
+async def test_deliveries_that_reached_no_handler_do_not_spend_the_tries(bus_settings, nats_server):
+    """A message delivered max_deliver times to a consumer that never answered (an instance
+    frozen with the deliveries in its buffer): the handler has not failed once, so the next
+    delivery runs it, and it is handled, not dead-lettered."""
+    got: list[int] = []
+
+    def setup(bus: Bus) -> None:
+        async def handle(message: Ping) -> None:
+            got.append(message.n)
+
+        bus.subscribe(Ping, handle)
+
+    settings = bus_settings(ack_wait=1)
+    async with running_bus(settings, setup):
+        pass  # the stream and the durable consumer exist from here
+    async with running_bus(settings) as publisher:
+        await publisher.bus.publish(Ping(n=7))
+    nc = await nats.connect(nats_server.url)
+    try:
+        frozen = await nc.jetstream().pull_subscribe_bind(durable="svc__ping", stream="SVC_PING")
+        for attempt in range(1, settings.max_deliver + 1):
+            (msg,) = await frozen.fetch(1, timeout=5)  # never answered
+            assert msg.metadata.num_delivered == attempt
+    finally:
+        await nc.close()
+    async with running_bus(settings, setup) as running:
+        await eventually(lambda: got == [7], timeout=10)
+        store = running.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        await asyncio.sleep(settings.ack_wait * 2)
+        assert (await store.list(1, None)).total == 0
+        info = await running.brokers.js.consumer_info("SVC_PING", "svc__ping")
+    assert got == [7]
+    assert info.num_ack_pending == 0
+
+
+async def test_a_draining_consumer_hands_arrivals_back_without_spending_their_tries(bus_settings):
+    """While an instance drains, its pull request stays open at the server until it expires,
+    and messages keep arriving in it. Each is handed back for after the request's end: handed
+    back at once, it came straight back to the same request, around the loop until its
+    deliveries ran out and it was dead-lettered unhandled."""
+    got: list[int] = []
+    release = asyncio.Event()
+
+    def setup(bus: Bus) -> None:
+        async def handle(message: Ping) -> None:
+            if message.n == 1:
+                await release.wait()  # a handler in flight keeps the drain going
+            got.append(message.n)
+
+        bus.subscribe(Ping, handle)
+
+    settings = bus_settings()
+    async with running_bus(settings, instance="publisher") as publisher:
+        async with running_bus(settings, setup) as draining:
+            await publisher.bus.publish(Ping(n=1))
+            await asyncio.sleep(0.5)  # taken, and its handler waits
+            stopping = asyncio.create_task(draining.bus.stop(5))
+            await asyncio.sleep(0.1)
+            await publisher.bus.publish(Ping(n=2))  # arrives in the open request
+            await asyncio.sleep(1)
+            release.set()
+            await stopping
+        assert got == [1]
+        async with running_bus(settings, setup, "i2"):
+            await eventually(lambda: got == [1, 2], timeout=10)
+        store = publisher.transports.by_name["jetstream"].dead_letters
+        assert store is not None
+        assert (await store.list(1, None)).total == 0
+        info = await publisher.brokers.js.consumer_info("SVC_PING", "svc__ping")
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered <= 1
+
+
 async def test_qos1_broadcast_reaches_every_instance_and_competing_reaches_one(bus_settings):
     got: dict[str, list[int]] = {"b1": [], "b2": [], "c1": [], "c2": []}
 

@@ -16,6 +16,7 @@ from app.qos.dead_letters import DeadLetters
 from app.settings import Settings
 from app.testing import eventually
 from app.testing.faults import freeze, thaw
+from app.transports.consuming import DELIVERY_MARGIN
 from app.transports.redis.consumer import parse_autoclaim
 from app.transports.redis.transport import RedisStreamsTransport
 from tests.transports.conftest import Charge, Ping, running_bus
@@ -173,18 +174,52 @@ async def _count(store, n: int) -> bool:
     return bool((await store.list(10, None)).total == n)
 
 
-async def test_an_entry_whose_consumer_died_on_its_last_delivery_is_dead_lettered(
+async def _deliver_to_a_ghost(client: aioredis.Redis, times: int) -> None:
+    """Deliver the entry in svc.ping `times` times to a member that never answers (a frozen or
+    cut instance), as a broker would: the first read, then claims."""
+    await client.xreadgroup("svc", "ghost", {"svc.ping": ">"}, count=1)
+    entry = (await client.xpending_range("svc.ping", "svc", "-", "+", 1))[0]["message_id"]
+    for _ in range(times - 1):
+        await client.xclaim("svc.ping", "svc", "ghost", 0, [entry])
+
+
+async def test_deliveries_that_reached_no_handler_do_not_spend_the_tries(
     redis_settings, redis_server
 ):
-    """Delivered max_deliver times with no result: the member that reclaims it dead-letters it
-    without running the handler again."""
+    """Delivered max_deliver times to a member that never answered: the handler has not failed
+    once, so the member that reclaims it runs it, and it is handled, not dead-lettered."""
     calls: list[int] = []
     client = aioredis.from_url(redis_server.url)
     await client.xgroup_create("svc.ping", "svc", id="0", mkstream=True)
     await client.xadd("svc.ping", raw_fields(Ping(n=5)))
-    await client.xreadgroup("svc", "ghost", {"svc.ping": ">"}, count=1)
-    entry = (await client.xpending_range("svc.ping", "svc", "-", "+", 1))[0]["message_id"]
-    await client.xclaim("svc.ping", "svc", "ghost", 0, [entry])  # a second delivery, no result
+    await _deliver_to_a_ghost(client, 2)
+
+    async def handle(message: Ping) -> None:
+        calls.append(message.n)
+
+    settings = redis_settings(max_deliver=2, redis_claim_idle=0.3)
+    async with running_bus(settings, lambda bus: bus.subscribe(Ping, handle)) as running:
+        store = transport(running).dead_letters
+        await eventually(lambda: calls == [5], timeout=10)
+        await eventually(lambda: _pending_is(client, 0), timeout=10)
+        assert (await store.list(1, None)).total == 0
+    await client.aclose()
+
+
+async def _pending_is(client: aioredis.Redis, n: int) -> bool:
+    return await pending_count(client) == n
+
+
+async def test_an_entry_delivered_past_the_margin_with_no_result_is_dead_lettered_unrun(
+    redis_settings, redis_server
+):
+    """Delivered max_deliver + DELIVERY_MARGIN times with no result (it may be what kills the
+    members taking it): the member that reclaims it dead-letters it without running it."""
+    calls: list[int] = []
+    client = aioredis.from_url(redis_server.url)
+    await client.xgroup_create("svc.ping", "svc", id="0", mkstream=True)
+    await client.xadd("svc.ping", raw_fields(Ping(n=5)))
+    await _deliver_to_a_ghost(client, 2 + DELIVERY_MARGIN)
 
     async def handle(message: Ping) -> None:
         calls.append(message.n)
@@ -197,7 +232,7 @@ async def test_an_entry_whose_consumer_died_on_its_last_delivery_is_dead_lettere
         assert await pending_count(client) == 0
     await client.aclose()
     assert calls == []
-    assert item.deliveries == 2
+    assert item.deliveries == 2 + DELIVERY_MARGIN
     assert "delivery limit reached" in item.error
 
 

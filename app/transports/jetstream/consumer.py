@@ -36,7 +36,7 @@ from app.supervision import supervised
 from app.transports import consuming
 from app.transports.base import Delivery, Subscription
 from app.transports.consuming import (
-    GIVEN_UP,
+    DELIVERY_MARGIN,
     ConsumerMetrics,
     HandlerTasks,
     Outcome,
@@ -53,7 +53,6 @@ PULL_EXPIRES = 2.0  # a pull request's life; also how soon pulling resumes after
 PULL_GRACE = 0.5
 MAX_BATCH = 256
 HOLD_ACK_WAITS = 3  # a busy QoS 2 claim goes stale after one ack wait: held past that
-SERVER_MARGIN = 5  # server deliveries beyond APP_MAX_DELIVER, for deliveries lost to crashes
 COPY_RETRY = 1.0  # the first delay after a failed dead-letter copy, doubling each delivery
 COPY_RETRY_CAP = 60.0
 UNCOPIED_KEPT = 1024
@@ -111,9 +110,10 @@ class PullConsumer:
             durable_name=self._sub.name,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._settings.ack_wait,
-            # The router dead-letters at APP_MAX_DELIVER; the server's count runs further, so
-            # a delivery lost to a crash or an outage does not end in a dead letter by itself.
-            max_deliver=self._settings.max_deliver + SERVER_MARGIN,
+            # The router dead-letters a handler failing at APP_MAX_DELIVER; the server's count
+            # runs further, so deliveries lost to a crash or an outage do not end in a dead
+            # letter by themselves. Past it, the MAX_DELIVERIES advisory dead-letters.
+            max_deliver=self._settings.max_deliver + DELIVERY_MARGIN,
             filter_subject=self._sub.subject,
             max_ack_pending=max(1000, self._handlers.limit * 4),
             deliver_policy=DeliverPolicy.NEW if broadcast else DeliverPolicy.ALL,
@@ -184,8 +184,10 @@ class PullConsumer:
             return
         self._requested = max(0, self._requested - 1)
         if self._stopping:
-            # Asked for before the stop: back to the other instances.
-            naking = asyncio.ensure_future(_settle(msg.nak()))
+            # Asked for before the stop: back to the other instances. Not at once: this
+            # instance's request stays open at the server until it expires, and the message
+            # would come straight back to it, around the loop until its deliveries ran out.
+            naking = asyncio.ensure_future(_settle(msg.nak(delay=self._requests_left())))
             self._settling.add(naking)
             naking.add_done_callback(self._settling.discard)
             return
@@ -194,9 +196,14 @@ class PullConsumer:
         self._handlers.start(self._handle(msg), lambda: self._give_back(msg))
 
     async def _give_back(self, msg: Msg) -> None:
-        """It waited for a slot until the stop: back to the other instances at once."""
+        """It waited for a slot until the stop: back to the other instances, once this
+        instance's open requests have expired."""
         self._running.pop(id(msg), None)
-        await _settle(msg.nak())
+        await _settle(msg.nak(delay=self._requests_left()))
+
+    def _requests_left(self) -> float:
+        """Seconds until the last pull request this instance sent expires at the server."""
+        return max(0.0, self._requests_end - time.monotonic())
 
     def _on_status(self, headers: dict[str, str]) -> None:
         """A request ended early: 408 (expired) and 409 (dropped) say how many of its messages
@@ -282,13 +289,11 @@ class PullConsumer:
             "jetstream", msg.subject, attempt, settings.max_deliver, envelope.message_id
         )
         settlement = _Settlement(self, msg, envelope, attempt)
-        if attempt > settings.max_deliver:
-            # The server gives more deliveries than the router (a margin for deliveries lost
-            # to crashes and outages): the last one ended with no handler result.
+        failure = self._uncopied.get(_stream_seq(msg))
+        if failure is not None:
+            # Judged dead by an earlier delivery, whose copy to the dead-letter stream failed.
             self._running.pop(id(msg), None)
-            failure = self._uncopied.get(_stream_seq(msg))
-            given_up = GIVEN_UP if failure is None else Outcome(Verdict.DEAD, failure=failure)
-            await settle(settlement, given_up, self._metrics)
+            await settle(settlement, Outcome(Verdict.DEAD, failure=failure), self._metrics)
             return
         if attempt > 1:
             self._metrics.redelivered.add()

@@ -27,6 +27,7 @@ from app.transports import consuming
 from app.transports.base import Delivery, Subscription
 from app.transports.batching import Batcher
 from app.transports.consuming import (
+    DELIVERY_MARGIN,
     GIVEN_UP,
     ConsumerMetrics,
     HandlerTasks,
@@ -295,7 +296,7 @@ class RedisConsumer:
         max_deliver = self._settings.max_deliver
         envelope = envelope_from(fields, self.key)
         settlement = _Settlement(self, entry_id, fields, attempt)
-        if attempt > max_deliver:
+        if attempt > max_deliver + DELIVERY_MARGIN:
             self._running.pop(entry_id, None)
             settlement.deliveries = attempt - 1
             await settle(settlement, GIVEN_UP, self._metrics)
