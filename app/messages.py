@@ -197,21 +197,33 @@ class NewerSchemaError(UnknownVersionError):
     version will read it, so it is handed back for later, not dead-lettered at once."""
 
 
+NO_VERSION = f"no {H_VERSION} header: not a qosmesh envelope"
+NO_TYPE = f"no {H_TYPE} header: not a qosmesh envelope"
+
+
 def decode_message(envelope: Envelope, types: dict[str, type[Message]]) -> Message:
     """The message in `envelope`, or a DecodeError saying why it can never be read."""
     version = envelope.headers.get(H_VERSION)
+    if version is None:
+        raise UnknownVersionError(NO_VERSION)
     if version != ENVELOPE_VERSION:
-        raise UnknownVersionError(f"envelope version {version!r}")
+        raise UnknownVersionError(
+            f"envelope version {version!r}: this service reads version {ENVELOPE_VERSION}"
+        )
+    if not envelope.type_name:
+        raise DecodeError(NO_TYPE, DeadLetterReason.UNKNOWN_TYPE)
     message_type = types.get(envelope.type_name)
     if message_type is None:
         raise DecodeError(
             f"no handler for type {envelope.type_name!r}", DeadLetterReason.UNKNOWN_TYPE
         )
-    schema = envelope.headers.get(H_SCHEMA, "1")
+    name, schema = message_type.type_name(), envelope.headers.get(H_SCHEMA, "1")
     if not schema.isdigit():
-        raise UnknownVersionError(f"{message_type.type_name()} schema {schema!r}")
+        raise UnknownVersionError(f"{name} schema {schema!r} is not a version number")
     if int(schema) > message_type.schema_version:
-        raise NewerSchemaError(f"{message_type.type_name()} schema {schema!r}")
+        raise NewerSchemaError(
+            f"{name} schema {schema}: this service reads up to {message_type.schema_version}"
+        )
     try:
         return message_type.model_validate_json(envelope.body)
     except ValidationError as exc:

@@ -11,12 +11,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 
 from app.api.deps import DeadLettersDep, SettingsDep
+from app.messages import MAX_ID
 from app.qos.dead_letters import (
     BULK_LIMIT,
     BulkResult,
     DeadLetterDetail,
     DeadLetterGroups,
     DeadLetterPage,
+    Replayed,
 )
 
 
@@ -42,15 +44,23 @@ async def list_dead_letters(
     store: Store,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    message_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID)] = None,
 ) -> DeadLetterPage:
-    """Dead letters, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    return await store.list(limit, cursor)
+    """Dead letters, newest first; pass `next_cursor` back as `cursor` for the next page.
+    With `message_id`, that message's dead letters over the newest 10,000, in one page: a
+    replayed message that failed again is there under a new dlq id."""
+    if message_id is None:
+        return await store.list(limit, cursor)
+    if cursor:
+        raise HTTPException(422, "message_id answers in one page: no cursor")
+    items = await store.of_message(message_id, limit)
+    return DeadLetterPage(items=list(items), total=len(items))
 
 
 @router.get("/dlq/groups")
 async def dead_letter_groups(store: Store) -> DeadLetterGroups:
-    """Dead letters grouped by failure (message type + reason + error type), largest first,
-    over the newest 10,000."""
+    """Dead letters grouped by failure (label + reason + error type), largest first, over
+    the newest 10,000. The label is the message type, or the subject of a message with none."""
     return await store.groups()
 
 
@@ -91,7 +101,9 @@ async def delete_dead_letter(dlq_id: str, store: Store) -> Response:
 
 
 @router.post("/dlq/{dlq_id}/replay", status_code=202)
-async def replay_dead_letter(dlq_id: str, store: Store) -> dict[str, str]:
-    """Send the message back through its normal path, with its original message id."""
+async def replay_dead_letter(dlq_id: str, store: Store) -> Replayed:
+    """Send the message back through its normal path, with its original message id; if it
+    fails again, `GET /admin/dlq?message_id=` finds it under a new dlq id."""
+    label = (await store.get(dlq_id)).label
     message_id = await store.replay(dlq_id)
-    return {"dlq_id": dlq_id, "message_id": message_id, "status": "replayed"}
+    return Replayed(dlq_id=dlq_id, message_id=message_id, label=label)

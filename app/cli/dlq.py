@@ -166,7 +166,8 @@ async def _list(dead: DeadLetters, args: argparse.Namespace, out: TextIO) -> int
 
 
 def _row(item: DeadLetter) -> tuple[object, ...]:
-    kind = f"{item.type} (stub)" if item.stub else item.type
+    # Its label: the message type, or for a message with none the subject it came on.
+    kind = f"{item.label} (stub)" if item.stub else item.label
     return (
         item.dlq_id,
         kind,
@@ -197,14 +198,15 @@ def _record(detail: DeadLetterDetail) -> list[str]:
     what can be done with it."""
     fields = [
         ("message id", detail.message_id or "(none)"),
-        ("type", detail.type),
+        ("type", detail.type or "(none)"),
         ("subject", detail.subject),
         ("transport", detail.transport),
         ("reason", f"{detail.reason}, after {detail.deliveries} deliveries"),
+        ("explanation", detail.explanation),
         ("error", detail.error),
         ("error type", detail.error_type),
         ("dead at", _time(detail.dead_at)),
-        ("group", f"{detail.fingerprint} (its type, reason and error type)"),
+        ("group", f"{detail.fingerprint} (its label, reason and error type)"),
     ]
     if detail.stub:
         fields.append(("stub", "too large to keep whole: the first KiB only, not replayable"))

@@ -2,22 +2,25 @@
 endpoints and the `python -m app dlq` command alike.
 
 Ids are opaque strings that begin with their store's prefix (`js-17`, `rd-...`); a page cursor
-lists, for each store that has more, the id to resume it from.
+lists, for each store that has more, the id to resume it from. Each dead letter is named by its
+`label` (its message type, or the subject a message with none came on) and says why it is one in
+a sentence, its `explanation`: a message that is not a qosmesh message at all still reads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, computed_field
 
 from app.errors import DeadLetterNotFoundError
-from app.messages import H_ID, H_TYPE, DeadLetterReason
+from app.messages import H_ID, H_TYPE, NO_TYPE, NO_VERSION, DeadLetterReason, NewerSchemaError
 
 # What a dead-letter record says about its message, as headers (JetStream) or fields (Redis)
 # next to the original ones; each store adds where in its broker the message was.
@@ -41,6 +44,8 @@ about 20 pages: tens of requests, whatever holes discards left."""
 BULK_LIMIT = 1000
 UNKNOWN = "unknown"
 """The error type of records kept before they had one."""
+NO_SUBJECT = "(no subject)"
+"""The label of a dead letter with neither a message type nor a subject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +91,20 @@ class DeadLetter(BaseModel):
 
     @computed_field  # type: ignore[prop-decorator]
     @property
+    def label(self) -> str:
+        """What to call it: its message type, else the subject it came on, else NO_SUBJECT."""
+        return label_of(self.type, self.subject)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def explanation(self) -> str:
+        """Why it is a dead letter, as one sentence for a person."""
+        return explain(self.reason, self.error, self.error_type, self.deliveries)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def fingerprint(self) -> str:
-        """Its failure group (message type + reason + error type), as /admin/dlq/groups."""
+        """Its failure group (label + reason + error type), as /admin/dlq/groups."""
         return failure_fingerprint(self)
 
 
@@ -97,16 +114,18 @@ class DeadLetterDetail(DeadLetter):
 
 
 class DeadLetterGroup(BaseModel):
-    """Dead letters that failed the same way: same message type, reason and error type."""
+    """Dead letters that failed the same way: same label, reason and error type."""
 
     fingerprint: str
-    type: str
+    label: str  # its members'
+    type: str  # its members' message type; empty when they have none
     reason: str
     error_type: str
     count: int
     first_dead_at: datetime
     last_dead_at: datetime
     example_error: str  # the newest one's
+    explanation: str  # the newest one's
 
 
 class DeadLetterGroups(BaseModel):
@@ -124,10 +143,74 @@ class BulkResult(BaseModel):
     errors: dict[str, str]  # dlq_id -> why it was not done
 
 
+class Replayed(BaseModel):
+    """A dead letter sent back: its message is on its way again under `message_id`."""
+
+    dlq_id: str
+    message_id: str  # empty for a message that had none
+    label: str
+    status: Literal["replayed"] = "replayed"
+
+
 def failure_fingerprint(item: DeadLetter) -> str:
-    """A failure's group: message type + reason + error type, as a short URL-safe id."""
-    key = "\x00".join((item.type, item.reason, item.error_type))
+    """A failure's group: label + reason + error type, as a short URL-safe id. The label is
+    the message type when there is one, so a typed group keeps the id it had before labels;
+    messages with no type group by the subject they came on."""
+    key = "\x00".join((item.label, item.reason, item.error_type))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def label_of(message_type: str, subject: str) -> str:
+    return message_type or subject or NO_SUBJECT
+
+
+def naming(message_id: str, subject: str) -> str:
+    """A message as a log line names it: by its id, or by where it came from without one."""
+    if message_id:
+        return f"message {message_id}"
+    return f"a message on {subject or NO_SUBJECT} (no message id)"
+
+
+_BYTES = re.compile(r"(\d+) bytes")
+_OLD_NO_VERSION = "envelope version None"
+_OLD_NO_TYPE = "no handler for type ''"
+"""What a missing envelope version or type read as before NO_VERSION and NO_TYPE, in records
+kept then."""
+
+
+def explain(reason: str, error: str, error_type: str, deliveries: int) -> str:
+    """Why a message is a dead letter, in one sentence, from what its record keeps."""
+    if reason == DeadLetterReason.MAX_DELIVERIES:
+        if error_type == NO_RESULT.error_type:
+            times = "once" if deliveries == 1 else f"{deliveries} times"
+            return f"delivered {times} and no handler ended on it (a consumer died or timed out)"
+        plural = "y" if deliveries == 1 else "ies"
+        return f"the handler failed on its last delivery ({deliveries} deliver{plural}): {error}"
+    if reason == DeadLetterReason.TERMINATED:
+        return "terminated by a consumer"
+    if reason == DeadLetterReason.OVERSIZED:
+        size = _BYTES.search(error)
+        return f"too large: {size.group(1)} bytes" if size else f"too large: {error}"
+    return _unreadable(reason, error, error_type) or error or "no reason recorded"
+
+
+def _unreadable(reason: str, error: str, error_type: str) -> str | None:
+    """Why a message that could not be read is not one, or None for another reason."""
+    if error.startswith((NO_VERSION, _OLD_NO_VERSION)):
+        return "not a qosmesh message: no envelope version header"
+    if error.startswith(NO_TYPE) or error == _OLD_NO_TYPE:
+        return "not a qosmesh message: no message type header"
+    if reason == DeadLetterReason.UNKNOWN_VERSION:
+        if error_type == NewerSchemaError.__name__:
+            return f"a newer schema version than this service reads ({error})"
+        return f"a version this service does not read ({error})"
+    if reason == DeadLetterReason.UNKNOWN_TYPE:
+        return f"an unknown message type ({error})"
+    if reason == DeadLetterReason.UNDECODABLE:
+        if "Invalid JSON" in error:  # pydantic's json_invalid
+            return "not a qosmesh message: the body is not JSON"
+        return f"a body its message type does not accept ({error})"
+    return None
 
 
 class DeadLetterPage(BaseModel):
@@ -267,6 +350,7 @@ class DeadLetters:
             if group is None:
                 groups[key] = DeadLetterGroup(
                     fingerprint=key,
+                    label=item.label,
                     type=item.type,
                     reason=item.reason,
                     error_type=item.error_type,
@@ -274,12 +358,19 @@ class DeadLetters:
                     first_dead_at=item.dead_at,
                     last_dead_at=item.dead_at,
                     example_error=item.error,
+                    explanation=item.explanation,
                 )
             else:
                 group.count += 1
                 group.first_dead_at = min(group.first_dead_at, item.dead_at)
-        ordered = sorted(groups.values(), key=lambda g: (-g.count, g.type, g.reason))
+        ordered = sorted(groups.values(), key=lambda g: (-g.count, g.label, g.reason))
         return DeadLetterGroups(groups=ordered, scanned=len(items), complete=complete)
+
+    async def of_message(self, message_id: str, limit: int) -> Sequence[DeadLetter]:
+        """Up to `limit` dead letters of message `message_id`, newest first (among the newest
+        SCAN_LIMIT): a replayed message that failed again is there under a new id."""
+        items, _complete = await self.scan(SCAN_LIMIT)
+        return [item for item in items if item.message_id == message_id][:limit]
 
     async def members(self, key: str, limit: int = BULK_LIMIT) -> Sequence[DeadLetter]:
         """Up to `limit` dead letters of group `key`, oldest first (among the newest

@@ -105,8 +105,8 @@ async def test_undecodable_message_is_dead_lettered_at_once_and_consuming_goes_o
     assert all(item.deliveries == 1 for item in items)
     assert {item.reason for item in items} == {"undecodable", "unknown_version"}
     errors = sorted(item.error for item in items)
-    assert errors[0] == "envelope version None"
-    assert errors[1].startswith("invalid Ping body: Invalid JSON")
+    assert errors[0].startswith("invalid Ping body: Invalid JSON")
+    assert errors[1] == "no qm-version header: not a qosmesh envelope"
 
 
 async def _count(store, n: int) -> bool:

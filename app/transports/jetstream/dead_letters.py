@@ -67,6 +67,7 @@ from app.qos.dead_letters import (
     DeadLetterPage,
     Failure,
     detail_from,
+    naming,
 )
 from app.settings import Settings
 from app.supervision import supervised
@@ -272,8 +273,8 @@ class JetStreamDeadLetters:
                 },
             )
             log.warning(
-                "message %s dead-lettered as js-%d%s: %s: %s",
-                _cut(envelope.message_id, STUB_VALUE),
+                "%s dead-lettered as js-%d%s: %s: %s",
+                naming(_cut(envelope.message_id, STUB_VALUE), _cut(envelope.subject, STUB_VALUE)),
                 ack.seq,
                 f" (a stub: {size} bytes do not fit)" if D_STUB in headers else "",
                 failure.reason,

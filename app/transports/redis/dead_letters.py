@@ -42,6 +42,7 @@ from app.qos.dead_letters import (
     DeadLetterPage,
     Failure,
     detail_from,
+    naming,
 )
 from app.settings import Settings
 from app.supervision import supervised
@@ -161,8 +162,8 @@ class RedisDeadLetters:
         dead_letters.add(1, attributes)
         message_id = fields.get(H_ID.encode(), b"").decode(errors="replace")
         log.warning(
-            "message %s dead-lettered as rd-%s: %s: %s",
-            message_id,
+            "%s dead-lettered as rd-%s: %s: %s",
+            naming(message_id, subject),
             added.decode(),
             failure.reason,
             failure.error,
