@@ -1,16 +1,23 @@
 """`GET /asyncapi.json`: an AsyncAPI 3.0 document of the messages this service sends and
 receives, generated from the types its domain declared (`bus.publishes`) and the handlers it
-registered: channels (subjects), operations, messages with their pydantic payload schemas and
-the qm-* headers, and each channel's QoS and transport (docs/qos.md)."""
+registered: channels (subjects), operations, messages with their pydantic payload schemas, an
+example and the qm-* headers, and each channel's QoS and transport (docs/qos.md).
+
+`GET /asyncapi` shows the same document as a page for people (app/api/asyncapi_page.py), with
+examples made from the payload schemas (app/api/asyncapi_examples.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
+from app.api.asyncapi_examples import example
+from app.api.asyncapi_page import QOS_TEXT, page
+from app.api.console import page_headers
 from app.api.deps import ServicesDep
 from app.bus import Bus
 from app.messages import (
@@ -41,13 +48,17 @@ HEADERS: dict[str, Any] = {
         "traceparent": {"type": "string", "description": "W3C trace context, when traced"},
     },
 }
-QOS_TEXT = {0: "at most once", 1: "at least once", 2: "effectively once"}
 
 
 @router.get("/asyncapi.json")
 async def asyncapi(services: ServicesDep) -> dict[str, Any]:
     """The document, also while a broker is away (it describes, it does not publish)."""
     return document(services.bus, services.settings)
+
+
+@router.get("/asyncapi")
+async def asyncapi_page(services: ServicesDep) -> HTMLResponse:
+    return HTMLResponse(page(document(services.bus, services.settings)), headers=page_headers())
 
 
 def document(bus: Bus, settings: Settings) -> dict[str, Any]:
@@ -73,6 +84,7 @@ def document(bus: Bus, settings: Settings) -> dict[str, Any]:
             "contentType": "application/json",
             "headers": {"$ref": "#/components/schemas/QosMeshHeaders"},
             "payload": refs[(message_type, "serialization")],
+            "examples": example(message_type, qos, bus.subject(message_type)),
             "x-qos": int(qos),
             "x-schema-version": message_type.schema_version,
         }
