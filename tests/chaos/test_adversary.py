@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from app.brokers.embedded import free_port
 from app.chaos import Attempt, Observed, Operation, StoredOrder, check
 from app.chaos.checker import FaultSpan, duplicates
+from app.chaos.run import AFTER
 from app.chaos.workload import Deadline, Load, drive
 from app.settings import Settings
 from app.testing import running_app
@@ -120,6 +121,14 @@ def test_a_charge_run_twice_with_no_fault_is_caught():
         # Healed just before the first run, but its claim was taken over the slow link.
         (FaultSpan("net-latency", "i0", 0.0, 1.0, "i0", after=2.9), True),
         (FaultSpan("net-latency", "i0", 0.0, 0.5, "i0", after=0.5), False),  # long over by then
+        # Healed just before the first run: the elections after it left the store leaderless.
+        (
+            FaultSpan(
+                "broker-partition", "n2", -7.0, 0.5, "broker", after=AFTER["broker-partition"]
+            ),
+            True,
+        ),
+        (FaultSpan("broker-partition", "n2", -7.0, 0.5, "broker"), False),  # counted to the heal
     ],
 )
 def test_a_rerun_is_explained_only_by_the_bounds_docs_state(fault, explained):
