@@ -44,6 +44,9 @@ def _ephemeral_start() -> int:
     return 32_768
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now, below the kernel's ephemeral range.
 
@@ -51,17 +54,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     connections, so in the moment between choosing it and a server binding it, any client
     socket on the machine (a broker connection opening during start-up) can take it. Below
     that range only another listener can, and a random pick makes two at once unlikely.
+
+    Nor is a port handed out twice by this process: a caller that picks several before starting
+    their servers (a fault harness's proxies and instances) would otherwise, now and then, be
+    given one port for two of them, since nothing listens on it yet.
     """
     top = _ephemeral_start()
     picker = random.SystemRandom()
+    if len(_handed_out) > (top - _LOWEST_FREE_PORT) // 2:
+        _handed_out.clear()  # a long life: the oldest are long bound or long gone
     for _ in range(64):
         port = picker.randrange(_LOWEST_FREE_PORT, top) if top > _LOWEST_FREE_PORT else 0
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
+            found = int(sock.getsockname()[1])
+            _handed_out.add(found)
+            return found
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

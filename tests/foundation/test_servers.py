@@ -98,3 +98,10 @@ async def test_a_frozen_broker_answers_nothing_from_the_moment_freeze_returns(na
             await nc.flush(timeout=5)  # what was sent while frozen is answered now
     finally:
         await nc.close()
+
+
+def test_a_port_is_never_handed_out_twice_before_anything_binds_it():
+    """A caller choosing many ports before its servers start (the fault harness: proxies and
+    instances) never gets one port twice: a collision came once in about 50 schedules."""
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)
