@@ -37,6 +37,7 @@ from app.instance.relay import relaying, service_database
 from app.instance.runtime import Rebuilder
 from app.instance.services import Services
 from app.logs import start_failed
+from app.observability import history
 from app.observability.setup import (
     FASTAPI_OPTIONS,
     instrument_app,
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def start(stack: AsyncExitStack, supervision: Supervision) -> Drain:
         """The database, the brokers and everything on them; stopped by `stack`."""
         readiness = Readiness()
+        await stack.enter_async_context(history.sampling())
         database = service_database(settings, domain, readiness)
         services.database = await stack.enter_async_context(database)
         services.rebuilder = rebuilder = Rebuilder(

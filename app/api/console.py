@@ -1,6 +1,7 @@
 """`/console`: an operations page for people. Nodes (live, from `/nodes/events`), messaging per
-consumer, dead letters by failure (with the admin token) and cluster health; static assets
-packaged with the service, no CDN and no build step (docs/console.md).
+consumer for this instance or the whole service (app/api/messaging.py) with charts, dead
+letters by failure (with the admin token) and cluster health; static assets packaged with the
+service, no CDN and no build step (docs/console.md).
 
 Every page is served with a Content-Security-Policy that allows scripts, styles and requests
 from this origin only; the script builds the page with text nodes, never HTML, so what nodes
@@ -9,16 +10,33 @@ and messages carry is shown as text.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from app import __version__
 from app.api.deps import ServicesDep
+from app.api.messaging import Messaging, Numbers, Scope, numbers, view
+from app.observability.history import HISTORY
 from app.observability.snapshot import latest
+
+if TYPE_CHECKING:
+    from app.discovery import NodeInfo
+    from app.instance.services import Services
+    from app.peers import PeerClient
+
+log = logging.getLogger(__name__)
+
+ASK_TIMEOUT = 2.0
+"""Seconds to wait for each instance's numbers in the service's view."""
 
 ASSETS = Path(__file__).parent / "assets"
 """Scripts, styles and images, served as they are under /console/static."""
@@ -42,31 +60,6 @@ class ConsoleInfo(BaseModel):
     outbox: bool = False  # whether the service keeps a database, and so outbox rows
 
 
-class ConsumerStats(BaseModel):
-    consumer: str
-    subject: str
-    transport: str
-    qos: int
-    pending: float | None  # None: the transport reports no backlog for it
-    handled: float  # acked after the handler; the page turns it into a rate
-    duplicates: float
-    redeliveries: float
-    dead_letters: float
-
-
-class QosCounters(BaseModel):
-    qos0_lost: float
-    publish_retries: float
-    redeliveries: float
-    dedupe_hits: dict[str, float]
-
-
-class Messaging(BaseModel):
-    consumers: list[ConsumerStats]
-    qos: QosCounters
-    age: float = 0.0  # seconds since the numbers were read (at most a second): for rates
-
-
 @router.get("")
 async def console_page() -> FileResponse:
     return FileResponse(PAGES / "console.html", headers=page_headers())
@@ -85,34 +78,78 @@ async def console_info(services: ServicesDep) -> ConsoleInfo:
 
 
 @router.get("/api/messaging")
-async def messaging(services: ServicesDep) -> Messaging:
-    """The consumers of this instance and the QoS counters, read from the same instruments
-    as `/metrics`, as they were at most a second ago (app/observability/snapshot.py)."""
-    snapshot = latest()
+async def messaging(
+    services: ServicesDep,
+    scope: Annotated[
+        Scope, Query(description="this instance's numbers, or the whole service's")
+    ] = "instance",
+) -> Messaging:
+    """The consumers, the QoS counters, latency percentiles and the last minutes as charts,
+    read from the same instruments as `/metrics` (at most a second ago). `scope=service`
+    asks every instance of the service for its numbers and adds them up
+    (app/api/messaging.py)."""
+    if scope == "instance":
+        answer = view("instance", [_numbers(services)])
+    else:
+        answer = await _SERVICE.get(lambda: _service_view(services))
+    answer.age = round(time.monotonic() - latest().taken, 3)
+    return answer
+
+
+@router.get("/api/numbers")
+async def instance_numbers(services: ServicesDep) -> Numbers:
+    """This instance's numbers, samples included, as the service's view adds them up."""
+    return _numbers(services)
+
+
+def _numbers(services: Services) -> Numbers:
     consumers = [
-        ConsumerStats(
-            consumer=sub.name,
-            subject=sub.subject,
-            transport=transport,
-            qos=int(sub.qos),
-            pending=snapshot.pending.get(sub.name),
-            handled=snapshot.handled(sub.subject, "ack"),
-            duplicates=snapshot.handled(sub.subject, "duplicate"),
-            redeliveries=snapshot.redeliveries.get(sub.subject, 0),
-            dead_letters=snapshot.dead_letters.get(sub.subject, 0),
-        )
+        (sub.name, sub.subject, transport, int(sub.qos), sub.group is not None)
         for transport, sub in services.bus.consumers
     ]
-    return Messaging(
-        age=round(time.monotonic() - snapshot.taken, 3),
-        consumers=consumers,
-        qos=QosCounters(
-            qos0_lost=snapshot.qos0_lost,
-            publish_retries=snapshot.publish_retries,
-            redeliveries=sum(snapshot.redeliveries.values()),
-            dedupe_hits={side: float(hits) for side, hits in snapshot.dedupe_hits.items()},
-        ),
-    )
+    node_id = services.discovery.self_info.node_id
+    return numbers(node_id, consumers, latest(), HISTORY.samples())
+
+
+async def _service_view(services: Services) -> Messaging:
+    me = services.discovery.self_info
+    others = [node for node in services.discovery.nodes(me.service) if node.node_id != me.node_id]
+    answers = await asyncio.gather(*(_ask(services.peers, node) for node in others))
+    reports = [_numbers(services), *(a for a in answers if a is not None)]
+    missing = [node.node_id for node, a in zip(others, answers, strict=True) if a is None]
+    return view("service", reports, missing)
+
+
+async def _ask(peers: PeerClient, node: NodeInfo) -> Numbers | None:
+    try:
+        response = await peers.node_request(
+            node, "GET", "/console/api/numbers", timeout=ASK_TIMEOUT
+        )
+        response.raise_for_status()
+        return Numbers.model_validate_json(response.content)
+    except Exception as exc:  # counted as missing, and the page names it
+        log.info("numbers of %s not read: %s", node.node_id, exc)
+        return None
+
+
+class _Cached:
+    """One value, computed again once it is `max_age` seconds old; callers arriving while it
+    is being computed wait for that computation (one fan-out to the peers at a time)."""
+
+    def __init__(self, max_age: float) -> None:
+        self._max_age = max_age
+        self._value: Messaging | None = None
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def get(self, compute: Callable[[], Awaitable[Messaging]]) -> Messaging:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._at >= self._max_age:
+                self._value, self._at = await compute(), time.monotonic()
+            return self._value.model_copy()
+
+
+_SERVICE = _Cached(max_age=1.0)
 
 
 def page_headers(csp: str = CSP) -> dict[str, str]:

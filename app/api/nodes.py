@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -16,6 +18,8 @@ from app.discovery import NodeInfo
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
 KEEP_ALIVE_SECONDS = 15
+HEARTBEATS_EVERY = 1.0
+"""Seconds between two `heartbeats` events: the last heartbeat of every live node."""
 
 
 class NodeList(BaseModel):
@@ -42,21 +46,44 @@ async def list_nodes(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def node_events(discovery: DiscoveryDep) -> EventSourceResponse:
-    """`joined` for every current node, then `joined`, `updated` and `left` as they happen."""
+    """`joined` for every current node, then `joined`, `updated` and `left` as they happen;
+    and every second `heartbeats`: this instance's time (`now`) and each live node's last
+    heartbeat (`last_seen` by node id), which join and update events do not carry as they
+    happen (a heartbeat alone is not an update)."""
     subscription = discovery.subscribe()
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
+        events = aiter(subscription)
+        upcoming = asyncio.ensure_future(anext(events))
         try:
-            async for event in subscription:
+            while True:
+                done, _ = await asyncio.wait({upcoming}, timeout=HEARTBEATS_EVERY)
+                if not done:
+                    yield _heartbeats(discovery.nodes())
+                    continue
+                try:
+                    event = upcoming.result()
+                except StopAsyncIteration:
+                    return
+                upcoming = asyncio.ensure_future(anext(events))
                 data = {
                     "node": event.node.model_dump(mode="json", by_alias=True),
                     "reason": event.reason,
                 }
                 yield ServerSentEvent(data=json.dumps(data), event=event.kind)
         finally:
+            upcoming.cancel()
             subscription.close()
 
     return EventSourceResponse(stream(), ping=KEEP_ALIVE_SECONDS)
+
+
+def _heartbeats(nodes: list[NodeInfo]) -> ServerSentEvent:
+    data = {
+        "now": datetime.now(UTC).isoformat(),
+        "last_seen": {node.node_id: node.last_seen.isoformat() for node in nodes},
+    }
+    return ServerSentEvent(data=json.dumps(data), event="heartbeats")
 
 
 @router.get("/{node_id}", response_model=NodeInfo, responses={404: {"description": "unknown"}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,7 +32,7 @@ from app.messages import (
     encode,
     snake_case,
 )
-from app.observability.instruments import handler_timeouts, record_zeros
+from app.observability.instruments import handler_timeouts, publish_duration, record_zeros
 from app.observability.spans import sending_traced
 from app.qos.claims import ClaimStore, HeldClaims
 from app.qos.dead_letters import DeadLetterStore
@@ -155,7 +156,7 @@ class Bus:
         qos, transport, subject = self._route_of(type(message))
         envelope = encode(message, qos, subject)
         if due is None:
-            await transport.publish(envelope, qos)
+            await _timed(transport, envelope, qos)
             return
         schedules = self._schedules_of(transport, qos, message.type_name())
         envelope.headers[H_DELIVER_AT] = due_text(due)
@@ -254,7 +255,7 @@ class Bus:
             raise ConfigurationError(f"transport {transport_name!r} is not available")
         due = due_of(envelope.headers)
         if due is None:
-            await transport.publish(envelope, qos)
+            await _timed(transport, envelope, qos)
             return
         await self._schedules_of(transport, qos, envelope.type_name).schedule(envelope, qos, due)
 
@@ -420,3 +421,12 @@ class Bus:
     def dead_letters(self) -> list[DeadLetterStore]:
         stores = (transport.dead_letters for transport in self._transports.values())
         return [store for store in stores if store is not None]
+
+
+async def _timed(transport: Transport, envelope: Envelope, qos: QoS) -> None:
+    """Publish, and record how long it took to be confirmed (`qosmesh.publish.duration`)."""
+    started = time.perf_counter()
+    await transport.publish(envelope, qos)
+    publish_duration.record(
+        time.perf_counter() - started, {"transport": transport.name, "qos": int(qos)}
+    )

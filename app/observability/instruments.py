@@ -170,6 +170,16 @@ class Histogram:
     def record(self, value: float, attributes: Attributes) -> None:
         self.series(attributes).record(value)
 
+    def buckets(self) -> list[int]:
+        """The bucket counts of every series kept locally, added up (cumulative since the
+        start, one more than `boundaries`: the last is above the highest bound)."""
+        total = [0] * (len(self.boundaries) + 1)
+        with self.lock:
+            for series in self._series.values():
+                for i, count in enumerate(series._counts):
+                    total[i] += count
+        return total
+
     def values(self) -> list[tuple[Attributes, int, float]]:
         """Every series kept locally, as (attributes, count, sum); none while records go to
         the SDK instrument (see `keep_locally`)."""
@@ -260,6 +270,12 @@ process_duration = Histogram(
     "messaging.process.duration",
     unit="s",
     description="Handler time per delivery",
+    boundaries=SECONDS_BUCKETS,
+)
+publish_duration = Histogram(
+    "qosmesh.publish.duration",
+    unit="s",
+    description="Publish time until the broker confirmed it (QoS 1 and 2) or took it (QoS 0)",
     boundaries=SECONDS_BUCKETS,
 )
 qos0_lost = Counter("qosmesh.qos0.lost", unit="{message}", description="QoS 0 publishes dropped")

@@ -32,6 +32,14 @@ class Snapshot:
     """Messages dead-lettered, by subject."""
     pending: dict[str, int] = field(default_factory=dict)
     """The backlog its transport last read, by consumer; absent until read."""
+    oldest_unacked: dict[str, float] = field(default_factory=dict)
+    """Seconds the oldest delivery this instance holds has waited, by consumer."""
+    publish_buckets: list[int] = field(default_factory=list)
+    """Publish times (`qosmesh.publish.duration`), bucket counts by SECONDS_BUCKETS."""
+    process_buckets: list[int] = field(default_factory=list)
+    """Handler times (`messaging.process.duration`), bucket counts by SECONDS_BUCKETS."""
+    at: float = 0.0
+    """When it was read, by the wall clock (time.time()): what instances line up by."""
     dedupe_hits: dict[str, int] = field(default_factory=dict)
     """QoS 2 duplicates stopped, by side."""
     qos0_lost: int = 0
@@ -56,11 +64,18 @@ def read() -> Snapshot:
     for of_handler, _count, total in instruments.process_duration.values():
         seconds[str(of_handler.get("messaging.destination.name", ""))] += total
     pending: defaultdict[str, int] = defaultdict(int)
-    for of_consumer, waiting, _age in instruments.lags():
+    oldest: defaultdict[str, float] = defaultdict(float)
+    for of_consumer, waiting, age in instruments.lags():
+        consumer = str(of_consumer.get("consumer", ""))
+        oldest[consumer] = max(oldest[consumer], age)
         if waiting is not None:
-            pending[str(of_consumer.get("consumer", ""))] += waiting
+            pending[consumer] += waiting
     return Snapshot(
         taken=time.monotonic(),
+        at=time.time(),
+        oldest_unacked=dict(oldest),
+        publish_buckets=instruments.publish_duration.buckets(),
+        process_buckets=instruments.process_duration.buckets(),
         consumed=dict(consumed),
         process_seconds=dict(seconds),
         redeliveries=_by(instruments.redeliveries, "destination"),

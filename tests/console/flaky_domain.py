@@ -1,6 +1,7 @@
 """A domain for the console's browser tests: `POST /flaky` publishes a FlakyJob; its handler
-fails while the file at $FLAKY_FLAG exists, and otherwise appends the job's note to the file at
-$FLAKY_EFFECTS (one line per time its effect applied)."""
+waits while the file at $FLAKY_HOLD exists (when that is set), fails while the file at
+$FLAKY_FLAG exists, and otherwise appends the job's note to the file at $FLAKY_EFFECTS (one line
+per time its effect applied)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ async def place(job: Job, bus: BusDep) -> dict[str, str]:
 async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> None:
     flag = Path(os.environ["FLAKY_FLAG"])
     effects = Path(os.environ["FLAKY_EFFECTS"])
+    hold = Path(os.environ["FLAKY_HOLD"]) if os.environ.get("FLAKY_HOLD") else None
 
     def apply(job: FlakyJob) -> None:
         if flag.exists():
@@ -50,4 +52,6 @@ async def setup(bus: Bus, brokers: Brokers, settings: Settings) -> None:
 
     @bus.handler(FlakyJob)
     async def handle(job: FlakyJob) -> None:
+        while hold is not None and hold.exists():  # noqa: ASYNC110 (a file, not an event)
+            await asyncio.sleep(0.1)
         await asyncio.to_thread(apply, job)

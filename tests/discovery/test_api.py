@@ -32,9 +32,9 @@ async def membership(
     events: AsyncIterator[tuple[str, dict[str, Any]]],
 ) -> tuple[str, dict[str, Any]]:
     """The next join or leave, past the updates an instance makes to its own entry meanwhile
-    (the leases it holds, in its metadata)."""
+    (the leases it holds, in its metadata) and the heartbeats."""
     async for kind, data in events:
-        if kind != "updated":
+        if kind in ("joined", "left"):
             return kind, data
     raise AssertionError("the event stream ended")
 

@@ -1,5 +1,6 @@
 // The operations console. Every row is built from text nodes, never HTML, so node metadata,
-// error messages and message bodies show as text whatever they hold. No library, no build.
+// error messages and message bodies show as text whatever they hold. No build; one library,
+// uPlot (vendor/uplot), draws the charts on canvases.
 "use strict";
 
 const TOKEN_KEY = "qosmesh.admin-token";
@@ -14,6 +15,7 @@ const state = {
   ready: new Map(), // node_id -> bool, from /cluster/health (this service's instances)
   handled: new Map(), // consumer -> [handled, at ms], for the rate
   nodesDown: false, // the event stream is reconnecting
+  skew: 0, // the serving instance's clock minus this browser's, in ms
   group: null, // the dead-letter group open, if any
 };
 
@@ -42,7 +44,8 @@ function age(seconds) {
 }
 
 function since(iso) {
-  return (Date.now() - Date.parse(iso)) / 1000;
+  // Counted on the serving instance's clock, as the heartbeats stream tells it.
+  return (Date.now() + state.skew - Date.parse(iso)) / 1000;
 }
 
 async function getJson(path, options = {}) {
@@ -90,7 +93,7 @@ function renderNodes() {
         el("td", {}, node.address),
         el("td", {}, node.version),
         el("td", {}, age(since(node.started_at))),
-        el("td", { class: "heartbeat" }, age(since(node.last_seen))),
+        el("td", { class: "heartbeat", "data-age": since(node.last_seen).toFixed(2) }, age(since(node.last_seen))),
         el("td", { class: ready ? "ok" : "bad" }, !mine || ready === undefined ? "" : ready ? "yes" : "no"),
       );
     }),
@@ -114,6 +117,16 @@ function followNodes() {
   };
   source.addEventListener("joined", upsert);
   source.addEventListener("updated", upsert);
+  source.addEventListener("heartbeats", (event) => {
+    // Every second: each live node's last heartbeat, which joins and updates do not carry.
+    const { now, last_seen: seen } = JSON.parse(event.data);
+    state.skew = Date.parse(now) - Date.now();
+    for (const [id, at] of Object.entries(seen)) {
+      const node = state.nodes.get(id);
+      if (node) node.last_seen = at;
+    }
+    renderNodes();
+  });
   source.addEventListener("left", (event) => {
     state.nodes.delete(JSON.parse(event.data).node.node_id);
     renderNodes();
@@ -132,46 +145,148 @@ function followNodes() {
 
 // -- messaging --------------------------------------------------------------------------
 
-function counter(label, value) {
-  return el("div", { class: "counter" }, el("b", {}, value), el("span", {}, label));
+const SCOPE_KEY = "qosmesh.messaging-scope";
+const CHART_COLORS = ["#1f5fbf", "#c2410c", "#1b7f3b", "#7e22ce", "#b42318", "#0e7490", "#a16207"];
+const CHART_HEIGHT = 160;
+
+function scope() {
+  return sessionStorage.getItem(SCOPE_KEY) === "service" ? "service" : "instance";
+}
+
+function setScope(value) {
+  sessionStorage.setItem(SCOPE_KEY, value);
+  state.handled.clear(); // rates start again from the new scope's counts
+  for (const button of document.querySelectorAll(".scope button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.scope === value));
+  }
+  pollMessaging();
+}
+
+function counter(label, value, whose) {
+  return el("div", { class: "counter" }, el("b", {}, value ?? "–"), el("span", {}, `${label} · ${whose}`));
+}
+
+function ms(seconds) {
+  return seconds === null || seconds === undefined ? null : `${(seconds * 1000).toFixed(1)} ms`;
+}
+
+function describeScope(data) {
+  if (data.scope === "instance") {
+    return `This instance (${data.instances[0]}): its own counters and charts. Choose “The whole service” for every instance's.`;
+  }
+  const n = data.instances.length;
+  const missing = data.missing.length ? ` Not answering: ${data.missing.join(", ")}.` : "";
+  return (
+    `The service ${state.info ? state.info.service : ""}: ${n} instance${n === 1 ? "" : "s"} (${data.instances.join(", ")}). ` +
+    "Counters added up; a consumer they share has its pending and oldest unacked counted once; " +
+    `percentiles from their histograms merged.${missing}`
+  );
 }
 
 async function pollMessaging() {
+  let data;
   try {
-    const data = await getJson("/console/api/messaging");
-    const now = Date.now() - (data.age ?? 0) * 1000; // when the instance read its counters
-    const hits = Object.entries(data.qos.dedupe_hits);
-    $("qos-counters").replaceChildren(
-      counter("QoS 0 lost", data.qos.qos0_lost),
-      counter("publish retries", data.qos.publish_retries),
-      counter("redeliveries", data.qos.redeliveries),
-      counter(
-        `dedupe hits (${hits.map(([side, n]) => `${side} ${n}`).join(", ")})`,
-        hits.reduce((sum, [, n]) => sum + n, 0),
-      ),
-    );
-    fill(
-      $("consumers-table").tBodies[0],
-      data.consumers.map((c) => {
-        const before = state.handled.get(c.consumer);
-        state.handled.set(c.consumer, [c.handled, now]);
-        const rate = before ? ((c.handled - before[0]) * 1000) / Math.max(1, now - before[1]) : 0;
-        return el(
-          "tr",
-          { "data-consumer": c.consumer },
-          el("td", {}, c.consumer, el("br"), el("small", {}, c.subject)),
-          el("td", {}, c.qos),
-          el("td", {}, c.transport),
-          el("td", {}, c.pending ?? "n/a"),
-          el("td", {}, rate.toFixed(1)),
-          el("td", {}, c.handled),
-          el("td", {}, c.redeliveries),
-          el("td", { class: c.dead_letters ? "bad" : "" }, c.dead_letters),
-        );
-      }),
-    );
+    data = await getJson(`/console/api/messaging?scope=${scope()}`);
   } catch (error) {
     $("qos-counters").replaceChildren(el("p", { class: "status" }, `messaging: ${error.message}`));
+    return;
+  }
+  const whose = data.scope === "service" ? "service" : "this instance";
+  $("messaging-scope").textContent = describeScope(data);
+  $("messaging").dataset.scope = data.scope;
+  const now = Date.now() - (data.age ?? 0) * 1000; // when the instance read its counters
+  const hits = Object.entries(data.qos.dedupe_hits);
+  $("qos-counters").replaceChildren(
+    counter("QoS 0 lost", data.qos.qos0_lost, whose),
+    counter("publish retries", data.qos.publish_retries, whose),
+    counter("redeliveries", data.qos.redeliveries, whose),
+    counter(
+      `dedupe hits (${hits.map(([side, n]) => `${side} ${n}`).join(", ")})`,
+      hits.reduce((sum, [, n]) => sum + n, 0),
+      whose,
+    ),
+    counter("publish p50 / p99", `${ms(data.latency.publish_p50) ?? "–"} / ${ms(data.latency.publish_p99) ?? "–"}`, whose),
+    counter("handler p50 / p99", `${ms(data.latency.handler_p50) ?? "–"} / ${ms(data.latency.handler_p99) ?? "–"}`, whose),
+  );
+  fill(
+    $("consumers-table").tBodies[0],
+    data.consumers.map((c) => {
+      const before = state.handled.get(c.consumer);
+      state.handled.set(c.consumer, [c.handled, now]);
+      const rate = before ? ((c.handled - before[0]) * 1000) / Math.max(1, now - before[1]) : 0;
+      return el(
+        "tr",
+        { "data-consumer": c.consumer, "data-pending": c.pending ?? "", "data-handled": c.handled },
+        el("td", {}, c.consumer, el("br"), el("small", {}, `${c.subject} · ${c.shared ? "shared by the instances" : "one per instance"}`)),
+        el("td", {}, c.qos),
+        el("td", {}, c.transport),
+        el("td", {}, c.pending ?? "n/a"),
+        el("td", {}, age(c.oldest_unacked)),
+        el("td", {}, rate.toFixed(1)),
+        el("td", {}, c.handled),
+        el("td", {}, c.redeliveries),
+        el("td", { class: c.dead_letters ? "bad" : "" }, c.dead_letters),
+      );
+    }),
+  );
+  $("charts-title").textContent = `The last minutes · ${whose}`;
+  drawCharts(data.charts);
+}
+
+// One uPlot per figure, kept while its series stay the same; `window.qosmeshCharts` holds
+// them (what each draws can be read back from `.data` and `.series`).
+const charts = {};
+window.qosmeshCharts = charts;
+
+function chartSeries(data, name) {
+  const values = data[name];
+  if (Array.isArray(values)) return [["publish p99", values.map((v) => (v === null ? null : v * 1000))]];
+  return Object.entries(values ?? {}).sort(([a], [b]) => a.localeCompare(b));
+}
+
+function drawCharts(data) {
+  for (const figure of document.querySelectorAll("#charts figure")) {
+    const name = figure.dataset.chart;
+    const series = chartSeries(data, name);
+    const rows = [data.t, ...series.map(([, values]) => values)];
+    const labels = series.map(([label]) => label).join("\n");
+    const chart = charts[name];
+    const width = Math.max(200, figure.clientWidth - 16);
+    if (chart && chart.labels === labels && data.t.length) {
+      chart.setData(rows);
+      if (Math.abs(chart.width - width) > 4) chart.setSize({ width, height: CHART_HEIGHT });
+      continue;
+    }
+    if (chart) chart.destroy();
+    delete charts[name];
+    for (const old of figure.querySelectorAll(".uplot, .empty")) old.remove();
+    if (!data.t.length || !series.length || typeof uPlot === "undefined") {
+      figure.append(el("p", { class: "empty" }, "nothing yet"));
+      continue;
+    }
+    const made = new uPlot(
+      {
+        width,
+        height: CHART_HEIGHT,
+        legend: { show: true },
+        cursor: { points: { size: 5 } },
+        scales: { x: { time: true } },
+        axes: [{}, { size: 50 }],
+        series: [
+          {},
+          ...series.map(([label], i) => ({
+            label,
+            stroke: CHART_COLORS[i % CHART_COLORS.length],
+            width: 1.5,
+            spanGaps: false,
+          })),
+        ],
+      },
+      rows,
+      figure,
+    );
+    made.labels = labels;
+    charts[name] = made;
   }
 }
 
@@ -300,8 +415,8 @@ async function loadGroups() {
       el(
         "tr",
         { "data-fingerprint": g.fingerprint },
-        el("td", {}, g.type),
-        el("td", {}, g.reason),
+        el("td", {}, g.label, g.type ? "" : el("br"), g.type ? "" : el("small", {}, "not a qosmesh message type")),
+        el("td", {}, g.reason, el("br"), el("small", {}, g.explanation)),
         el("td", {}, g.error_type),
         el("td", {}, g.count),
         el("td", {}, new Date(g.last_dead_at).toLocaleString()),
@@ -335,10 +450,10 @@ async function openGroup(group) {
   try {
     letters = (await admin(`/admin/dlq/groups/${group.fingerprint}`)).items;
   } catch (error) {
-    $("dlq-result").textContent = `group ${group.type}: ${error.message}`;
+    $("dlq-result").textContent = `group ${group.label}: ${error.message}`;
     return;
   }
-  $("group-title").textContent = `${group.type} · ${group.reason} · ${group.error_type}`;
+  $("group-title").textContent = `${group.label} · ${group.reason} · ${group.error_type}`;
   fill(
     $("letters-table").tBodies[0],
     letters.map((d) =>
@@ -348,7 +463,7 @@ async function openGroup(group) {
         el("td", {}, d.dlq_id),
         el("td", {}, d.message_id),
         el("td", {}, new Date(d.dead_at).toLocaleString()),
-        el("td", { class: "error" }, d.error),
+        el("td", { class: "error" }, d.explanation),
         el(
           "td",
           {},
@@ -370,8 +485,8 @@ async function showLetter(id) {
     $("dlq-result").textContent = `${id}: ${error.message}`;
     return;
   }
-  $("letter-title").textContent = `${d.dlq_id}: ${d.type} ${d.message_id}`;
-  $("letter-error").textContent = `${d.reason}: ${d.error}`;
+  $("letter-title").textContent = `${d.dlq_id}: ${d.label}${d.message_id ? ` ${d.message_id}` : ""}`;
+  $("letter-error").textContent = `${d.explanation} (${d.reason}: ${d.error})`;
   fill(
     $("letter-headers").tBodies[0],
     Object.entries(d.headers).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))),
@@ -382,32 +497,86 @@ async function showLetter(id) {
 
 async function letterAction(letter, action) {
   const verb = action === "replay" ? "Replay" : "Discard";
-  if (!window.confirm(`${verb} dead letter ${letter.dlq_id} (${letter.type})?`)) return;
+  if (!window.confirm(`${verb} dead letter ${letter.dlq_id} (${letter.label})?`)) return;
   const id = encodeURIComponent(letter.dlq_id);
+  const asked = Date.now() + state.skew;
+  $("dlq-result").classList.remove("error");
   try {
     if (action === "replay") await admin(`/admin/dlq/${id}/replay`, { method: "POST" });
     else await admin(`/admin/dlq/${id}`, { method: "DELETE" });
-    $("dlq-result").textContent = `${verb.toLowerCase()}ed ${letter.dlq_id}`;
+    $("dlq-result").textContent =
+      action === "replay"
+        ? `replayed ${letter.dlq_id}; watching for ${REPLAY_WATCH_S} s whether it fails again…`
+        : `discarded ${letter.dlq_id}`;
   } catch (error) {
     $("dlq-result").textContent = `${verb} ${letter.dlq_id}: ${error.message}`;
+    return;
   }
   $("letter-detail").hidden = true;
+  await loadGroups();
+  if (action === "replay") await watchReplays([letter], asked);
+}
+
+const REPLAY_WATCH_S = 30;
+
+// A replay publishes the message again: whether it was handled this time shows only later,
+// as the absence of a new dead letter for its message id, or as one.
+async function watchReplays(letters, asked) {
+  const ids = new Map(letters.filter((l) => l.message_id).map((l) => [l.message_id, l.dlq_id]));
+  const again = new Map(); // message id -> its new dead letter
+  const until = Date.now() + REPLAY_WATCH_S * 1000;
+  while (Date.now() < until && again.size < ids.size) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    for (const [messageId, old] of ids) {
+      if (again.has(messageId)) continue;
+      try {
+        const found = await admin(`/admin/dlq?message_id=${encodeURIComponent(messageId)}&limit=5`);
+        const fresh = found.items.find((d) => d.dlq_id !== old && Date.parse(d.dead_at) >= asked - 1000);
+        if (fresh) again.set(messageId, fresh);
+      } catch {
+        return; // the token was refused or the store is away: the last line stands
+      }
+    }
+  }
+  const replayed = letters.map((l) => l.dlq_id).join(", ");
+  if (again.size === 0) {
+    $("dlq-result").textContent = `replayed ${replayed}; no new dead letter for ${ids.size === 1 ? "it" : "them"} in ${REPLAY_WATCH_S} s`;
+  } else {
+    const failed = [...again.entries()].map(([messageId, d]) => `${ids.get(messageId)} as ${d.dlq_id}`);
+    const reason = [...again.values()][0].explanation;
+    $("dlq-result").textContent =
+      `replayed ${replayed}; failed again: ${failed.join(", ")} (${reason})`;
+    $("dlq-result").classList.add("error");
+  }
   await loadGroups();
 }
 
 async function groupAction(group, action) {
   const verb = action === "replay" ? "Replay" : "Discard";
   const n = Math.min(group.count, 1000);
-  if (!window.confirm(`${verb} ${n} dead letter${n === 1 ? "" : "s"}: ${group.type} · ${group.reason} · ${group.error_type}?`)) return;
+  if (!window.confirm(`${verb} ${n} dead letter${n === 1 ? "" : "s"}: ${group.label} · ${group.reason} · ${group.error_type}?`)) return;
+  const asked = Date.now() + state.skew;
+  $("dlq-result").classList.remove("error");
+  let members = [];
+  if (action === "replay") {
+    try {
+      members = (await admin(`/admin/dlq/groups/${group.fingerprint}`)).items;
+    } catch {
+      members = [];
+    }
+  }
   try {
     const result = await admin(`/admin/dlq/groups/${group.fingerprint}/${action}`, { method: "POST" });
     const failed = Object.keys(result.errors).length;
     $("dlq-result").textContent = `${verb.toLowerCase()}ed ${result.done} of ${result.matched}${failed ? `, ${failed} failed: ${Object.entries(result.errors).map(([id, why]) => `${id} ${why}`).join("; ")}` : ""}`;
+    members = members.filter((m) => !(m.dlq_id in result.errors));
   } catch (error) {
     $("dlq-result").textContent = `${verb} group: ${error.message}`;
+    members = [];
   }
   closeGroup();
   await loadGroups();
+  if (members.length) await watchReplays(members.slice(0, 50), asked);
 }
 
 // -- message catalogue (AsyncAPI) --------------------------------------------------------
@@ -439,7 +608,7 @@ async function loadCatalogue() {
         el("h2", {}, `${message.name} on ${channel.address}`),
         el("p", {}, `QoS ${channel["x-qos"]} on ${channel["x-transport"]}; this service ${actions.join(" and ")}`),
         el("p", { class: "hint" }, `headers: ${headers.join(", ")}`),
-        el("pre", {}, JSON.stringify(payload, null, 2)),
+        el("details", {}, el("summary", {}, "payload schema"), el("pre", {}, JSON.stringify(payload, null, 2))),
       );
     }),
   );
@@ -476,6 +645,10 @@ async function start() {
     $("dlq-token").value = "";
     openDeadLetters();
   });
+  for (const button of document.querySelectorAll(".scope button")) {
+    button.addEventListener("click", () => setScope(button.dataset.scope));
+    button.setAttribute("aria-pressed", String(button.dataset.scope === scope()));
+  }
   $("dlq-logout").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     closeGroup();
