@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -61,7 +62,7 @@ def consumer_row(browser) -> dict[str, str]:
     return browser.execute_script(script) or {}
 
 
-def chart(browser, name: str) -> dict:
+def chart(browser, name: str) -> dict[str, Any]:
     """What one chart draws, read back from uPlot: its series' labels and its data."""
     script = (
         f"const c = window.qosmeshCharts['{name}'];"
@@ -84,7 +85,7 @@ def test_the_service_view_adds_three_instances_up_and_the_charts_draw_it(
 
     def handled_by(service) -> float:
         summary = httpx.get(service.url + "/console/api/messaging", timeout=5).json()
-        return sum(c["handled"] for c in summary["consumers"] if c["consumer"] == CONSUMER)
+        return float(sum(c["handled"] for c in summary["consumers"] if c["consumer"] == CONSUMER))
 
     until(browser, lambda: sum(handled_by(s) for s in services) == 30, 10)
     shares = [handled_by(s) for s in services]
@@ -119,7 +120,7 @@ def test_the_service_view_adds_three_instances_up_and_the_charts_draw_it(
     for n in range(12):
         assert httpx.post(first.url + "/flaky", json={"note": f"held{n}"}).status_code == 202
 
-    def pending_of(service) -> float | None:
+    def pending_of(service) -> Any:
         numbers = httpx.get(service.url + "/console/api/numbers", timeout=5).json()
         return next(c["pending"] for c in numbers["consumers"] if c["consumer"] == CONSUMER)
 

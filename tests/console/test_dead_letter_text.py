@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -92,5 +93,5 @@ def test_a_foreign_dead_letter_says_what_it_is_and_a_replay_that_fails_again_say
     assert console_errors(browser) == []
 
 
-def _dead(url: str) -> list[dict]:
+def _dead(url: str) -> list[dict[str, Any]]:
     return list(httpx.get(url + "/admin/dlq", headers=AUTH, timeout=5).json()["items"])
