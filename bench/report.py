@@ -21,7 +21,8 @@ def _ratio(ours: float, other: float | None, lower_better: bool) -> float | None
 @dataclass(slots=True)
 class Row:
     """One comparison in `unit` (higher is better unless `lower_better`): `ours` against `raw`
-    (the bare client doing the same work) and against `peer` (FastStream doing it)."""
+    (the bare client doing the same work), against `peer` (FastStream doing it) and, on the HTTP
+    rows, against `outbox_peer` (FastStream with faststream-outbox: qosmesh's guarantee)."""
 
     name: str
     unit: str
@@ -33,6 +34,7 @@ class Row:
     extra: dict[str, float] = field(default_factory=dict)
     peer: float | None = None
     peer_target: float | None = None  # on `peer_ratio`
+    outbox_peer: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -41,6 +43,10 @@ class Row:
     @property
     def peer_ratio(self) -> float | None:
         return _ratio(self.ours, self.peer, self.lower_better)
+
+    @property
+    def outbox_peer_ratio(self) -> float | None:
+        return _ratio(self.ours, self.outbox_peer, self.lower_better)
 
     @property
     def met(self) -> bool | None:
@@ -52,7 +58,12 @@ class Row:
         return all(checks) if checks else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio, "peer_ratio": self.peer_ratio, "met": self.met}
+        ratios = {
+            "ratio": self.ratio,
+            "peer_ratio": self.peer_ratio,
+            "outbox_peer_ratio": self.outbox_peer_ratio,
+        }
+        return {**asdict(self), **ratios, "met": self.met}
 
 
 @dataclass(slots=True)
@@ -62,24 +73,30 @@ class Table:
     raw_label: str
     rows: list[Row]
     peer_label: str = ""  # a table without a peer column leaves it empty
+    outbox_peer_label: str = ""  # likewise; only the HTTP table has one
+
+    def _labels(self) -> list[str]:
+        """The columns qosmesh is compared with, in order; `_compared` gives their values."""
+        labels = [self.raw_label, self.peer_label, self.outbox_peer_label]
+        return [label for label in labels if label]
+
+    def _compared(self, row: Row) -> list[tuple[float | None, float | None]]:
+        """Each compared column's value in `row`, and qosmesh's ratio to it."""
+        columns = [
+            (self.raw_label, row.raw, row.ratio),
+            (self.peer_label, row.peer, row.peer_ratio),
+            (self.outbox_peer_label, row.outbox_peer, row.outbox_peer_ratio),
+        ]
+        return [(value, ratio) for label, value, ratio in columns if label]
 
     def header(self) -> list[str]:
-        if not self.peer_label:
+        labels = self._labels()
+        if len(labels) == 1:
             return ["row", "unit", self.ours_label, self.raw_label, "ratio", "target", "note"]
-        return [
-            "row",
-            "unit",
-            self.ours_label,
-            self.raw_label,
-            self.peer_label,
-            f"vs {self.raw_label}",
-            f"vs {self.peer_label}",
-            "target",
-            "note",
-        ]
+        ratios = [f"vs {label}" for label in labels]
+        return ["row", "unit", self.ours_label, *labels, *ratios, "target", "note"]
 
     def cells(self, row: Row) -> list[str]:
-        ratio, peer_ratio = row.ratio, row.peer_ratio
         verdict = {True: "yes", False: "NO", None: ""}[row.met]
         targets = []
         if row.target is not None:
@@ -89,11 +106,9 @@ class Table:
         if row.peer_target is not None:
             targets.append(f">= {row.peer_target:g}x {self.peer_label}")
         target = f"{', '.join(targets)} {verdict}".strip()
-        numbers = [_num(row.ours, row.unit), _num(row.raw, row.unit)]
-        ratios = [_times(ratio)]
-        if self.peer_label:
-            numbers.append(_num(row.peer, row.unit))
-            ratios.append(_times(peer_ratio))
+        compared = self._compared(row)
+        numbers = [_num(row.ours, row.unit), *(_num(value, row.unit) for value, _ in compared)]
+        ratios = [_times(ratio) for _, ratio in compared]
         return [row.name, row.unit, *numbers, *ratios, target, row.note]
 
 
@@ -187,6 +202,15 @@ def render_markdown(tables: list[Table], machine: dict[str, str], command: str) 
         "  generator's ceiling against an endpoint that does nothing is printed beside them.",
         "  Tracing on: an SDK TracerProvider with a BatchSpanProcessor exporting to a no-op",
         "  exporter; off: no provider (spans are no-ops).",
+        "- The outbox peer (the HTTP table's last column): FastAPI + FastStream +",
+        "  faststream-outbox 0.19 (bench/peers/http_faststream_outbox.py), one uvicorn process",
+        "  like the others, with the guarantee qosmesh's outbox gives: the order and its outbox",
+        "  row in one SQLAlchemy transaction (`broker.publish(..., session=)` on its",
+        "  `OutboxRouter`); an outbox subscriber, woken by LISTEN/NOTIFY and tuned as its",
+        "  performance guide says for a busy idempotent queue, relays each row through a",
+        "  JetStream publisher of FastStream's `NatsRouter` stacked on it, awaiting the PubAck,",
+        "  with the message id as `Nats-Msg-Id`; a pull subscriber like the FastStream peer's",
+        "  confirms the order.",
         "- Outbox latency: after the rounds, 300 orders one at a time (10 ms apart) on the idle",
         "  qosmesh service; each row's time from its insert to the broker's ack of its publish,",
         "  read off the outbox table.",

@@ -1,6 +1,7 @@
-"""HTTP rows: `POST /orders` on qosmesh, on FastAPI + nats-py written by hand (the ceiling) and on
-FastAPI + FastStream (the peer), each doing the same work in its own uvicorn process, under the
-same load generator, in alternating rounds; and qosmesh with tracing on against off."""
+"""HTTP rows: `POST /orders` on qosmesh, on FastAPI + nats-py written by hand (the ceiling), on
+FastAPI + FastStream (the peer) and on FastAPI + FastStream + faststream-outbox (the outbox peer,
+with qosmesh's guarantee), each doing the same work in its own uvicorn process, under the same
+load generator, in alternating rounds; and qosmesh with tracing on against off."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ BODY = json.dumps({"sku": "bench-sku", "quantity": 1})
 IDLE_CPU = 5.0  # percent of a core: a service below it has caught up with its consumer's work
 OUTBOX_ORDERS = 300
 OUTBOX_P99_BOUND = 50.0  # ms, on an idle machine
+RAW = "FastAPI + nats-py"
+PEER = "FastAPI + FastStream"
+OUTBOX_PEER = "FastAPI + faststream-outbox"
+# Each peer's label, module, and the package it needs that only .venv-bench has (None: none).
+PEERS = (
+    (RAW, "bench.peers.http_raw", None),
+    (PEER, "bench.peers.http_faststream", "faststream"),
+    (OUTBOX_PEER, "bench.peers.http_faststream_outbox", "faststream_outbox"),
+)
 
 
 @dataclass
@@ -71,12 +81,10 @@ async def _services(env: Env, postgres: PostgresServer) -> list[Service]:
         command = [python, "-m", "bench.serve", "{port}", mode]
         pending = "SELECT count(*) FROM example_orders WHERE status = 'pending'"
         services.append(Service(label, command, settings, database, pending))
-    peers = [("FastAPI + nats-py", "bench.peers.http_raw")]
-    if importlib.util.find_spec("faststream") is not None:
-        peers.append(("FastAPI + FastStream", "bench.peers.http_faststream"))
-    else:
-        print("  FastAPI + FastStream: not installed here (python3 dev.py bench installs it)")
-    for label, module in peers:
+    for label, module, needs in PEERS:
+        if needs is not None and importlib.util.find_spec(needs) is None:
+            print(f"  {label}: not installed here (python3 dev.py bench installs it)")
+            continue
         names = Names(unique("peer").replace("-", "_"))
         database = await _database_url(postgres, names.service)
         command = [python, "-m", module, "{port}", env.nats_url, database, names.service]
@@ -219,17 +227,20 @@ def _stop(service: Service) -> None:
 def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], list[Row]]:
     by_label = {s.label: s for s in services}
     ours, traced = by_label["qosmesh"], by_label["qosmesh, tracing on"]
-    raw = by_label["FastAPI + nats-py"]
-    peer = by_label.get("FastAPI + FastStream")
+    raw = by_label[RAW]
+    peer, outbox_peer = by_label.get(PEER), by_label.get(OUTBOX_PEER)
 
-    def peer_value(pick: Callable[[Load], float]) -> float | None:
-        return peer.median(pick) if peer is not None else None
+    def value(service: Service | None, pick: Callable[[Load], float]) -> float | None:
+        return service.median(pick) if service is not None else None
 
     def rate(load: Load) -> float:
         return load.rate
 
     def confirmed(service: Service) -> float:
         return statistics.median(service.confirmed)
+
+    def confirmed_by(service: Service | None) -> float | None:
+        return confirmed(service) if service is not None else None
 
     def p50(load: Load) -> float:
         return load.p50 * 1000
@@ -244,8 +255,9 @@ def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], 
             "per s",
             confirmed(ours),
             confirmed(raw),
-            peer=confirmed(peer) if peer is not None else None,
+            peer=confirmed_by(peer),
             peer_target=1.0,
+            outbox_peer=confirmed_by(outbox_peer),
             note="requests / (load + the time its consumer then took to confirm the rest)",
         ),
         Row(
@@ -253,7 +265,8 @@ def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], 
             "req/s",
             ours.median(rate),
             raw.median(rate),
-            peer=peer_value(rate),
+            peer=value(peer, rate),
+            outbox_peer=value(outbox_peer, rate),
             note=f"{how}, {loadgen.generator()}; median of the rounds",
         ),
         Row(
@@ -262,7 +275,8 @@ def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], 
             ours.median(p50),
             raw.median(p50),
             lower_better=True,
-            peer=peer_value(p50),
+            peer=value(peer, p50),
+            outbox_peer=value(outbox_peer, p50),
         ),
         Row(
             "POST /orders p99",
@@ -270,8 +284,9 @@ def _rows(services: list[Service], env: Env, ceiling: Load) -> tuple[list[Row], 
             ours.median(p99),
             raw.median(p99),
             lower_better=True,
-            peer=peer_value(p99),
+            peer=value(peer, p99),
             peer_target=round(1 / 1.1, 2),
+            outbox_peer=value(outbox_peer, p99),
             note="target: p99 <= 1.1x the peer's",
         ),
         Row(
@@ -347,9 +362,10 @@ async def tables(env: Env, pick: Callable[[str], bool]) -> list[Table]:
         Table(
             "HTTP POST /orders",
             "qosmesh",
-            "FastAPI + nats-py",
+            RAW,
             compared,
-            peer_label="FastAPI + FastStream",
+            peer_label=PEER,
+            outbox_peer_label=OUTBOX_PEER,
         ),
         Table("HTTP POST /orders, tracing", "tracing on", "tracing off", tracing),
         Table("Outbox: from the commit to the broker's ack", "qosmesh", "bound", outbox_rows),
