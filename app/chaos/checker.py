@@ -307,12 +307,16 @@ def excused(first: dict[str, Any], second: dict[str, Any], observed: Observed) -
     since = float(first["t"]) - observed.t0
     until = float(second["t"]) - observed.t0
     lane = f"i{first['i']}"
+    # Either runner may have held the claim while it could not renew it: the first, whose done
+    # mark never came, or the second, whose handler ran on when it could act again, after its
+    # claim had been taken over and the handler run elsewhere.
+    runners = {lane, f"i{second['i']}"}
     for fault in observed.faults:
         if fault.end + fault.after < since or fault.start > until:
             continue
         if fault.lane == lane and fault.kind == "instance-kill":
             return f"{lane} was killed at {fault.start:.1f}s"
-        cut_off = (fault.lane == lane and fault.kind in CUTS_AN_INSTANCE) or (
+        cut_off = (fault.lane in runners and fault.kind in CUTS_AN_INSTANCE) or (
             fault.lane == observed.store
         )
         # A restarted store recovers its streams after it listens again; any cut costs the

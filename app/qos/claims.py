@@ -22,7 +22,8 @@ The stores: `MemoryClaimStore` here, a KV bucket per service with the JetStream 
 Once the handler has returned, the done mark alone is retried until it is written, with the
 claim still renewed (app/bus/dispatch.py). Where this stops: a crash after the handler's effect
 and before the claim is marked done runs the handler once more, and so does a store away for
-longer than the claim's stale time. A handler whose effect must never repeat writes the effect
+longer than the claim's stale time, or a holder stopped that long while its handler runs (it
+runs on when it resumes, its claim taken over meanwhile). A handler whose effect must never repeat writes the effect
 and the message id in one atomic step (see the example's payment handler).
 """
 

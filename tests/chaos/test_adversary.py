@@ -115,6 +115,10 @@ def test_a_charge_run_twice_with_no_fault_is_caught():
         (FaultSpan("broker-pause", "nats", 2.0, 5.0, "broker"), True),
         (FaultSpan("broker-pause", "nats", 2.0, 3.0, "broker"), False),  # shorter: the old bug
         (FaultSpan("instance-kill", "i1", 2.0, 4.0, "i1"), False),  # not the one that ran it
+        # The second runner, stopped past the stale time holding a claim that was then taken
+        # over, ran its handler on when it resumed.
+        (FaultSpan("instance-pause", "i1", 0.5, 4.0, "i1"), True),
+        (FaultSpan("instance-pause", "i2", 0.5, 4.0, "i2"), False),  # ran neither
         (FaultSpan("net-db", "i0", 2.0, 6.0, "i0"), False),  # the claim store stayed reachable
         (FaultSpan("instance-drain", "i0", 2.0, 3.5, "i0"), False),
         (FaultSpan("instance-kill", "i0", 5.0, 6.0, "i0"), False),  # after the second run
