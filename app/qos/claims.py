@@ -23,8 +23,9 @@ Once the handler has returned, the done mark alone is retried until it is writte
 claim still renewed (app/bus/dispatch.py). Where this stops: a crash after the handler's effect
 and before the claim is marked done runs the handler once more, and so does a store away for
 longer than the claim's stale time, or a holder stopped that long while its handler runs (it
-runs on when it resumes, its claim taken over meanwhile). A handler whose effect must never repeat writes the effect
-and the message id in one atomic step (see the example's payment handler).
+runs on when it resumes, its claim taken over meanwhile). A handler whose effect must never
+repeat writes the effect and the message id in one atomic step (see the example's payment
+handler).
 """
 
 from __future__ import annotations
