@@ -28,6 +28,7 @@ from bench.peers.orders_work import (
     confirm_order,
     create_table,
     insert_order,
+    named,
     new_id,
     serve,
 )
@@ -37,11 +38,8 @@ def build(nats_url: str, database_url: str, names: Names) -> FastAPI:
     engine = create_async_engine(
         database_url.replace("postgresql://", "postgresql+asyncpg://", 1), pool_size=16
     )
-    # SQLAlchemy's text() takes named parameters.
-    insert = text(
-        insert_order(names).replace("$1", ":id").replace("$2", ":sku").replace("$3", ":q")
-    )
-    confirm = text(confirm_order(names).replace("$1", ":id"))
+    insert = text(named(insert_order(names)))
+    confirm = text(named(confirm_order(names)))
     router = NatsRouter(nats_url)
     stream = JStream(name=names.stream, subjects=[names.subject])
     publisher = router.publisher(names.subject, stream=stream)

@@ -40,6 +40,7 @@ from bench.peers.orders_work import (
     confirm_order,
     create_table,
     insert_order,
+    named,
     new_id,
     serve,
 )
@@ -58,11 +59,8 @@ def build(nats_url: str, database_url: str, names: Names) -> FastAPI:
     )
     metadata = MetaData()
     outbox_table = make_outbox_table(metadata, table_name=f"{names.service}_outbox")
-    # SQLAlchemy's text() takes named parameters.
-    insert = text(
-        insert_order(names).replace("$1", ":id").replace("$2", ":sku").replace("$3", ":q")
-    )
-    confirm = text(confirm_order(names).replace("$1", ":id"))
+    insert = text(named(insert_order(names)))
+    confirm = text(named(confirm_order(names)))
     nats = NatsRouter(nats_url)
     outbox = OutboxRouter(engine, outbox_table=outbox_table)
     stream = JStream(name=names.stream, subjects=[names.subject])

@@ -90,3 +90,8 @@ def confirm_order(names: Names) -> str:
         f"UPDATE {names.table} SET status = 'confirmed', updated_at = now()"  # noqa: S608
         " WHERE order_id = $1 AND status = 'pending'"
     )
+
+
+def named(statement: str) -> str:
+    """`statement` with SQLAlchemy's named parameters (`text()` takes no `$n`): :id, :sku, :q."""
+    return statement.replace("$1", ":id").replace("$2", ":sku").replace("$3", ":q")
